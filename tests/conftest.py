@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pathlib
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-CACHE_DIR = REPO_ROOT / ".cache" / "jax-compilation"
-SHARED_REFERENCE = REPO_ROOT.parent / "shared" / "reference"
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+CACHE_DIR = REPO_ROOT / ".cache" / "jax-compilation"
+SHARED_REFERENCE = REPO_ROOT.parent / "shared" / "reference"
 
 CACHE_DIR.mkdir(parents=True, exist_ok=True)
 jax.config.update("jax_compilation_cache_dir", str(CACHE_DIR))
