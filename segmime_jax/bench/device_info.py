@@ -1,0 +1,62 @@
+"""What ran a benchmark: device kind and count, library versions, and peak memory where reported."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from typing import Any
+
+import jax
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Backend, device kind and count, host, and versions of the libraries a result depends on."""
+    devices = jax.local_devices()
+    return {
+        "backend": jax.default_backend(),
+        "device_kind": devices[0].device_kind,
+        "local_device_count": len(devices),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "versions": {name: _version(name) for name in ("jax", "jaxlib", "flax", "optax", "numpy")},
+    }
+
+
+def peak_memory_bytes(device: jax.Device | None = None) -> int | None:
+    """``peak_bytes_in_use`` of ``device`` (default: the first local one), or ``None`` where the backend
+    does not report memory statistics (the CPU backend)."""
+    device = device or jax.local_devices()[0]
+    try:
+        stats = device.memory_stats()
+    except (AttributeError, NotImplementedError, RuntimeError):
+        return None
+    if not stats:
+        return None
+    return stats.get("peak_bytes_in_use")
+
+
+def compiled_memory_bytes(compiled: Any) -> int | None:
+    """XLA's planned memory of a compiled computation: arguments + outputs + temporaries - aliased
+    (donated) buffers, from ``compiled.memory_analysis()``; ``None`` where unavailable.
+
+    Unlike the device's ``peak_bytes_in_use``, which only grows over a process, this is per computation,
+    and the CPU backend reports it too.
+    """
+    try:
+        analysis = compiled.memory_analysis()
+    except (AttributeError, NotImplementedError, RuntimeError):
+        return None
+    if analysis is None:
+        return None
+    total = 0
+    for name in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes"):
+        total += int(getattr(analysis, name, 0) or 0)
+    total -= int(getattr(analysis, "alias_size_in_bytes", 0) or 0)
+    return total
