@@ -1,0 +1,91 @@
+"""Training engine: optimisers and plateau halving, train state, data-parallel jitted steps, metrics
+(3D DSC, ClECE), gradient telemetry, orbax checkpoints, and the training loop.
+
+Entry point::
+
+    from segmime_jax.train import TrainConfig, train_and_evaluate
+    result = train_and_evaluate(TrainConfig(loss="dsc", optimizer="sgd", epochs=100), splits, "runs/acdc_dsc")
+
+Modules: :mod:`~segmime_jax.train.optim`, :mod:`~segmime_jax.train.state`, :mod:`~segmime_jax.train.sharding`,
+:mod:`~segmime_jax.train.step`, :mod:`~segmime_jax.train.metrics`, :mod:`~segmime_jax.train.evaluate`,
+:mod:`~segmime_jax.train.telemetry`, :mod:`~segmime_jax.train.checkpoint`, :mod:`~segmime_jax.train.loop`.
+"""
+
+from segmime_jax.train.checkpoint import CheckpointStore, NonFiniteLossError, check_finite
+from segmime_jax.train.evaluate import Evaluation, evaluate
+from segmime_jax.train.loop import (
+    RunResult,
+    TrainConfig,
+    load_run_result,
+    save_run_result,
+    step_key,
+    train_and_evaluate,
+)
+from segmime_jax.train.metrics import (
+    NUM_BINS,
+    CalibrationStats,
+    bin_index,
+    calibration_counts,
+    dice_counts,
+    dice_from_counts,
+    mean_foreground,
+)
+from segmime_jax.train.optim import (
+    PlateauState,
+    default_learning_rate,
+    get_learning_rate,
+    make_optimizer,
+    plateau_update,
+    set_learning_rate,
+    sgd_pytorch,
+)
+from segmime_jax.train.sharding import (
+    batch_sharding,
+    choose_num_devices,
+    make_data_mesh,
+    replicate,
+    replicated_sharding,
+    shard_batch,
+)
+from segmime_jax.train.state import TrainState
+from segmime_jax.train.step import eval_step_fn, make_eval_step, make_train_step, probabilities, train_step_fn
+
+__all__ = [
+    "NUM_BINS",
+    "CalibrationStats",
+    "CheckpointStore",
+    "Evaluation",
+    "NonFiniteLossError",
+    "PlateauState",
+    "RunResult",
+    "TrainConfig",
+    "TrainState",
+    "batch_sharding",
+    "bin_index",
+    "calibration_counts",
+    "check_finite",
+    "choose_num_devices",
+    "default_learning_rate",
+    "dice_counts",
+    "dice_from_counts",
+    "eval_step_fn",
+    "evaluate",
+    "get_learning_rate",
+    "load_run_result",
+    "make_data_mesh",
+    "make_eval_step",
+    "make_optimizer",
+    "make_train_step",
+    "mean_foreground",
+    "plateau_update",
+    "probabilities",
+    "replicate",
+    "replicated_sharding",
+    "save_run_result",
+    "set_learning_rate",
+    "sgd_pytorch",
+    "shard_batch",
+    "step_key",
+    "train_and_evaluate",
+    "train_step_fn",
+]

@@ -1,0 +1,170 @@
+"""Orbax checkpoints of a run (latest and best) and the guard that stops a run on a non-finite loss.
+
+Layout: ``<dir>/latest/<epoch>/`` (the last completed epoch, kept for ``resume``) and ``<dir>/best/<epoch>/``
+(the epoch with the best validation metric, used for the test evaluation); one checkpoint is kept in each.
+Each checkpoint holds two items: ``state`` (parameters, BatchNorm statistics, optimiser state, step; see
+:meth:`~segmime_jax.train.state.TrainState.checkpoint_tree`) and ``meta`` (JSON: epoch, history, plateau
+state, ...). Orbax writes into a temporary directory and renames it when complete, so a killed run leaves
+either the previous or the new checkpoint, never half of one.
+
+The tree is saved as nested dicts named after the pytree paths (``params/conv/kernel/value``), which keeps
+the files readable and independent of how ``nnx.State`` or optax namedtuples flatten.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the run stopped and its last good checkpoint was kept."""
+
+    def __init__(self, value: float, *, epoch: int, step: int, checkpoint_epoch: int | None = None,
+                 checkpoint_dir: str | None = None):
+        self.value, self.epoch, self.step = value, epoch, step
+        self.checkpoint_epoch = checkpoint_epoch
+        where = (f"the last good checkpoint (epoch {checkpoint_epoch}) is kept in {checkpoint_dir}"
+                 if checkpoint_epoch is not None else "no checkpoint had been written yet")
+        super().__init__(f"non-finite training loss ({value}) at epoch {epoch}, step {step}: training stopped; "
+                         f"{where}. Lower the learning rate, or check the data and the loss options.")
+
+
+def check_finite(value: float, *, epoch: int, step: int, store: CheckpointStore | None = None) -> None:
+    """Raise :class:`NonFiniteLossError` when ``value`` is NaN or infinite (nothing is saved for that epoch)."""
+    if math.isfinite(float(value)):
+        return
+    checkpoint_epoch = store.latest_epoch() if store is not None else None
+    raise NonFiniteLossError(float(value), epoch=epoch, step=step, checkpoint_epoch=checkpoint_epoch,
+                             checkpoint_dir=str(store.latest_dir) if store is not None else None)
+
+
+def _key_name(entry: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def to_named_tree(tree: Any) -> dict[str, Any]:
+    """Nested dicts keyed by the names along each leaf's pytree path (leaves unchanged)."""
+    named: dict[str, Any] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        node = named
+        names = [_key_name(p) for p in path]
+        for name in names[:-1]:
+            node = node.setdefault(name, {})
+        if names[-1] in node:
+            raise ValueError(f"duplicate checkpoint path {'/'.join(names)}")
+        node[names[-1]] = leaf
+    return named
+
+
+def from_named_tree(template: Any, named: Mapping[str, Any]) -> Any:
+    """Inverse of :func:`to_named_tree`: the leaves of ``named`` put into the structure of ``template``."""
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(template)
+    leaves = []
+    for path, _ in leaves_with_path:
+        node: Any = named
+        for name in (_key_name(p) for p in path):
+            node = node[name]
+        leaves.append(node)
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _abstract(tree: Any) -> Any:
+    def spec(x: Any) -> Any:
+        sharding = getattr(x, "sharding", None)
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+    return jax.tree.map(spec, tree)
+
+
+class CheckpointStore:
+    """The latest and best checkpoints of one run, in ``directory`` (created when missing).
+
+    Args:
+      directory: e.g. ``run_dir / "checkpoints"``.
+      async_save: let orbax write in a background thread (arrays are copied to host memory before
+        :meth:`save_latest` returns, so the state may be donated right after).
+    """
+
+    def __init__(self, directory: str | pathlib.Path, *, async_save: bool = True):
+        self.directory = pathlib.Path(directory).absolute()
+        self.latest_dir = self.directory / "latest"
+        self.best_dir = self.directory / "best"
+        options = dict(max_to_keep=1, create=True, enable_async_checkpointing=async_save,
+                       cleanup_tmp_directories=True)
+        self._latest = ocp.CheckpointManager(self.latest_dir, options=ocp.CheckpointManagerOptions(**options))
+        self._best = ocp.CheckpointManager(
+            self.best_dir,
+            options=ocp.CheckpointManagerOptions(best_fn=lambda m: m["metric"], best_mode="max", **options))
+
+    # -------------------------------------------------------------------------------------------- saving
+    @staticmethod
+    def _args(tree: Any, meta: Mapping[str, Any]) -> ocp.args.Composite:
+        return ocp.args.Composite(state=ocp.args.StandardSave(to_named_tree(tree)),
+                                  meta=ocp.args.JsonSave(dict(meta)))
+
+    def save_latest(self, epoch: int, tree: Any, meta: Mapping[str, Any]) -> None:
+        """Save ``tree`` (e.g. ``state.checkpoint_tree()``) and JSON ``meta`` as the latest checkpoint."""
+        self._latest.save(epoch, args=self._args(tree, meta), force=True)
+
+    def save_best(self, epoch: int, tree: Any, meta: Mapping[str, Any], metric: float) -> None:
+        """Save as the best checkpoint (call it when ``metric`` improved; the previous best is removed)."""
+        self._best.save(epoch, args=self._args(tree, meta), metrics={"metric": float(metric)}, force=True)
+
+    # ----------------------------------------------------------------------------------------- restoring
+    def latest_epoch(self) -> int | None:
+        return self._latest.latest_step()
+
+    def best_epoch(self) -> int | None:
+        return self._best.best_step()
+
+    @staticmethod
+    def _restore(manager: ocp.CheckpointManager, epoch: int, template: Any) -> tuple[Any, dict[str, Any]]:
+        manager.wait_until_finished()
+        restored = manager.restore(epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(to_named_tree(template))), meta=ocp.args.JsonRestore()))
+        return from_named_tree(template, restored["state"]), dict(restored["meta"])
+
+    def restore_latest(self, template: Any) -> tuple[int, Any, dict[str, Any]] | None:
+        """``(epoch, tree, meta)`` of the latest checkpoint, the tree in the structure, dtypes and shardings
+        of ``template``; ``None`` when there is none."""
+        self._latest.wait_until_finished()
+        epoch = self._latest.latest_step()
+        if epoch is None:
+            return None
+        tree, meta = self._restore(self._latest, epoch, template)
+        return epoch, tree, meta
+
+    def restore_best(self, template: Any) -> tuple[int, Any, dict[str, Any]] | None:
+        """``(epoch, tree, meta)`` of the best checkpoint (see :meth:`restore_latest`)."""
+        self._best.wait_until_finished()
+        epoch = self._best.best_step()
+        if epoch is None:
+            return None
+        tree, meta = self._restore(self._best, epoch, template)
+        return epoch, tree, meta
+
+    def wait(self) -> None:
+        """Block until pending asynchronous saves are on disk."""
+        self._latest.wait_until_finished()
+        self._best.wait_until_finished()
+
+    def close(self) -> None:
+        self.wait()
+        self._latest.close()
+        self._best.close()
+
+    def __enter__(self) -> CheckpointStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

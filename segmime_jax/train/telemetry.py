@@ -1,0 +1,92 @@
+"""Gradient telemetry (our extension): what the loss's gradient with respect to the probabilities looks like
+during training.
+
+Once per epoch, on a fixed validation batch, the model's eval-mode probabilities ``s`` are computed and the
+gradient ``∂L/∂s`` of the training loss is taken (:func:`segmime_jax.gradients.loss_gradient`: paper §2.2,
+Figure 1, looks at the gradient with respect to the probabilities, not the logits). Logged per epoch:
+
+- ``dynamic_range_db``: largest over smallest non-zero gradient magnitude over the batch, in dB
+  (``10·log10``, the ``"power"`` convention of :func:`segmime_jax.gradients.dynamic_range_db`);
+- per class k (background included, index 0): ``class_dynamic_range_db``, and on the pixels labelled k
+  (``fg``) and the others (``bg``): the median value, the number of distinct values, min and max.
+  For the Dice loss each (image, class) has two distinct values (Eq. 6); for the mime ``−a`` and ``b``;
+  for the cross-entropy as many as there are probabilities on the ground truth, and 0 elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from segmime_jax.gradients import dynamic_range_db, loss_gradient
+from segmime_jax.train.state import TrainState
+from segmime_jax.train.step import probabilities
+
+LossFn = Callable[..., jax.Array]
+
+
+def make_gradient_probe(loss_fn: LossFn, num_classes: int) -> Callable[[TrainState, dict], dict[str, jax.Array]]:
+    """A jitted ``(state, batch) -> {"grad", "onehot", "dynamic_range_db", "class_dynamic_range_db"}``.
+
+    ``grad`` is ``∂loss/∂probs`` ``(B, H, W, K)`` at the eval-mode probabilities of ``batch``.
+    """
+
+    def probe(state: TrainState, batch: dict) -> dict[str, jax.Array]:
+        model = nnx.merge(state.graphdef, state.params, state.batch_stats, state.rngs)
+        model.eval()
+        probs = probabilities(model, batch["image"])
+        onehot = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32)
+        mask = batch["mask"].astype(jnp.float32)
+        grad = loss_gradient(loss_fn, probs, onehot, mask=mask)
+        real = (mask > 0).reshape((-1,) + (1,) * (grad.ndim - 1))
+        per_class = jnp.stack([
+            dynamic_range_db(grad[..., k], mask=jnp.broadcast_to(real[..., 0], grad.shape[:-1]))
+            for k in range(num_classes)
+        ])
+        return {"grad": grad, "onehot": onehot, "mask": mask,
+                "dynamic_range_db": dynamic_range_db(grad, mask=jnp.broadcast_to(real, grad.shape)),
+                "class_dynamic_range_db": per_class}
+
+    return jax.jit(probe)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def summarize_gradient(probe_output: dict[str, Any]) -> dict[str, Any]:
+    """JSON-ready per-epoch telemetry from a :func:`make_gradient_probe` output (host side).
+
+    Lists are per class (index = class label); values of empty sets are ``None``.
+    """
+    out = jax.device_get(probe_output)
+    real = np.asarray(out["mask"]) > 0
+    grad = np.asarray(out["grad"], np.float32)[real]
+    fg_all = np.asarray(out["onehot"])[real] > 0.5
+    summary: dict[str, Any] = {
+        "dynamic_range_db": float(out["dynamic_range_db"]),
+        "class_dynamic_range_db": [float(v) for v in np.asarray(out["class_dynamic_range_db"])],
+    }
+    for name in ("fg_median", "bg_median", "fg_distinct", "bg_distinct", "fg_min", "fg_max", "bg_min", "bg_max"):
+        summary[name] = []
+    for k in range(grad.shape[-1]):
+        for prefix, values in (("fg", grad[..., k][fg_all[..., k]]), ("bg", grad[..., k][~fg_all[..., k]])):
+            if values.size:
+                summary[f"{prefix}_median"].append(float(np.median(values)))
+                summary[f"{prefix}_distinct"].append(int(np.unique(values).size))
+                summary[f"{prefix}_min"].append(float(values.min()))
+                summary[f"{prefix}_max"].append(float(values.max()))
+            else:
+                summary[f"{prefix}_median"].append(None)
+                summary[f"{prefix}_distinct"].append(0)
+                summary[f"{prefix}_min"].append(None)
+                summary[f"{prefix}_max"].append(None)
+    summary["dynamic_range_db"] = _finite_or_none(summary["dynamic_range_db"])
+    summary["class_dynamic_range_db"] = [_finite_or_none(v) for v in summary["class_dynamic_range_db"]]
+    return summary
