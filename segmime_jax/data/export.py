@@ -1,0 +1,74 @@
+"""Write predicted label volumes back in the geometry of their input, viewable as an overlay.
+
+Predictions are made on slices at the working size; :func:`write_prediction_nifti` resizes each slice back
+to the original in-plane size (nearest neighbour: exact label values), restacks the slices in the original
+array layout and writes a uint8 NIfTI with the input's affine and voxel spacing.
+
+Both datasets are exported as NIfTI (one decision, one reader: nibabel, no SimpleITK needed):
+- ACDC: the array and affine are the input file's own, so the file overlays ``patientNNN_frameFF.nii.gz``.
+- PROMISE12: the ``(z, y, x)`` MetaImage array is transposed to ``(x, y, z)`` and the MetaImage
+  origin/spacing/direction (ITK, LPS+) are converted to a RAS+ affine, exactly as SimpleITK does when it
+  writes NIfTI: ITK-SNAP, 3D Slicer or SimpleITK (``ReadImage`` then ``GetOrigin``/``GetDirection``) place it
+  on top of ``CaseNN.mhd``.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+
+import numpy as np
+
+from segmime_jax.data.dataset import VolumeInfo
+from segmime_jax.data.preprocess import resize_nearest
+
+
+def prediction_to_original(volume: VolumeInfo, labels: np.ndarray) -> np.ndarray:
+    """Resize ``(S, H, W)`` working-size labels back to ``volume.original_shape`` (nearest), as uint8."""
+    labels = np.asarray(labels)
+    if labels.ndim != 3 or labels.shape[0] != volume.num_slices:
+        raise ValueError(f"labels for {volume.name} must be ({volume.num_slices}, H, W), got {labels.shape}")
+    if np.issubdtype(labels.dtype, np.floating) or labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
+        raise ValueError(f"labels for {volume.name} must be integer class indices in 0..255, got {labels.dtype}")
+    resized = resize_nearest(labels.astype(np.uint8), volume.in_plane_shape)  # (S, h, w)
+    return np.ascontiguousarray(np.moveaxis(resized, 0, volume.slice_axis))
+
+
+def write_prediction_nifti(volume: VolumeInfo, labels: np.ndarray, path: str | os.PathLike) -> pathlib.Path:
+    """Write one predicted volume as a uint8 NIfTI in the input's geometry; return the file written.
+
+    Args:
+        volume: the record of the input volume (from a :class:`~segmime_jax.data.SliceDataset`).
+        labels: ``(S, H, W)`` integer class indices at the working size, slices in order.
+        path: a ``.nii.gz`` / ``.nii`` file name, or an existing folder (the file is then
+            ``<folder>/<volume.name>.nii.gz``). Written to a temporary file, then renamed.
+    """
+    import nibabel as nib
+
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / f"{volume.name}.nii.gz"
+    if not (path.name.endswith(".nii.gz") or path.name.endswith(".nii")):
+        raise ValueError(f"{path}: the prediction file name must end in .nii.gz or .nii")
+    data = prediction_to_original(volume, labels)
+    if volume.extra.get("axes", "xyz") == "zyx":
+        data = np.ascontiguousarray(data.transpose(2, 1, 0))
+    image = nib.Nifti1Image(data, volume.affine)
+    image.set_data_dtype(np.uint8)
+    image.set_qform(volume.affine, code=1)
+    image.set_sform(volume.affine, code=1)
+    image.header.set_zooms(volume.spacing[:3])
+    image.header.set_xyzt_units("mm", "sec")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        nib.save(image, tmp_name)
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+    return path

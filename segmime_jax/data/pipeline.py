@@ -1,0 +1,216 @@
+"""Input pipeline: fixed-shape, padded, device-resident batches of slices.
+
+A batch (:data:`Batch`) is a dict of device arrays:
+
+- ``"image"``: float32 ``(B, H, W, 1)`` in [0, 1] (the stored uint8 divided by 255, on the device);
+- ``"label"``: int32 ``(B, H, W)``;
+- ``"mask"``: bool ``(B,)``, False on padding;
+- ``"volume_id"``, ``"slice_index"``: int32 ``(B,)``, -1 on padding.
+
+Every batch has the same shape: the last, partial batch is padded with zero images and labels and a False
+mask (pass the mask to the losses/metrics). Images travel to the device as uint8 (4× less traffic than
+float32) and are converted there. ``prefetch`` batches are kept in flight with :func:`jax.device_put`
+(asynchronous), so transfers overlap the training step.
+
+``sharding`` (e.g. ``NamedSharding(mesh, PartitionSpec("data"))``) places every array of a batch with the
+batch axis split over devices; the batch size must then be a multiple of the number of devices.
+
+Small datasets can live on the device: ``to_device(dataset)`` returns a :class:`DeviceDataset` (uint8,
+replicated over the sharding's devices) that :func:`train_batches` and :func:`volume_batches` accept in
+place of a :class:`SliceDataset`; batches are then gathered on the device by index and only the indices
+cross the host-device boundary.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from segmime_jax.data.dataset import SliceDataset, VolumeInfo
+
+Batch = dict[str, jax.Array]
+
+BATCH_KEYS = ("image", "label", "mask", "volume_id", "slice_index")
+
+
+@dataclass(frozen=True, eq=False)
+class DeviceDataset:
+    """A :class:`SliceDataset` whose uint8 images and labels are held on the device(s).
+
+    Metadata (volumes, slice positions, class names) stays on the host in ``host``.
+    """
+
+    host: SliceDataset
+    images: jax.Array
+    labels: jax.Array
+    sharding: jax.sharding.Sharding | None
+
+    @property
+    def volumes(self) -> tuple[VolumeInfo, ...]:
+        return self.host.volumes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.host.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return self.host.num_classes
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.host.image_size
+
+    def __len__(self) -> int:
+        return len(self.host)
+
+    def slices_of(self, volume_id: int) -> np.ndarray:
+        return self.host.slices_of(volume_id)
+
+
+AnyDataset = SliceDataset | DeviceDataset
+
+
+def _replicated(sharding: jax.sharding.Sharding | None) -> jax.sharding.Sharding | None:
+    if sharding is None:
+        return None
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    devices = sorted(sharding.device_set, key=lambda d: d.id)
+    if len(devices) == 1:
+        return jax.sharding.SingleDeviceSharding(devices[0])
+    mesh = jax.sharding.Mesh(np.array(devices), ("devices",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def to_device(dataset: SliceDataset, *, sharding: jax.sharding.Sharding | None = None) -> DeviceDataset:
+    """Copy ``dataset``'s images and labels (uint8) to the device(s); ``sharding`` is the batch sharding
+    later batches will use (the data itself is replicated on each of its devices)."""
+    if isinstance(dataset, DeviceDataset):
+        return dataset
+    placement = _replicated(sharding)
+    images = jax.device_put(dataset.images, placement) if placement is not None else jax.device_put(dataset.images)
+    labels = jax.device_put(dataset.labels, placement) if placement is not None else jax.device_put(dataset.labels)
+    return DeviceDataset(host=dataset, images=images, labels=labels, sharding=sharding)
+
+
+def num_batches(dataset: AnyDataset, batch_size: int) -> int:
+    """Number of batches :func:`train_batches` yields per epoch (the last one possibly padded)."""
+    _check_batch_size(batch_size)
+    return math.ceil(len(dataset) / batch_size)
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+@jax.jit
+def _finalize(image: jax.Array, label: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return (image.astype(jnp.float32) / 255.0)[..., None], label.astype(jnp.int32)
+
+
+@functools.lru_cache(maxsize=32)
+def _gather_fn(sharding: jax.sharding.Sharding | None):
+    def gather(images, labels, index, valid):
+        image = jnp.where(valid[:, None, None], jnp.take(images, index, axis=0, mode="clip"), 0)
+        label = jnp.where(valid[:, None, None], jnp.take(labels, index, axis=0, mode="clip"), 0)
+        return (image.astype(jnp.float32) / 255.0)[..., None], label.astype(jnp.int32)
+
+    if sharding is None:
+        return jax.jit(gather)
+    return jax.jit(gather, out_shardings=(sharding, sharding))
+
+
+def _put(array: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Array:
+    return jax.device_put(array, sharding) if sharding is not None else jax.device_put(array)
+
+
+def _make_batch(dataset: AnyDataset, index: np.ndarray, batch_size: int,
+                sharding: jax.sharding.Sharding | None) -> Batch:
+    host = dataset.host if isinstance(dataset, DeviceDataset) else dataset
+    count = len(index)
+    mask = np.arange(batch_size) < count
+    padded = np.zeros(batch_size, dtype=np.int32)
+    padded[:count] = index
+    volume_id = np.full(batch_size, -1, dtype=np.int32)
+    slice_index = np.full(batch_size, -1, dtype=np.int32)
+    volume_id[:count] = host.volume_ids[index]
+    slice_index[:count] = host.slice_indices[index]
+    if isinstance(dataset, DeviceDataset):
+        gather = _gather_fn(sharding)
+        image, label = gather(dataset.images, dataset.labels, _put(padded, sharding), _put(mask, sharding))
+    else:
+        height, width = host.image_size
+        image_u8 = np.zeros((batch_size, height, width), dtype=np.uint8)
+        label_u8 = np.zeros((batch_size, height, width), dtype=np.uint8)
+        image_u8[:count] = host.images[index]
+        label_u8[:count] = host.labels[index]
+        image, label = _finalize(_put(image_u8, sharding), _put(label_u8, sharding))
+    return {
+        "image": image, "label": label, "mask": _put(mask, sharding),
+        "volume_id": _put(volume_id, sharding), "slice_index": _put(slice_index, sharding),
+    }
+
+
+def _prefetch(items: Iterable, size: int) -> Iterator:
+    """Keep up to ``size`` items (whose device transfers are already dispatched) ahead of the consumer."""
+    queue: collections.deque = collections.deque()
+    iterator = iter(items)
+    for item in iterator:
+        queue.append(item)
+        if len(queue) > max(size, 0):
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+def epoch_order(num_items: int, *, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled slice order of one epoch: ``numpy.random.default_rng([seed, epoch]).permutation``."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(num_items)
+
+
+def train_batches(dataset: AnyDataset, batch_size: int, *, seed: int, epoch: int,
+                  sharding: jax.sharding.Sharding | None = None, prefetch: int = 2) -> Iterator[Batch]:
+    """One epoch of shuffled, fixed-shape batches (same order for the same ``(seed, epoch)``).
+
+    The last batch is padded to ``batch_size`` (mask False on padding); every slice appears exactly once.
+    """
+    _check_batch_size(batch_size)
+    order = epoch_order(len(dataset), seed=seed, epoch=epoch)
+    chunks = (order[start:start + batch_size] for start in range(0, len(order), batch_size))
+    return _prefetch((_make_batch(dataset, chunk, batch_size, sharding) for chunk in chunks), prefetch)
+
+
+def volume_batches(dataset: AnyDataset, batch_size: int, *, sharding: jax.sharding.Sharding | None = None,
+                   prefetch: int = 2) -> Iterator[tuple[VolumeInfo, list[Batch]]]:
+    """For each volume in order: its record and its slices, in slice order, as fixed-shape padded batches.
+
+    ``prefetch`` counts volumes. Reassemble per-slice outputs with :func:`assemble_volume`.
+    """
+    _check_batch_size(batch_size)
+
+    def volumes():
+        for info in dataset.volumes:
+            index = dataset.slices_of(info.volume_id)
+            batches = [_make_batch(dataset, index[start:start + batch_size], batch_size, sharding)
+                       for start in range(0, len(index), batch_size)]
+            yield info, batches
+
+    return _prefetch(volumes(), prefetch)
+
+
+def assemble_volume(batches: Sequence[Batch], outputs: Sequence) -> np.ndarray:
+    """Stack per-slice ``outputs`` (one ``(B, ...)`` array per batch of :func:`volume_batches`) into the
+    volume's ``(S, ...)`` array, dropping the padding."""
+    if len(batches) != len(outputs):
+        raise ValueError(f"{len(batches)} batches but {len(outputs)} outputs")
+    pieces = [np.asarray(out)[np.asarray(batch["mask"])] for batch, out in zip(batches, outputs, strict=True)]
+    return np.concatenate(pieces, axis=0)
