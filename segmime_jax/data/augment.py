@@ -26,7 +26,7 @@ def _transform_one(image: jax.Array, label: jax.Array, flip_v: jax.Array, flip_h
     theta = jnp.deg2rad(angle.astype(jnp.float32))
     cos, sin = jnp.cos(theta), jnp.sin(theta)
     dr, dc = rows - centre_r, cols - centre_c
-    # Pre-image of each output pixel under the rotation (counter-clockwise on screen for angle > 0).
+    # Pre-image of each output pixel under the rotation (clockwise on screen, rows down, for angle > 0).
     src_r = cos * dr - sin * dc + centre_r
     src_c = sin * dr + cos * dc + centre_c
     # Then under the flips, which were applied first.

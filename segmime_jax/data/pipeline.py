@@ -24,7 +24,6 @@ cross the host-device boundary.
 from __future__ import annotations
 
 import collections
-import functools
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -117,16 +116,12 @@ def _finalize(image: jax.Array, label: jax.Array) -> tuple[jax.Array, jax.Array]
     return (image.astype(jnp.float32) / 255.0)[..., None], label.astype(jnp.int32)
 
 
-@functools.lru_cache(maxsize=32)
-def _gather_fn(sharding: jax.sharding.Sharding | None):
-    def gather(images, labels, index, valid):
-        image = jnp.where(valid[:, None, None], jnp.take(images, index, axis=0, mode="clip"), 0)
-        label = jnp.where(valid[:, None, None], jnp.take(labels, index, axis=0, mode="clip"), 0)
-        return (image.astype(jnp.float32) / 255.0)[..., None], label.astype(jnp.int32)
-
-    if sharding is None:
-        return jax.jit(gather)
-    return jax.jit(gather, out_shardings=(sharding, sharding))
+@jax.jit
+def _gather(images: jax.Array, labels: jax.Array, index: jax.Array,
+            valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    image = jnp.where(valid[:, None, None], jnp.take(images, index, axis=0, mode="clip"), 0)
+    label = jnp.where(valid[:, None, None], jnp.take(labels, index, axis=0, mode="clip"), 0)
+    return (image.astype(jnp.float32) / 255.0)[..., None], label.astype(jnp.int32)
 
 
 def _put(array: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Array:
@@ -145,8 +140,13 @@ def _make_batch(dataset: AnyDataset, index: np.ndarray, batch_size: int,
     volume_id[:count] = host.volume_ids[index]
     slice_index[:count] = host.slice_indices[index]
     if isinstance(dataset, DeviceDataset):
-        gather = _gather_fn(sharding)
-        image, label = gather(dataset.images, dataset.labels, _put(padded, sharding), _put(mask, sharding))
+        # Gather with replicated indices (unambiguous under explicit and automatic sharding alike), then
+        # split the batch over the devices: a local slice of replicated data, no communication.
+        placement = dataset.images.sharding
+        image, label = _gather(dataset.images, dataset.labels, jax.device_put(padded, placement),
+                               jax.device_put(mask, placement))
+        if sharding is not None:
+            image, label = jax.device_put(image, sharding), jax.device_put(label, sharding)
     else:
         height, width = host.image_size
         image_u8 = np.zeros((batch_size, height, width), dtype=np.uint8)
