@@ -16,7 +16,7 @@ wall, and patchy pericardial fat. Groups NOR/MINF/DCM/HCM/RV (balanced) change c
 shorter heart (apical slices empty). Sizes, positions, orientation (±20° around 0° or 90°), contours and
 intensities vary per patient; LV, RV and aorta share the blood intensity, myocardium overlaps liver, muscle
 and RV wall, so no class is an intensity threshold. In-plane sizes as ACDC (216×256, 256×232, ...),
-in-plane spacing 1.35-1.75 mm, slices 5-10 mm, 6-16 slices. Image formation: partial-volume blur, smooth
+in-plane spacing 1.2-1.6 mm, slices 5-10 mm, 6-16 slices. Image formation: partial-volume blur, smooth
 multiplicative bias field, random gain, Rician noise.
 
 **PROMISE12-like** (``write_synthetic_promise12``): ``<out>/CaseNN.mhd`` + ``CaseNN.raw`` (int16) and
@@ -152,7 +152,7 @@ def _acdc_patient(rng: np.random.Generator, group: str, scale: float) -> dict:
     g = _GROUPS[group]
     height, width = ACDC_SIZES[rng.integers(len(ACDC_SIZES))]
     height, width = max(8, round(height * scale)), max(8, round(width * scale))
-    spacing = _u(rng, 1.35, 1.75) / scale
+    spacing = _u(rng, 1.2, 1.6) / scale
     thickness = float(rng.choice([5.0, 6.0, 6.5, 7.0, 8.0, 10.0]))
     heart_length = _u(rng, 75.0, 105.0)
     past_apex = int(rng.uniform() < 0.35)  # one slice below the apex, with no heart at all
@@ -184,7 +184,7 @@ def _acdc_patient(rng: np.random.Generator, group: str, scale: float) -> dict:
         "epi_shape": _harmonics(rng, (2, 3), 0.04),
         "thinning": (_u(rng, 0.45, 0.65), _u(rng, 0, 2 * np.pi), _u(rng, 0.5, 0.9)) if group == "MINF" else None,
         "rv_angle": np.pi + _u(rng, -0.6, 0.2), "rv_offset": _u(rng, 0.55, 0.75),
-        "rv_width": _u(rng, 1.25, 1.55) * rv_size, "rv_depth": _u(rng, 0.8, 1.0) * np.sqrt(rv_size),
+        "rv_width": _u(rng, 1.4, 1.75) * rv_size, "rv_depth": _u(rng, 0.9, 1.15) * np.sqrt(rv_size),
         "rv_end": _u(rng, 0.65, 0.9), "rv_es": _u(rng, 0.75, 0.9) if group == "RV" else _u(rng, 0.55, 0.72),
         "rv_shape": _harmonics(rng, (2, 3, 4), 0.05), "rv_wall": _u(rng, 2.0, 3.5),
         "papillary": [(_u(rng, 0.9, 1.4) + k * _u(rng, 1.5, 2.2), _u(rng, 0.1, 0.16)) for k in range(2)],
@@ -357,7 +357,8 @@ def write_synthetic_acdc(out_dir: str | os.PathLike, *, cases: int = 20, seed: i
     """Write an ACDC-like dataset to ``out_dir`` (which must not exist or be empty) and return it.
 
     Args:
-        cases: patients in ``training/`` (patient001, patient002, ...); groups are balanced.
+        cases: patients in ``training/`` (patient001, patient002, ...); each block of 5 consecutive patients
+            has the 5 groups NOR, MINF, DCM, HCM, RV in a random order.
         seed: dataset seed; patient i is drawn from ``default_rng([seed, i])``.
         testing_cases: patients (patient101, ...) in ``testing/``, with ground truth as in newer releases.
         scale: in-plane matrix size multiplier at a constant field of view (e.g. 0.25 for tiny test data).
@@ -369,13 +370,13 @@ def write_synthetic_acdc(out_dir: str | os.PathLike, *, cases: int = 20, seed: i
     out_dir = pathlib.Path(out_dir)
     with _staging(out_dir) as tmp:
         for subset, count, first in (("training", cases, 1), ("testing", testing_cases, 101)):
-            groups = [ACDC_GROUP_NAMES[i % len(ACDC_GROUP_NAMES)] for i in range(count)]
-            order = np.random.default_rng([seed, 1_000_003 + first]).permutation(count)
             for i in range(count):
                 number = first + i
-                rng = np.random.default_rng([seed, number])
+                # groups balanced within each block of 5 consecutive patients, whatever the count
+                block = np.random.default_rng([seed, 1_000_003, first, i // 5]).permutation(len(ACDC_GROUP_NAMES))
+                group = ACDC_GROUP_NAMES[block[i % 5]]
                 name = f"patient{number:03d}"
-                _write_acdc_patient(tmp / subset / name, name, rng, groups[order[i]], scale)
+                _write_acdc_patient(tmp / subset / name, name, np.random.default_rng([seed, number]), group, scale)
     return out_dir
 
 
