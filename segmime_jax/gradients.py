@@ -320,13 +320,16 @@ def dynamic_range_db(
               c = 10 \text{ (``"power"``, default)} \text{ or } 20 \text{ (``"amplitude"``)}
 
     The paper quotes ≈1.5 dB for Dice and ≈10 dB for cross-entropy on its Figure 1 without saying which ``c``
-    it uses (SPEC §1). We default to ``"power"`` (``10·log10`` of the magnitude ratio): it is the reading under
-    which both of the paper's numbers correspond to an ordinary noisy prediction: 10 dB for CE is a factor 10
-    between the largest and smallest ``1/s`` on the ground truth, i.e. foreground probabilities spanning
-    0.1-1, and 1.5 dB for Dice is a fg/bg value ratio ``(U−I)/I = 1.41``, a soft DSC ``2I/U ≈ 0.83``. Under
-    ``"amplitude"`` the same numbers would need foreground probabilities that never fall below 0.32 and a soft
-    DSC of 0.91. The ratio of two ranges (Dice/CE ≈ 0.15 in the paper) does not depend on the convention; the
-    gradient study reports both conventions (see :mod:`segmime_jax.report.gradient_study`).
+    it uses (SPEC §1). Both ranges reduce to two numbers: Dice's is ``c·log10((U−I)/I) = c·log10(2/DSC − 1)``
+    (soft DSC of the class), CE's is ``c·log10(max s / min s)`` over the ground-truth pixels. We default to
+    ``"power"`` (``10·log10`` of the magnitude ratio) because under it both of the paper's numbers describe a
+    plausible noisy prediction: 1.5 dB is a soft DSC of 0.83 and 10 dB ground-truth probabilities spanning a
+    factor 10 (down to ≈0.1). Under ``"amplitude"`` they would mean a soft DSC of 0.91 and *no* ground-truth pixel
+    below ≈0.32 of the most confident one, which a noisy softmax over thousands of pixels rarely gives (the
+    CE range is set by the single least confident pixel). On the study's default phantom the power convention
+    is also the closer one for both losses (Dice 1.27 dB, CE 20.6 dB; amplitude: 2.55 and 41.1 dB). The ratio of
+    two ranges (Dice/CE, 0.15 in the paper) does not depend on the convention; the gradient study reports both
+    (see :mod:`segmime_jax.report.gradient_study`).
 
     ``mask``: optional boolean array broadcastable to ``grad`` selecting the elements considered (e.g. one class).
     ``relative_floor``: magnitudes ``<= relative_floor · max`` count as zero (default 0: only exact zeros are
