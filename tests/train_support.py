@@ -18,7 +18,7 @@ from segmime_jax.data.dataset import DatasetSplits, SliceDataset, VolumeInfo
 class TinyNet(nnx.Module):
     """conv3×3 → BatchNorm → ReLU → dropout → conv1×1: logits ``(B, H, W, K)`` in float32."""
 
-    def __init__(self, num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32, width: int = 8):
+    def __init__(self, num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32, width: int = 32):
         self.conv1 = nnx.Conv(1, width, (3, 3), dtype=dtype, rngs=rngs)
         self.bn = nnx.BatchNorm(width, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(0.1, rngs=rngs)
@@ -29,23 +29,19 @@ class TinyNet(nnx.Module):
         return self.conv2(self.dropout(h)).astype(jnp.float32)
 
 
-class Counter(nnx.Variable):
-    """A non-trainable variable updated by the forward pass (like BatchNorm statistics)."""
-
-
 class ExplodingNet(TinyNet):
     """TinyNet whose logits become NaN from its ``explode_after + 1``-th train-mode forward pass on."""
 
     def __init__(self, num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32, explode_after: int = 2):
         super().__init__(num_classes, rngs=rngs, dtype=dtype)
-        self.calls = nnx.BatchStat(jnp.zeros((), jnp.int32))
+        self.calls = nnx.BatchStat(jnp.zeros((), jnp.int32))  # train-mode forward passes (a "statistic")
         self.explode_after = explode_after
 
     def __call__(self, x: jax.Array) -> jax.Array:
         logits = super().__call__(x)
         if not self.bn.use_running_average:
-            self.calls.value = self.calls.value + 1
-        return jnp.where(self.calls.value > self.explode_after, jnp.nan, logits)
+            self.calls[...] = self.calls[...] + 1
+        return jnp.where(self.calls[...] > self.explode_after, jnp.nan, logits)
 
 
 def tiny_factory(num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32) -> TinyNet:
@@ -74,8 +70,8 @@ def tiny_dataset(volumes: int, slices: int, *, size: int = 32, num_classes: int 
         radius = rng.integers(size // 8, size // 4)
         labels[i][(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = 1
         if num_classes > 2:
-            sy, sx = rng.integers(0, size - size // 4, 2)
-            square = (yy >= sy) & (yy < sy + size // 5) & (xx >= sx) & (xx < sx + size // 5) & (labels[i] == 0)
+            sy, sx = rng.integers(0, size - size // 3, 2)
+            square = (yy >= sy) & (yy < sy + size // 3) & (xx >= sx) & (xx < sx + size // 3) & (labels[i] == 0)
             labels[i][square] = 2
         intensity = np.array([0.1, 0.9, 0.5, 0.7][:num_classes])
         images[i] = intensity[labels[i]] + rng.normal(0, 0.05, (size, size))

@@ -1,0 +1,160 @@
+"""train_and_evaluate end to end on a tiny network and dataset: outputs, resume, NaN guard, options."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import chex
+import jax
+import numpy as np
+import pytest
+from train_support import ExplodingNet, tiny_factory, tiny_splits
+
+from segmime_jax.train import (
+    CheckpointStore,
+    NonFiniteLossError,
+    PlateauState,
+    TrainConfig,
+    TrainState,
+    evaluate,
+    load_run_result,
+    make_eval_step,
+    plateau_update,
+    train_and_evaluate,
+)
+from segmime_jax.train import loop as loop_module
+
+# 9 training slices with batch 4: two full batches and a trimmed one of 1 slice per epoch.
+CONFIG = TrainConfig(loss="dsc", epochs=3, batch_size=4, eval_batch_size=4, learning_rate=3e-2, plateau_patience=1,
+                     progress=False, num_examples=2)
+
+
+def _without_time(history):
+    return [{k: v for k, v in h.items() if k != "time_s"} for h in history]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return tiny_splits(train_volumes=3, slices=3)
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    return run_dir, train_and_evaluate(CONFIG, data, run_dir, model_factory=tiny_factory)
+
+
+def test_outputs(run, data):
+    run_dir, result = run
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert [h["steps"] for h in result.history] == [3, 6, 9]
+    assert result.history[-1]["val_dsc_fg"] > result.history[0]["val_dsc_fg"]
+    assert result.class_names == ("background", "disk", "square")
+    chex.assert_shape(result.test_dsc, (2, 3))
+    chex.assert_shape(result.test_clece, (3,))
+    for name in ("confidence", "accuracy", "count"):
+        chex.assert_shape(result.reliability[name], (3, 15))
+    assert result.reliability["count"].sum() == len(data.test) * 32 * 32 * 3
+    chex.assert_shape(result.examples["image"], (2, 32, 32))
+    chex.assert_shape(result.examples["prediction"], (2, 32, 32))
+    assert result.test_volume_names == ["test00", "test01"]
+    telemetry = result.history[0]["grad_telemetry"]
+    assert len(telemetry["fg_median"]) == 3 and telemetry["dynamic_range_db"] >= 0
+    assert all(n <= 2 * CONFIG.batch_size for n in telemetry["fg_distinct"])  # Dice: 2 values per image
+    # metrics.jsonl mirrors the history; result.json reloads to the same result
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lines == result.history
+    loaded = load_run_result(run_dir)
+    assert loaded.config == CONFIG and loaded.best_epoch == result.best_epoch
+    np.testing.assert_array_equal(loaded.test_dsc, result.test_dsc)
+    np.testing.assert_array_equal(loaded.examples["prediction"], result.examples["prediction"])
+    assert sorted(p.name for p in (run_dir / "predictions").iterdir()) == ["test00.nii.gz", "test01.nii.gz"]
+
+
+def test_plateau_and_best_epoch_follow_the_validation_dsc(run):
+    _, result = run
+    plateau = PlateauState()
+    for h in result.history:
+        assert h["learning_rate"] == pytest.approx(CONFIG.learning_rate * plateau.scale, rel=1e-12)
+        plateau = plateau_update(plateau, h["val_dsc_fg"], patience=CONFIG.plateau_patience)
+    dsc = [h["val_dsc_fg"] for h in result.history]
+    assert result.best_epoch == int(np.argmax(dsc)) + 1
+
+
+def test_test_metrics_come_from_the_best_checkpoint(run, data):
+    run_dir, result = run
+    template = TrainState.create(tiny_factory(3, rngs=__import__("flax").nnx.Rngs(0)), CONFIG.build_optimizer())
+    with CheckpointStore(run_dir / "checkpoints") as store:
+        epoch, tree, _ = store.restore_best(template.checkpoint_tree())
+    assert epoch == result.best_epoch
+    best = template.replace_from_checkpoint(tree)
+    again = evaluate(make_eval_step(CONFIG.build_loss(), 3), best, data.test, CONFIG.eval_batch_size)
+    np.testing.assert_allclose(again.dsc, result.test_dsc, rtol=1e-6)
+    np.testing.assert_allclose(again.calibration.clece(), result.test_clece, rtol=1e-5)
+
+
+def test_resume_equals_uninterrupted(run, data, tmp_path, monkeypatch):
+    _, uninterrupted = run
+    calls = {"n": 0}
+    real_evaluate = loop_module.evaluate
+
+    def killed_in_epoch_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the validation of epoch 3: its training is lost, epoch 2 is on disk
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "evaluate", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(CONFIG, data, tmp_path, model_factory=tiny_factory)
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    monkeypatch.setattr(loop_module, "evaluate", real_evaluate)
+    with pytest.raises(FileExistsError, match="resume=True"):
+        train_and_evaluate(CONFIG, data, tmp_path, model_factory=tiny_factory)
+    with pytest.raises(ValueError, match="configuration changed.*loss"):
+        train_and_evaluate(dataclasses.replace(CONFIG, loss="ce"), data, tmp_path, resume=True,
+                           model_factory=tiny_factory)
+    resumed = train_and_evaluate(CONFIG, data, tmp_path, resume=True, model_factory=tiny_factory)
+    assert _without_time(resumed.history) == _without_time(uninterrupted.history)
+    assert resumed.best_epoch == uninterrupted.best_epoch
+    np.testing.assert_array_equal(resumed.test_dsc, uninterrupted.test_dsc)
+    np.testing.assert_array_equal(resumed.test_clece, uninterrupted.test_clece)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert _without_time(lines) == _without_time(uninterrupted.history)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
+    def exploding(num_classes, *, rngs, dtype):
+        return ExplodingNet(num_classes, rngs=rngs, dtype=dtype, explode_after=3)  # NaN from step 4 = epoch 2
+
+    with pytest.raises(NonFiniteLossError, match="at epoch 2, step 3.*last good checkpoint \\(epoch 1\\)"):
+        train_and_evaluate(CONFIG, data, tmp_path, model_factory=exploding)
+    template = TrainState.create(exploding(3, rngs=__import__("flax").nnx.Rngs(0), dtype=np.float32),
+                                 CONFIG.build_optimizer())
+    with CheckpointStore(tmp_path / "checkpoints") as store:
+        epoch, tree, meta = store.restore_latest(template.checkpoint_tree())
+    assert epoch == 1 and len(meta["history"]) == 1
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree["params"]))
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+    assert not (tmp_path / "result.json").exists()
+
+
+def test_sgd_drop_last_without_checkpoints(data, tmp_path):
+    config = dataclasses.replace(CONFIG, optimizer="sgd", learning_rate=None, epochs=2, last_batch="drop",
+                                 checkpoints=False, write_predictions=False, telemetry=False, loss="ce")
+    result = train_and_evaluate(config, data, tmp_path, model_factory=tiny_factory)
+    assert [h["steps"] for h in result.history] == [2, 4]
+    assert result.history[0]["learning_rate"] == pytest.approx(1e-2)
+    assert result.history[0]["grad_telemetry"] == {}
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "predictions").exists()
+    assert (tmp_path / "result.json").exists() and np.isfinite(result.test_dsc).all()
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="rmsprop")
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="float16")

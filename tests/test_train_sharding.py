@@ -1,0 +1,88 @@
+"""Data parallelism: the same run on 1 and on 8 (fake CPU) devices gives the same numbers.
+
+The comparison uses SGD: with Adam, the first updates are ``lr·g/(|g| + eps)``, so a parameter whose
+gradient is ~0 moves by ±lr depending on float rounding of the all-reduce; the runs then differ by more
+than rounding although both are correct.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from segmime_jax.train import choose_num_devices, make_data_mesh, shard_batch
+
+TESTS = pathlib.Path(__file__).resolve().parent
+
+SCRIPT = textwrap.dedent("""
+    import json, os, sys, tempfile
+    sys.path.insert(0, sys.argv[1])
+    import conftest  # persistent compilation cache, float32 defaults
+    import jax, numpy as np
+    from flax import nnx
+    from train_support import tiny_factory, tiny_splits
+    from segmime_jax.train import CheckpointStore, TrainConfig, TrainState, make_data_mesh, train_and_evaluate
+
+    assert jax.device_count() == 8, jax.devices()
+    # 12 training slices, batch 8: one full batch split over the devices, one trimmed batch of 4 (replicated)
+    data = tiny_splits(train_volumes=4, slices=3)
+    out = {}
+    for n in (1, 8):
+        config = TrainConfig(loss="1*ce+1*dsc", optimizer="sgd", learning_rate=0.1, epochs=2, batch_size=8,
+                             eval_batch_size=8, progress=False, write_predictions=False, telemetry=False,
+                             num_devices=n, augment=True)
+        run_dir = tempfile.mkdtemp()
+        result = train_and_evaluate(config, data, run_dir, model_factory=tiny_factory)
+        template = TrainState.create(tiny_factory(3, rngs=nnx.Rngs(0)), config.build_optimizer())
+        with CheckpointStore(os.path.join(run_dir, "checkpoints")) as store:
+            _, tree, _ = store.restore_latest(template.checkpoint_tree())
+        out[n] = {
+            "history": [{k: h[k] for k in ("train_loss", "val_loss", "val_dsc", "val_dsc_fg")} for h in result.history],
+            "test_dsc": result.test_dsc.tolist(),
+            "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(tree["params"])],
+            "batch_stats": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(tree["batch_stats"])],
+            "mesh": make_data_mesh(n, batch_sizes=(8,)).devices.size,
+        }
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_one_and_eight_devices_agree(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(TESTS)], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
+    out = json.loads(line[len("RESULT"):])
+    one, eight = out["1"], out["8"]
+    assert one["mesh"] == 1 and eight["mesh"] == 8
+    for a, b in zip(one["history"], eight["history"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+        np.testing.assert_allclose(a["val_dsc"], b["val_dsc"], atol=2e-3)  # argmax may flip a pixel
+    np.testing.assert_allclose(one["test_dsc"], eight["test_dsc"], atol=2e-3)
+    for name in ("params", "batch_stats"):
+        for a, b in zip(one[name], eight[name], strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_device_choice_and_batch_placement():
+    assert choose_num_devices((8, 16), available=8) == 8
+    assert choose_num_devices((6, 16), available=8) == 2
+    assert choose_num_devices((5,), available=8) == 5
+    mesh = make_data_mesh(batch_sizes=(4,))
+    assert mesh.axis_names == ("data",)
+    batch = shard_batch({"x": np.zeros((4, 2), np.float32)}, mesh)
+    assert batch["x"].sharding.spec == jax.sharding.PartitionSpec("data")
+    with pytest.raises(ValueError, match="local device"):
+        make_data_mesh(jax.local_device_count() + 1)
