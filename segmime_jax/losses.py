@@ -501,7 +501,7 @@ def mime_weights_from_frequencies(
     b_mean: float = 0.1,
     power: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    r"""Per-class mime weights ``(a, b)`` from class pixel frequencies (our extension of paper §2.3).
+    r"""Per-class mime weights ``(a, b)`` of Eq. 8-9 from class pixel frequencies (our extension of paper §2.3).
 
     The paper (§2.3) says ``a, b`` may be "pre-computed based on (for instance) the dataset
     classes-distribution" without giving a rule. Ours follows the Dice gradient: near a good prediction of
