@@ -130,7 +130,7 @@ def test_single_device_sharding_and_errors(axis_type):
 
 
 def test_eight_devices_same_batches():
-    """Batches sharded over 8 host devices hold the same numbers as on one device."""
+    """Batches sharded over 8 host devices hold the same numbers as on one device; so do augmented ones."""
     script = textwrap.dedent("""
         import numpy as np, jax
         from jax.sharding import NamedSharding, PartitionSpec
@@ -149,6 +149,18 @@ def test_eight_devices_same_batches():
                 assert b["image"].addressable_shards[0].data.shape == (1, 6, 5, 1)
                 for key in a:
                     np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]))
+        # augmentation of a sharded batch (explicit and automatic meshes) equals that of an unsharded one
+        from segmime_jax.data import augment_batch
+        key = jax.random.key(1)
+        reference = augment_batch(key, plain[0]["image"], plain[0]["label"])
+        for axis_type in (jax.sharding.AxisType.Explicit, jax.sharding.AxisType.Auto):
+            mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
+            batch = next(iter(train_batches(ds, 8, seed=1, epoch=2,
+                                            sharding=NamedSharding(mesh, PartitionSpec("data")))))
+            out = augment_batch(key, batch["image"], batch["label"])
+            assert len(out[0].sharding.device_set) == 8
+            for x, y in zip(reference, out):
+                np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
         print("ok")
     """).format(os.path.dirname(__file__))
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")

@@ -60,11 +60,26 @@ def sample_transforms(key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.A
     return flip_v, flip_h, jnp.where(rotate, angle, 0.0)
 
 
+def _match_batch_sharding(x: jax.Array, reference: jax.Array) -> jax.Array:
+    """Under explicit sharding, split ``x`` (B, ...) over the mesh axis that splits ``reference``'s batch
+    (vmap needs its mapped inputs sharded alike); a no-op otherwise."""
+    sharding = getattr(jax.typeof(reference), "sharding", None)
+    spec = getattr(sharding, "spec", None)
+    if not spec or spec[0] is None:
+        return x
+    explicit = jax.sharding.AxisType.Explicit
+    if not any(axis_type == explicit for axis_type in getattr(sharding.mesh, "axis_types", ())):
+        return x
+    target = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(spec[0]))
+    return jax.sharding.reshard(x, target)
+
+
 @jax.jit
 def augment_batch(key: jax.Array, image: jax.Array, label: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Randomly flip, mirror and rotate each sample of ``image`` (B, H, W, C) and ``label`` (B, H, W) alike.
 
-    Same key, same result. Padding samples (all zero) stay all zero.
+    Same key, same result, whatever the sharding of the batch. Padding samples (all zero) stay all zero.
     """
-    flip_v, flip_h, angle = sample_transforms(key, label.shape[0])
+    draws = sample_transforms(key, label.shape[0])
+    flip_v, flip_h, angle = (_match_batch_sharding(x, image) for x in draws)
     return transform_batch(image, label, flip_v, flip_h, angle)
