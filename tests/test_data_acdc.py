@@ -346,3 +346,23 @@ def test_export_exact_when_upsampled(small_root, tmp_path):
     with pytest.raises(ValueError, match=".nii"):
         write_prediction_nifti(info, data.train.volume(0)[1], tmp_path / "y.png")
     assert not (tmp_path / "y.nii.gz").exists()
+
+
+def test_interrupted_cache_write_leaves_nothing(small_root, tmp_path, monkeypatch):
+    from segmime_jax.data import cache as cache_module
+
+    def explode(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_module.np, "savez_compressed", explode)
+    with pytest.raises(KeyboardInterrupt):
+        load_acdc(small_root, size=SIZE, cache_dir=tmp_path / "cache")
+    assert _cache_entries(tmp_path / "cache") == []  # not even a temporary folder
+
+
+def test_missing_nibabel_is_explained(small_root, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nibabel", None)
+    with pytest.raises(ImportError, match="pip install nibabel"):
+        load_acdc(small_root, size=SIZE, cache_dir=False)

@@ -142,13 +142,21 @@ def _patient_frames(folder: pathlib.Path, subset: str) -> list[_Frame]:
     return frames
 
 
+def import_nibabel():
+    """The nibabel module, or an ImportError that says how to install it."""
+    try:
+        import nibabel
+    except ImportError as err:
+        raise ImportError("reading or writing NIfTI (.nii/.nii.gz) needs nibabel: pip install nibabel") from err
+    return nibabel
+
+
 def read_nifti(path: str | os.PathLike, *, labels: bool = False) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     """``(array, affine, zooms)`` of a NIfTI file; :class:`DataError` naming the file if it cannot be read.
 
     Images come back as float32, labels with their stored dtype. A trailing singleton 4th axis is dropped.
     """
-    import nibabel as nib
-
+    nib = import_nibabel()
     try:
         img = nib.load(os.fspath(path))
         data = np.asanyarray(img.dataobj) if labels else img.get_fdata(dtype=np.float32)

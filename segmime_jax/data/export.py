@@ -44,8 +44,9 @@ def write_prediction_nifti(volume: VolumeInfo, labels: np.ndarray, path: str | o
         path: a ``.nii.gz`` / ``.nii`` file name, or an existing folder (the file is then
             ``<folder>/<volume.name>.nii.gz``). Written to a temporary file, then renamed.
     """
-    import nibabel as nib
+    from segmime_jax.data.acdc import import_nibabel
 
+    nib = import_nibabel()
     path = pathlib.Path(path)
     if path.is_dir():
         path = path / f"{volume.name}.nii.gz"

@@ -329,8 +329,9 @@ def _acdc_frame(rng: np.random.Generator, p: dict, phase: str) -> tuple[np.ndarr
 
 
 def _write_nifti(path: pathlib.Path, array: np.ndarray, affine: np.ndarray) -> None:
-    import nibabel as nib
+    from segmime_jax.data.acdc import import_nibabel
 
+    nib = import_nibabel()
     image = nib.Nifti1Image(array, affine)
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
