@@ -86,3 +86,20 @@ def test_gradient_study_errors(tmp_path):
     with pytest.raises(SystemExit, match="error"):
         experiment.main(["--out", str(tmp_path / "y"), "--size", "32", "--data-root", str(tmp_path / "missing")])
     assert not (tmp_path / "y").exists()
+
+
+def test_gradient_study_on_acdc_labels(tmp_path, monkeypatch):
+    """--data-root: the labels come from an ACDC-format folder (a tiny synthetic one here)."""
+    from segmime_jax.data import write_synthetic_acdc
+
+    monkeypatch.setenv("SEGMIME_CACHE_DIR", str(tmp_path / "cache"))
+    root = write_synthetic_acdc(tmp_path / "acdc", cases=3, seed=0)
+    out = tmp_path / "grad"
+    result = experiment.main(["--out", str(out), "--data-root", str(root), "--size", "48", "--bound-points", "0",
+                              "--class-index", "2", "--dpi", "40"])
+    assert result.source["kind"] == "acdc" and result.source["volume"].startswith("patient")
+    assert result.class_names == ("background", "RV", "MYO", "LV")
+    table = json.loads((out / "gradient_table.json").read_text())
+    dsc = {row["key"]: row for row in table["losses"]}["dsc"]
+    assert dsc["foreground"]["distinct"] == 1 and dsc["background"]["distinct"] == 1
+    assert not (out / "bound.json").exists()
