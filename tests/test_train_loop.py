@@ -158,3 +158,7 @@ def test_config_validation():
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="float16")
+    with pytest.raises(ValueError, match="unknown model"):
+        TrainConfig(model="unet")
+    with pytest.raises(ValueError):
+        TrainConfig(loss="dice+focal")

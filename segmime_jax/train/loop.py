@@ -130,6 +130,11 @@ class TrainConfig:
             raise ValueError(f"num_examples must be >= 0, got {self.num_examples}")
         if self.num_devices is not None and self.num_devices < 1:
             raise ValueError(f"num_devices must be >= 1, got {self.num_devices}")
+        from segmime_jax.models import MODELS
+
+        if self.model.lower() not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(MODELS)}")
+        self.build_loss()  # a bad loss spec or class list fails here, before any data is loaded
 
     @property
     def base_learning_rate(self) -> float:
@@ -290,7 +295,11 @@ def _build_model(config: TrainConfig, num_classes: int, model_factory: ModelFact
 
 def step_key(seed: int, step: int) -> jax.Array:
     """The key of optimiser step ``step``: ``fold_in(fold_in(key(seed), 1), step)``."""
-    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), step)
+    return jax.random.fold_in(_step_root(seed), step)
+
+
+def _step_root(seed: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(seed), 1)
 
 
 def _fixed_batch(dataset: Any, batch_size: int) -> dict[str, np.ndarray]:
@@ -452,6 +461,7 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
         remainder = n_train % config.batch_size
         batches_per_epoch = num_batches(data.train, config.batch_size)
         step = int(jax.device_get(state.step))
+        step_root = _step_root(config.seed)
         epochs = _progress(range(start_epoch + 1, config.epochs + 1), enabled=config.progress,
                            desc=f"{config.model}/{config.loss}", unit="epoch", initial=start_epoch,
                            total=config.epochs)
@@ -472,7 +482,7 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
                     if config.last_batch == "drop":
                         continue
                     batch, size = _trim(batch, remainder, mesh), remainder
-                state, out = train_step(state, batch, step_key(config.seed, step))
+                state, out = train_step(state, batch, jax.random.fold_in(step_root, step))  # = step_key(seed, step)
                 if pending is not None:  # fetch the previous loss: keeps one step in flight
                     value = float(pending[0])
                     check_finite(value, epoch=epoch, step=pending[1], store=store)
