@@ -49,6 +49,7 @@ from segmime_jax.train.sharding import (
 )
 from segmime_jax.train.state import TrainState
 from segmime_jax.train.step import eval_step_fn, make_eval_step, make_train_step, probabilities, train_step_fn
+from segmime_jax.train.telemetry import make_gradient_probe, summarize_gradient
 
 __all__ = [
     "NUM_BINS",
@@ -74,6 +75,7 @@ __all__ = [
     "load_run_result",
     "make_data_mesh",
     "make_eval_step",
+    "make_gradient_probe",
     "make_optimizer",
     "make_train_step",
     "mean_foreground",
@@ -86,6 +88,7 @@ __all__ = [
     "sgd_pytorch",
     "shard_batch",
     "step_key",
+    "summarize_gradient",
     "train_and_evaluate",
     "train_step_fn",
 ]
