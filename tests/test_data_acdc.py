@@ -354,7 +354,7 @@ def test_interrupted_cache_write_leaves_nothing(small_root, tmp_path, monkeypatc
     def explode(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cache_module.np, "savez_compressed", explode)
+    monkeypatch.setattr(cache_module, "_save_npz", explode)
     with pytest.raises(KeyboardInterrupt):
         load_acdc(small_root, size=SIZE, cache_dir=tmp_path / "cache")
     assert _cache_entries(tmp_path / "cache") == []  # not even a temporary folder

@@ -25,6 +25,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
@@ -113,11 +114,21 @@ def _read_entry(path: pathlib.Path, description: Mapping) -> SliceDataset | None
         return None
 
 
+def _save_npz(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """A compressed ``.npz`` (what ``numpy.savez_compressed`` writes, read by ``numpy.load``) with the fastest
+    deflate level: the noisy images compress to about the same size at level 1 as at numpy's level 6, in about
+    half the time."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as handle:
+                np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
+
+
 def _write_entry(path: pathlib.Path, description: Mapping, dataset: SliceDataset) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=".tmp-" + path.name + "-", dir=path.parent))
     try:
-        np.savez_compressed(tmp / "slices.npz", **{name: getattr(dataset, name) for name in _ARRAYS})
+        _save_npz(tmp / "slices.npz", {name: getattr(dataset, name) for name in _ARRAYS})
         meta = {
             "key": dict(description),
             "class_names": list(dataset.class_names),
