@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["conv_flops", "count_params", "forward_flops"]
+__all__ = ["conv_flops", "count_params", "flops_from_cost_analysis", "forward_flops"]
 
 
 def count_params(model: nnx.Module) -> int:
@@ -18,8 +18,12 @@ def count_params(model: nnx.Module) -> int:
     return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
-def _flops_of(cost) -> float:
-    """``compiled.cost_analysis()`` is a dict in recent jax and a list of per-module dicts in older ones."""
+def flops_from_cost_analysis(cost) -> float:
+    """The ``"flops"`` entry of a ``Lowered``/``Compiled.cost_analysis()`` result, as a float.
+
+    jax returns a dict in recent versions and a list of per-module dicts in older ones; both are
+    accepted (the list is summed). Raises RuntimeError when the backend gives no cost analysis.
+    """
     if cost is None:
         raise RuntimeError("XLA returned no cost analysis for this backend")
     if isinstance(cost, dict):
@@ -57,7 +61,7 @@ def forward_flops(model: nnx.Module, input_shape: Sequence[int], *, train: bool 
     forward, state_shapes = _forward_fn(model, train)
     x = jax.ShapeDtypeStruct(tuple(input_shape), dtype)
     compiled = jax.jit(forward).lower(state_shapes, x).compile()
-    return _flops_of(compiled.cost_analysis())
+    return flops_from_cost_analysis(compiled.cost_analysis())
 
 
 def _sub_jaxprs(value):
