@@ -1,0 +1,121 @@
+"""Accelerator benchmark: ``python -m experiments.benchmark``.
+
+Times the jitted, data-parallel train step of ENet (4 classes) and ResidualUNet (2 classes), forward-only
+inference, compile time, FLOP/s and memory, over batch sizes, precisions and device counts, plus one
+epoch through the input pipeline. Prints a table and writes ``benchmark.json`` (device kind, versions,
+every figure) into ``--out``. ``--quick`` is a CPU-sized smoke run (under a minute).
+
+Examples::
+
+    python -m experiments.benchmark                                  # 256x256, batches 8,32,128, fp32+bf16
+    python -m experiments.benchmark --models enet --batches 8,32 --precisions float32
+    python -m experiments.benchmark --quick --out /tmp/bench
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+from collections.abc import Sequence
+
+import jax
+
+from segmime_jax.bench.device_info import environment
+from segmime_jax.bench.report import format_table
+from segmime_jax.bench.suite import PRECISIONS, BenchCase, run_case, run_epoch
+from segmime_jax.cli import config_to_dict, parse_config
+
+NUM_CLASSES = {"enet": 4, "residualunet": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+    models: tuple[str, ...] = dataclasses.field(
+        default=("enet", "residualunet"), metadata={"help": "models to time (enet: 4 classes, residualunet: 2)"})
+    size: int = dataclasses.field(default=256, metadata={"help": "image height and width"})
+    batches: tuple[int, ...] = dataclasses.field(default=(8, 32, 128), metadata={"help": "global batch sizes"})
+    precisions: tuple[str, ...] = dataclasses.field(
+        default=("float32", "bfloat16"), metadata={"help": "compute precisions (parameters stay float32)"})
+    devices: tuple[int, ...] | None = dataclasses.field(
+        default=None, metadata={"help": "device counts to try; 'none' = 1 and all local devices"})
+    warmup: int = dataclasses.field(default=3, metadata={"help": "untimed calls before timing"})
+    repeats: int = dataclasses.field(default=20, metadata={"help": "timed calls per figure"})
+    epoch_steps: int = dataclasses.field(
+        default=50, metadata={"help": "steps of the pipeline epoch timing (0 = skip it)"})
+    epoch_batch: int = dataclasses.field(default=8, metadata={"help": "batch size of the epoch timing"})
+    loss: str = dataclasses.field(default="1*ce+1*dsc", metadata={"help": "loss of the train step"})
+    quick: bool = dataclasses.field(
+        default=False, metadata={"help": "CPU smoke run: 32x32, batch 2, float32, 1 device, few repeats"})
+    out: pathlib.Path = dataclasses.field(
+        default=pathlib.Path("results/benchmark"), metadata={"help": "output folder"})
+
+    def __post_init__(self) -> None:
+        for name in self.models:
+            if name not in NUM_CLASSES:
+                raise ValueError(f"unknown model {name!r}; valid: {', '.join(NUM_CLASSES)}")
+        for precision in self.precisions:
+            if precision not in PRECISIONS:
+                raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        if self.size % 16:
+            raise ValueError(f"size must be a multiple of 16 (ResidualUNet), got {self.size}")
+
+    def effective(self) -> BenchmarkConfig:
+        """The config actually run: ``quick`` replaces sizes, batches, precisions and repeats."""
+        if not self.quick:
+            return self
+        return dataclasses.replace(self, size=32, batches=(2,), precisions=("float32",), devices=(1,),
+                                   warmup=1, repeats=3, epoch_steps=4, epoch_batch=2)
+
+    def device_counts(self) -> tuple[int, ...]:
+        if self.devices is not None:
+            return self.devices
+        available = jax.local_device_count()
+        return (1,) if available == 1 else (1, available)
+
+    def cases(self) -> list[BenchCase]:
+        return [
+            BenchCase(model=model, num_classes=NUM_CLASSES[model], size=self.size, batch_size=batch,
+                      precision=precision, num_devices=devices, loss=self.loss)
+            for model in self.models
+            for precision in self.precisions
+            for devices in self.device_counts()
+            for batch in self.batches
+            if batch % devices == 0
+        ]
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    config = parse_config(BenchmarkConfig, argv, description=__doc__.split("\n\n")[0],
+                          prog="python -m experiments.benchmark").effective()
+    env = environment()
+    print(f"benchmark on {env['local_device_count']} x {env['device_kind']} ({env['backend']}), "
+          f"jax {env['versions']['jax']}", flush=True)
+    cases = []
+    for case in config.cases():
+        print(f"  {case.label} ...", end="", flush=True)
+        result = run_case(case, warmup=config.warmup, repeats=config.repeats)
+        print(f" {result['train_step']['median_ms']:.2f} ms/step, {result['train_images_per_s']:.0f} img/s",
+              flush=True)
+        cases.append(result)
+    epochs = []
+    if config.epoch_steps > 0:
+        for model in config.models:
+            case = BenchCase(model=model, num_classes=NUM_CLASSES[model], size=config.size,
+                             batch_size=config.epoch_batch, loss=config.loss)
+            for resident in (False, True):
+                epochs.append(run_epoch(case, steps=config.epoch_steps, resident=resident))
+    report = {"environment": env, "config": config_to_dict(config), "cases": cases, "epochs": epochs}
+    print(format_table(report))
+    config.out.mkdir(parents=True, exist_ok=True)
+    path = config.out / "benchmark.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(path)
+    print(f"wrote {path}")
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,226 @@
+"""The benchmark cases: a compiled train step, forward-only inference, and a whole epoch with its pipeline.
+
+One :class:`BenchCase` is a model, an image size, a global batch size, a precision and a device count.
+:func:`run_case` builds the model and the very train step the training loop uses
+(:func:`segmime_jax.train.make_train_step`: softmax, loss, gradients, optax update, BatchNorm statistics,
+state donated, data-parallel over a ``'data'`` mesh) and measures:
+
+- compile time (lowering + XLA compilation of the train step);
+- milliseconds per train step (min / median / max over ``repeats`` timed calls after ``warmup`` calls, each
+  call waited for with ``block_until_ready``) and images/s at the median;
+- forward-only inference images/s (eval mode, argmax labels out);
+- XLA's FLOP count of one train step and of one forward pass (cost analysis of the *unpartitioned*
+  program, i.e. the global batch) and the FLOP/s achieved at the median time;
+- memory: XLA's planned bytes for the train step (arguments + outputs + temporaries − donated buffers), and
+  the device's ``peak_bytes_in_use`` where the backend reports it (a process-wide running maximum).
+
+:func:`run_epoch` times one training epoch through the real input pipeline
+(:func:`segmime_jax.data.train_batches`) on in-memory random slices, against the same number of steps on one
+pre-placed batch, to give the input pipeline's share of the epoch time.
+
+Images are random: the time of a dense convolutional network does not depend on pixel values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from segmime_jax.bench.device_info import compiled_memory_bytes, peak_memory_bytes
+from segmime_jax.bench.timing import TimingStats, time_call
+from segmime_jax.losses import build_loss
+from segmime_jax.models import build_model
+from segmime_jax.models.analysis import flops_from_cost_analysis
+from segmime_jax.train import TrainState, make_data_mesh, make_optimizer, make_train_step, probabilities, replicate
+from segmime_jax.train.sharding import shard_batch
+
+PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchCase:
+    """One measured configuration. ``batch_size`` is the global batch, split over ``num_devices``."""
+
+    model: str
+    num_classes: int
+    size: int
+    batch_size: int
+    precision: str = "float32"
+    num_devices: int = 1
+    loss: str = "1*ce+1*dsc"
+    optimizer: str = "adam"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.batch_size % self.num_devices:
+            raise ValueError(f"batch size {self.batch_size} does not split over {self.num_devices} devices")
+
+    @property
+    def label(self) -> str:
+        return (f"{self.model} {self.size}x{self.size} b{self.batch_size} {self.precision} "
+                f"{self.num_devices}dev")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """A compiled train step with its state and one batch, ready to be called."""
+
+    case: BenchCase
+    state: TrainState
+    batch: dict[str, jax.Array]
+    step: Any  # the jax.stages.Compiled train step
+    compile_s: float
+    mesh: jax.sharding.Mesh
+
+
+def random_batch(case: BenchCase, seed: int = 0) -> dict[str, np.ndarray]:
+    """A host batch in the pipeline's layout: float32 images in [0, 1], int32 labels, all-True mask."""
+    rng = np.random.default_rng(seed)
+    shape = (case.batch_size, case.size, case.size)
+    return {
+        "image": rng.random(shape + (1,), dtype=np.float32),
+        "label": rng.integers(0, case.num_classes, size=shape, dtype=np.int32),
+        "mask": np.ones((case.batch_size,), dtype=bool),
+        "volume_id": np.zeros((case.batch_size,), dtype=np.int32),
+        "slice_index": np.arange(case.batch_size, dtype=np.int32),
+    }
+
+
+def build_setup(case: BenchCase, *, seed: int = 0) -> Setup:
+    """Model, optimiser, replicated state, sharded batch and the compiled train step of ``case``."""
+    model = build_model(case.model, case.num_classes, rngs=nnx.Rngs(seed), dtype=PRECISIONS[case.precision])
+    tx = make_optimizer(case.optimizer)
+    mesh = make_data_mesh(case.num_devices, batch_sizes=(case.batch_size,))
+    state = replicate(TrainState.create(model, tx), mesh)
+    batch = shard_batch(random_batch(case, seed), mesh)
+    step = make_train_step(tx, build_loss(case.loss), case.num_classes, mesh=mesh)
+    start = time.perf_counter()
+    compiled = step.lower(state, batch, jax.random.key(seed)).compile()
+    compile_s = time.perf_counter() - start
+    return Setup(case, state, batch, compiled, compile_s, mesh)
+
+
+def _forward_fn(graphdef: nnx.GraphDef):
+    def predict(params, batch_stats, rngs, image):
+        model = nnx.merge(graphdef, params, batch_stats, rngs)
+        model.eval()
+        return jnp.argmax(probabilities(model, image), axis=-1).astype(jnp.uint8)
+
+    return predict
+
+
+def _flops(lowered: Any) -> float | None:
+    try:
+        return flops_from_cost_analysis(lowered.cost_analysis())
+    except (RuntimeError, NotImplementedError, AttributeError):
+        return None
+
+
+def run_case(case: BenchCase, *, warmup: int = 2, repeats: int = 10, seed: int = 0) -> dict[str, Any]:
+    """Measure ``case`` (see the module docstring); returns a JSON-ready dict."""
+    setup = build_setup(case, seed=seed)
+    holder = {"state": setup.state}
+    key = jax.random.key(seed)
+
+    def one_step():
+        holder["state"], metrics = setup.step(holder["state"], setup.batch, key)
+        return metrics["loss"]
+
+    train: TimingStats = time_call(one_step, warmup=warmup, repeats=repeats)
+    loss = float(one_step())
+
+    state = holder["state"]
+    forward = jax.jit(_forward_fn(state.graphdef))
+    args = (state.params, state.batch_stats, state.rngs, setup.batch["image"])
+    infer: TimingStats = time_call(lambda: forward(*args), warmup=warmup, repeats=repeats)
+
+    # FLOPs of the global (unpartitioned) programs, from single-device lowerings on abstract shapes.
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (state, setup.batch))
+    step_fn = make_train_step(make_optimizer(case.optimizer), build_loss(case.loss), case.num_classes)
+    train_flops = _flops(step_fn.lower(abstract[0], abstract[1], key))
+    forward_flops = _flops(jax.jit(_forward_fn(state.graphdef)).lower(
+        abstract[0].params, abstract[0].batch_stats, abstract[0].rngs, abstract[1]["image"]))
+
+    return {
+        "case": dataclasses.asdict(case),
+        "label": case.label,
+        "compile_s": setup.compile_s,
+        "train_step": train.to_json(),
+        "train_images_per_s": train.per_second(case.batch_size),
+        "inference": infer.to_json(),
+        "inference_images_per_s": infer.per_second(case.batch_size),
+        "train_step_flops": train_flops,
+        "train_tflops_per_s": None if train_flops is None else train_flops / train.median_s / 1e12,
+        "forward_flops": forward_flops,
+        "inference_tflops_per_s": None if forward_flops is None else forward_flops / infer.median_s / 1e12,
+        "planned_memory_bytes": compiled_memory_bytes(setup.step),
+        "peak_memory_bytes_so_far": peak_memory_bytes(),
+        "final_loss": loss,
+    }
+
+
+def synthetic_slices(num_slices: int, size: int, num_classes: int, *, seed: int = 0):
+    """An in-memory :class:`~segmime_jax.data.SliceDataset` of random uint8 slices (one volume per slice)."""
+    from segmime_jax.data.dataset import SliceDataset, VolumeInfo
+
+    rng = np.random.default_rng(seed)
+    volumes = tuple(
+        VolumeInfo(volume_id=v, name=f"random{v:04d}", patient=f"random{v:04d}", image_path="", label_path="",
+                   original_shape=(size, size, 1), affine=np.eye(4), spacing=(1.0, 1.0, 1.0), num_slices=1)
+        for v in range(num_slices))
+    return SliceDataset(
+        images=rng.integers(0, 256, size=(num_slices, size, size), dtype=np.uint8),
+        labels=rng.integers(0, num_classes, size=(num_slices, size, size), dtype=np.uint8),
+        volume_ids=np.arange(num_slices, dtype=np.int32), slice_indices=np.zeros(num_slices, dtype=np.int32),
+        volumes=volumes, class_names=("background",) + tuple(f"class{k}" for k in range(1, num_classes)))
+
+
+def run_epoch(case: BenchCase, *, steps: int = 20, seed: int = 0, resident: bool = False) -> dict[str, Any]:
+    """One epoch of ``steps`` batches through the input pipeline, against ``steps`` steps on a fixed batch.
+
+    ``resident=True`` puts the dataset on the device first (:func:`segmime_jax.data.to_device`), so
+    batches are gathered there. The pipeline's share is ``1 − fixed-batch time / epoch time``.
+    """
+    from segmime_jax.data.pipeline import to_device, train_batches
+    from segmime_jax.train.sharding import batch_sharding
+
+    setup = build_setup(case, seed=seed)
+    dataset = synthetic_slices(steps * case.batch_size, case.size, case.num_classes, seed=seed)
+    sharding = batch_sharding(setup.mesh)
+    source = to_device(dataset, sharding=sharding) if resident else dataset
+    state = setup.state
+    key = jax.random.key(seed)
+
+    # Warm-up: one step on the fixed batch and one pass of the pipeline machinery.
+    state, metrics = setup.step(state, setup.batch, key)
+    jax.block_until_ready(metrics)
+
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = setup.step(state, setup.batch, key)
+    jax.block_until_ready((state, metrics))
+    fixed_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    for batch in train_batches(source, case.batch_size, seed=seed, epoch=0, sharding=sharding):
+        state, metrics = setup.step(state, batch, key)
+    jax.block_until_ready((state, metrics))
+    epoch_s = time.perf_counter() - start
+
+    return {
+        "case": dataclasses.asdict(case),
+        "label": case.label,
+        "steps": steps,
+        "resident": resident,
+        "epoch_s": epoch_s,
+        "fixed_batch_s": fixed_s,
+        "pipeline_share": max(0.0, 1.0 - fixed_s / epoch_s),
+        "epoch_images_per_s": steps * case.batch_size / epoch_s,
+    }

@@ -1,0 +1,57 @@
+"""The benchmark tool's quick mode runs end to end and writes a complete report (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from segmime_jax.bench.report import format_table
+from segmime_jax.bench.suite import BenchCase
+from segmime_jax.bench.timing import time_call
+
+
+def test_time_call_counts_and_orders():
+    calls = []
+    stats = time_call(lambda: calls.append(1) or 0, warmup=2, repeats=5)
+    assert len(calls) == 7
+    assert stats.repeats == 5
+    assert stats.min_s <= stats.median_s <= stats.max_s
+    assert stats.per_second(8) == pytest.approx(8 / stats.median_s)
+
+
+def test_case_validation():
+    with pytest.raises(ValueError, match="precision"):
+        BenchCase("enet", 4, 64, 8, precision="float16")
+    with pytest.raises(ValueError, match="does not split"):
+        BenchCase("enet", 4, 64, 6, num_devices=4)
+
+
+def test_config_rejects_bad_values():
+    from experiments.benchmark import BenchmarkConfig
+
+    with pytest.raises(ValueError, match="unknown model"):
+        BenchmarkConfig(models=("vgg",))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        BenchmarkConfig(size=100)
+    cases = BenchmarkConfig(models=("enet",), batches=(8, 6), precisions=("float32",), devices=(1, 4)).cases()
+    # batch 6 does not split over 4 devices: that case is skipped, the others kept.
+    assert [(c.batch_size, c.num_devices) for c in cases] == [(8, 1), (6, 1), (8, 4)]
+
+
+def test_quick_mode_writes_report(tmp_path):
+    from experiments.benchmark import main
+
+    report = main(["--quick", "--models", "enet", "--out", str(tmp_path)])
+    written = json.loads((tmp_path / "benchmark.json").read_text())
+    assert written["environment"]["backend"] == report["environment"]["backend"]
+    (case,) = written["cases"]
+    assert case["case"]["model"] == "enet" and case["case"]["batch_size"] == 2
+    assert 0 < case["train_step"]["min_ms"] <= case["train_step"]["median_ms"] <= case["train_step"]["max_ms"]
+    assert case["train_images_per_s"] > 0 and case["inference_images_per_s"] > 0
+    assert case["train_step_flops"] > case["forward_flops"] > 0  # backward pass costs more than forward
+    assert case["compile_s"] > 0 and case["planned_memory_bytes"] > 0
+    assert all(e["epoch_s"] > 0 and 0.0 <= e["pipeline_share"] < 1.0 for e in written["epochs"])
+    assert {e["resident"] for e in written["epochs"]} == {False, True}
+    table = format_table(written)
+    assert "enet" in table and "pipeline share" in table
