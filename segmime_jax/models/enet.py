@@ -25,7 +25,7 @@ The reference model also holds layers its forward pass never uses (``out_025``, 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +42,7 @@ from segmime_jax.models.layers import (
 )
 from segmime_jax.models.pooling import max_pool, max_pool_with_argmax, max_unpool
 
-__all__ = ["ENet", "enet_dead_torch_keys"]
+__all__ = ["ENet", "ENetEncoding", "enet_dead_torch_keys"]
 
 PROJECTION = 4
 KERNELS = 16
@@ -59,6 +59,16 @@ def enet_dead_torch_keys(num_classes: int) -> dict[str, tuple[int, ...]]:
         "out_05.weight": (num_classes, k, 3, 3),
         "out_05.bias": (num_classes,),
     }
+
+
+class ENetEncoding(NamedTuple):
+    """What the ENet decoder needs from the encoder (:meth:`ENet.encode`)."""
+
+    features: jax.Array  # stage-3 output, (B, H/8, W/8, 64)
+    initial: jax.Array  # initial-block output, (B, H/2, W/2, 16)
+    stage1: jax.Array  # stage-1 output, (B, H/4, W/4, 64)
+    indices1: jax.Array  # max-pool window indices of stage 1.0, (B, H/4, W/4, 16), int8
+    indices2: jax.Array  # max-pool window indices of stage 2.0, (B, H/8, W/8, 64), int8
 
 
 class InitialBlock(TorchNamed, nnx.Module):
@@ -292,6 +302,11 @@ class ENet(TorchNamed, nnx.Module):
         self.final = layers.conv(k, num_classes, 1)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits (B, H, W, num_classes), float32, of an input (B, H, W, 1) with H, W divisible by 8."""
+        return self.decode(self.encode(x))
+
+    def encode(self, x: jax.Array) -> ENetEncoding:
+        """Initial block and stages 1-3 (in the compute dtype)."""
         if x.ndim != 4 or x.shape[-1] != 1 or x.shape[1] % 8 or x.shape[2] % 8:
             raise ValueError(
                 f"ENet expects input of shape (B, H, W, 1) with H and W divisible by 8, got {tuple(x.shape)}"
@@ -309,13 +324,16 @@ class ENet(TorchNamed, nnx.Module):
             x = getattr(self, f"bottleneck2_{i}")(x)
         for i in range(1, 9):
             x = getattr(self, f"bottleneck3_{i}")(x)
+        return ENetEncoding(x, initial, stage1, indices1, indices2)
 
-        unpooled = max_unpool(x, indices2)
-        x = self.prelu_up1(unpooled + self.up1_0(jnp.concatenate([unpooled, stage1], axis=-1)))
+    def decode(self, enc: ENetEncoding) -> jax.Array:
+        """Decoder: max-unpooling with the encoder's indices, up-sampling bottlenecks, head → float32 logits."""
+        unpooled = max_unpool(enc.features, enc.indices2)
+        x = self.prelu_up1(unpooled + self.up1_0(jnp.concatenate([unpooled, enc.stage1], axis=-1)))
         x = self.up1_2(self.up1_1(x))
 
-        unpooled = max_unpool(x, indices1)
-        x = self.up2_2(self.up2_1(jnp.concatenate([unpooled, initial], axis=-1)))
+        unpooled = max_unpool(x, enc.indices1)
+        x = self.up2_2(self.up2_1(jnp.concatenate([unpooled, enc.initial], axis=-1)))
         x = self.prelu_up2(unpooled + x)
 
         return self.final(self.head(x)).astype(jnp.float32)

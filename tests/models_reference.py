@@ -1,0 +1,149 @@
+"""Helpers for checking the Flax models against ../shared/reference (see its README).
+
+* :func:`reference_state_dict` rebuilds the reference weights from a state-dict TSV (README recipe).
+* :func:`compare_with_fixture` runs a loaded model in eval mode on the fixture inputs and returns the
+  relative errors of the logits and of the input gradient d sum(logits·R)/d input, where
+  relative error = max|ours − reference| / max|reference|.
+* :func:`ynn_convolutions_active` tells whether XLA:CPU lowers convolutions to YNNPACK here. Its
+  summation order differs from PyTorch's (and from XLA's default Eigen path); in the reference
+  ResidualUNet case 0 that moves ONE pre-ReLU activation of 262,144 (value ~1e-6) across zero, which
+  changes the input gradient by ~1e-2 relative. The fixture comparison therefore runs with
+  ``--xla_cpu_experimental_ynn_fusion_type=`` (YNN fusions off), in a subprocess when needed.
+
+Run as a script (``python tests/models_reference.py``) it prints the errors of all four cases as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from segmime_jax.models import ENet, ResidualUNet, load_torch_state_dict
+
+TSV = {"enet": "enet_1to4_state_dict.tsv", "residualunet": "residualunet_1to2_state_dict.tsv"}
+NO_YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
+
+
+def read_tsv(path: pathlib.Path) -> list[tuple[str, tuple[int, ...] | None, str]]:
+    """Rows ``(key, shape or None for scalars, kind)`` of a reference state-dict TSV, in order."""
+    rows = []
+    for line in path.read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, shape, kind = line.split("\t")
+        rows.append((key, None if shape == "scalar" else tuple(int(s) for s in shape.split("x")), kind))
+    return rows
+
+
+def reference_state_dict(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """The README recipe: row i (0-based, all rows counted) → a deterministic float32 tensor."""
+    rows = read_tsv(path)
+    keys = {key for key, _, _ in rows}
+    state = {}
+    for i, (key, shape, _) in enumerate(rows):
+        if shape is None:  # num_batches_tracked: no value
+            continue
+        z = np.random.default_rng(i).standard_normal(shape)
+        value = z / np.sqrt(np.prod(shape[1:])) if len(shape) == 4 else 0.1 * z
+        if key.endswith("running_var"):
+            value = np.abs(value) + 0.5
+        if key.endswith(".weight") and key[: -len("weight")] + "running_mean" in keys:
+            value = value + 1.0
+        state[key] = value.astype(np.float32)
+    return state
+
+
+def reference_model(name: str, reference_dir: pathlib.Path) -> nnx.Module:
+    """ENet(4 classes) or ResidualUNet(2 classes) with the rebuilt reference weights, in eval mode."""
+    model = ENet(4, rngs=nnx.Rngs(0)) if name == "enet" else ResidualUNet(2, rngs=nnx.Rngs(0))
+    load_torch_state_dict(model, reference_state_dict(reference_dir / TSV[name]))
+    model.eval()
+    return model
+
+
+def relative_error(ours, reference) -> float:
+    """max|ours − reference| / max|reference|."""
+    reference = np.asarray(reference, np.float64)
+    return float(np.abs(np.asarray(ours, np.float64) - reference).max() / np.abs(reference).max())
+
+
+def compare_with_fixture(model: nnx.Module, name: str, case: int, reference_dir: pathlib.Path) -> dict[str, float]:
+    """Relative errors of eval-mode logits and input gradient for ``{name}_*_{case}`` of the fixture."""
+    with np.load(reference_dir / "forward_fixture.npz") as fixture:
+        x, logits, cotangent, grad = (
+            fixture[f"{name}_{what}_{case}"].transpose(0, 2, 3, 1)
+            for what in ("input", "logits", "cotangent", "input_grad")
+        )
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def forward_and_vjp(state, x, r):
+        y, vjp = jax.vjp(lambda x: nnx.merge(graphdef, state)(x), x)
+        return y, vjp(r)[0]
+
+    y, g = forward_and_vjp(state, jnp.asarray(x), jnp.asarray(cotangent))
+    return {"logits": relative_error(y, logits), "input_grad": relative_error(g, grad)}
+
+
+def ynn_convolutions_active() -> bool:
+    """Whether XLA:CPU compiles convolutions into YNNPACK fusions in this process (1×1 and 3×3 probes)."""
+    if jax.default_backend() != "cpu":
+        return False
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    for x_shape, w_shape in (((1, 24, 20, 16), (1, 1, 16, 64)), ((1, 12, 10, 32), (3, 3, 32, 32))):
+        x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
+        w = jax.ShapeDtypeStruct(w_shape, jnp.float32)
+        if '"__ynn' in jax.jit(conv).lower(x, w).compile().as_text():
+            return True
+    return False
+
+
+def all_cases(reference_dir: pathlib.Path) -> dict[str, dict[str, float]]:
+    results = {}
+    for name in ("enet", "residualunet"):
+        model = reference_model(name, reference_dir)
+        for case in (0, 1):
+            results[f"{name}_{case}"] = compare_with_fixture(model, name, case, reference_dir)
+    return results
+
+
+def all_cases_without_ynn(reference_dir: pathlib.Path, timeout: float = 600) -> dict[str, dict[str, float]]:
+    """:func:`all_cases` in this process if YNN convolutions are off, else in a subprocess with them off."""
+    if not ynn_convolutions_active():
+        return all_cases(reference_dir)
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + NO_YNN_FLAG).strip()
+    here = pathlib.Path(__file__).resolve()
+    done = subprocess.run(
+        [sys.executable, str(here), str(reference_dir)],
+        env=env,
+        cwd=here.parents[1],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"fixture comparison subprocess failed:\n{done.stdout}\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+    import conftest  # noqa: F401  (same jax configuration and compilation cache as the tests)
+
+    reference = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else conftest.SHARED_REFERENCE
+    if ynn_convolutions_active():
+        raise SystemExit(f"YNN convolutions are still active; run with XLA_FLAGS={NO_YNN_FLAG}")
+    print(json.dumps(all_cases(reference)))
