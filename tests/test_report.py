@@ -143,3 +143,16 @@ def test_examples_reject_mismatched_prediction(tmp_path):
     with pytest.raises(ValueError, match="prediction shape"):
         figures.plot_examples(examples, ("background", "prostate"), tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_written_files_have_the_usual_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = tables.write_text_atomic(tmp_path / "a.txt", "x")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(RuntimeError), tables.atomic_output(tmp_path / "b.txt") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]

@@ -14,8 +14,6 @@ complete or absent, and returns the path written.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import matplotlib
 import numpy as np
 from matplotlib.patches import Patch
 
+from segmime_jax.report import tables
 from segmime_jax.report.tables import class_display_name, loss_display_name, optimizer_display_name
 
 # Label colours: background transparent, then RV/prostate red, Myo green, LV blue, more classes from tab10.
@@ -38,19 +37,12 @@ def _pyplot():
 
 
 def _save(fig, path: Path, dpi: int) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with tables.atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
     finally:
         _pyplot().close(fig)
-    return path
+    return Path(path)
 
 
 def _loss_colours(losses: Sequence[str]) -> dict[str, tuple]:
