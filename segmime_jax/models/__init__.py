@@ -8,6 +8,7 @@ Public API::
     MODELS                                        # name → constructor
     count_params(model) -> int                    # trainable parameters
     forward_flops(model, input_shape) -> float    # XLA cost analysis of the compiled forward pass
+    conv_flops(model, input_shape) -> float       # analytic conv FLOPs (2 x MACs), SPEC §2's convention
     load_torch_state_dict(model, state_dict)      # reference PyTorch weights (numpy, PyTorch layout)
     export_torch_state_dict(model) -> dict
     max_pool_with_argmax, max_unpool, max_pool    # in segmime_jax.models.pooling
@@ -15,8 +16,8 @@ Public API::
 ``python -m segmime_jax.models`` prints parameter counts and FLOPs at 256×256.
 """
 
-from segmime_jax.models.analysis import count_params, forward_flops
-from segmime_jax.models.enet import ENet
+from segmime_jax.models.analysis import conv_flops, count_params, flops_from_cost_analysis, forward_flops
+from segmime_jax.models.enet import ENet, ENetEncoding
 from segmime_jax.models.pooling import max_pool, max_pool_with_argmax, max_unpool
 from segmime_jax.models.registry import MODELS, build_model
 from segmime_jax.models.residualunet import ResidualUNet
@@ -24,11 +25,14 @@ from segmime_jax.models.torch_weights import export_torch_state_dict, load_torch
 
 __all__ = [
     "ENet",
+    "ENetEncoding",
     "MODELS",
     "ResidualUNet",
     "build_model",
+    "conv_flops",
     "count_params",
     "export_torch_state_dict",
+    "flops_from_cost_analysis",
     "forward_flops",
     "load_torch_state_dict",
     "max_pool",

@@ -285,9 +285,8 @@ class ENet(TorchNamed, nnx.Module):
             setattr(self, f"bottleneck{stage}_5", Normal(layers, 8 * k, 8 * k, 0.1))
             setattr(self, f"bottleneck{stage}_6", Dilated(layers, 8 * k, 8 * k, 8))
             setattr(self, f"bottleneck{stage}_7", Normal(layers, 8 * k, 8 * k, 0.1, asym=True))
-            if stage == 2:
-                self.bottleneck2_8 = Dilated(layers, 8 * k, 8 * k, 16)
-        self.bottleneck3_8 = Dilated(layers, 8 * k, 4 * k, 16, last=True)
+            last = stage == 3  # 3.8 is DilatedLast 128 → 64 with a 3×3 conv shortcut
+            setattr(self, f"bottleneck{stage}_8", Dilated(layers, 8 * k, (4 if last else 8) * k, 16, last=last))
 
         self.up1_0 = UpSampling(layers, 8 * k, 4 * k)
         self.prelu_up1 = layers.prelu()

@@ -26,8 +26,11 @@ the ``PReLU3`` of the two up-sampling bottlenecks) are skipped on import and abs
 
 Going back: ``export_torch_state_dict(model)`` returns the same keys (float32 numpy arrays in PyTorch
 layout, in the reference's state-dict order) without the unused ENet layers and without
-``num_batches_tracked``. ``torch_model.load_state_dict({k: torch.from_numpy(v) ...}, strict=False)``
-then reports exactly those as missing (PyTorch fills ``num_batches_tracked`` itself for plain dicts).
+``num_batches_tracked``. Back in PyTorch::
+
+    sd = {k: torch.from_numpy(v) for k, v in export_torch_state_dict(model).items()}
+    torch_resunet.load_state_dict(sd)             # strict works: BatchNorm keeps its own num_batches_tracked
+    torch_enet.load_state_dict(sd, strict=False)  # missing keys: exactly the unused out_025, out_05, PReLU3
 """
 
 from __future__ import annotations
