@@ -24,7 +24,7 @@ import jax
 
 from segmime_jax.bench.device_info import environment
 from segmime_jax.bench.report import format_table
-from segmime_jax.bench.suite import PRECISIONS, BenchCase, run_case, run_epoch
+from segmime_jax.bench.suite import PRECISIONS, BenchCase, build_setup, run_case, run_epoch
 from segmime_jax.cli import config_to_dict, parse_config
 
 NUM_CLASSES = {"enet": 4, "residualunet": 2}
@@ -92,20 +92,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
     env = environment()
     print(f"benchmark on {env['local_device_count']} x {env['device_kind']} ({env['backend']}), "
           f"jax {env['versions']['jax']}", flush=True)
-    cases = []
+    epoch_cases = {model: BenchCase(model=model, num_classes=NUM_CLASSES[model], size=config.size,
+                                    batch_size=config.epoch_batch, loss=config.loss)
+                   for model in config.models} if config.epoch_steps > 0 else {}
+    cases, epochs = [], []
     for case in config.cases():
         print(f"  {case.label} ...", end="", flush=True)
-        result = run_case(case, warmup=config.warmup, repeats=config.repeats)
+        setup = build_setup(case)
+        result = run_case(setup, warmup=config.warmup, repeats=config.repeats)
         print(f" {result['train_step']['median_ms']:.2f} ms/step, {result['train_images_per_s']:.0f} img/s",
               flush=True)
         cases.append(result)
-    epochs = []
-    if config.epoch_steps > 0:
-        for model in config.models:
-            case = BenchCase(model=model, num_classes=NUM_CLASSES[model], size=config.size,
-                             batch_size=config.epoch_batch, loss=config.loss)
-            for resident in (False, True):
-                epochs.append(run_epoch(case, steps=config.epoch_steps, resident=resident))
+        if epoch_cases.get(case.model) == case:  # reuse the compiled step for the epoch timing
+            epochs.extend(run_epoch(setup, steps=config.epoch_steps))
+            del epoch_cases[case.model]
+        del setup
+    for case in epoch_cases.values():
+        print(f"  epoch timing {case.label} ...", flush=True)
+        epochs.extend(run_epoch(build_setup(case), steps=config.epoch_steps))
     report = {"environment": env, "config": config_to_dict(config), "cases": cases, "epochs": epochs}
     print(format_table(report))
     config.out.mkdir(parents=True, exist_ok=True)

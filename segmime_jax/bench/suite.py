@@ -68,16 +68,26 @@ class BenchCase:
                 f"{self.num_devices}dev")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Setup:
-    """A compiled train step with its state and one batch, ready to be called."""
+    """A compiled train step with its (current) state and one batch, ready to be called.
+
+    The step donates its state: :meth:`step` replaces ``state`` with the new one after each call.
+    """
 
     case: BenchCase
     state: TrainState
     batch: dict[str, jax.Array]
-    step: Any  # the jax.stages.Compiled train step
+    compiled: Any  # the jax.stages.Compiled train step
     compile_s: float
     mesh: jax.sharding.Mesh
+    flops: float | None  # of the global (unpartitioned) program
+    key: jax.Array
+
+    def step(self, batch: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
+        """One train step on ``batch`` (default: the fixed batch); returns its metrics (not waited for)."""
+        self.state, metrics = self.compiled(self.state, self.batch if batch is None else batch, self.key)
+        return metrics
 
 
 def random_batch(case: BenchCase, seed: int = 0) -> dict[str, np.ndarray]:
@@ -93,6 +103,14 @@ def random_batch(case: BenchCase, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
+def _flops(lowered: Any) -> float | None:
+    """XLA's FLOP estimate of a lowered (not yet partitioned: global batch) program, where available."""
+    try:
+        return flops_from_cost_analysis(lowered.cost_analysis())
+    except (RuntimeError, NotImplementedError, AttributeError):
+        return None
+
+
 def build_setup(case: BenchCase, *, seed: int = 0) -> Setup:
     """Model, optimiser, replicated state, sharded batch and the compiled train step of ``case``."""
     model = build_model(case.model, case.num_classes, rngs=nnx.Rngs(seed), dtype=PRECISIONS[case.precision])
@@ -102,9 +120,10 @@ def build_setup(case: BenchCase, *, seed: int = 0) -> Setup:
     batch = shard_batch(random_batch(case, seed), mesh)
     step = make_train_step(tx, build_loss(case.loss), case.num_classes, mesh=mesh)
     start = time.perf_counter()
-    compiled = step.lower(state, batch, jax.random.key(seed)).compile()
+    lowered = step.lower(state, batch, jax.random.key(seed))
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - start
-    return Setup(case, state, batch, compiled, compile_s, mesh)
+    return Setup(case, state, batch, compiled, compile_s, mesh, _flops(lowered), jax.random.key(seed))
 
 
 def _forward_fn(graphdef: nnx.GraphDef):
@@ -116,37 +135,18 @@ def _forward_fn(graphdef: nnx.GraphDef):
     return predict
 
 
-def _flops(lowered: Any) -> float | None:
-    try:
-        return flops_from_cost_analysis(lowered.cost_analysis())
-    except (RuntimeError, NotImplementedError, AttributeError):
-        return None
+def run_case(setup: Setup, *, warmup: int = 2, repeats: int = 10) -> dict[str, Any]:
+    """Measure the case of ``setup`` (see the module docstring); returns a JSON-ready dict."""
+    case = setup.case
+    train: TimingStats = time_call(lambda: setup.step()["loss"], warmup=warmup, repeats=repeats)
+    loss = float(setup.step()["loss"])
 
-
-def run_case(case: BenchCase, *, warmup: int = 2, repeats: int = 10, seed: int = 0) -> dict[str, Any]:
-    """Measure ``case`` (see the module docstring); returns a JSON-ready dict."""
-    setup = build_setup(case, seed=seed)
-    holder = {"state": setup.state}
-    key = jax.random.key(seed)
-
-    def one_step():
-        holder["state"], metrics = setup.step(holder["state"], setup.batch, key)
-        return metrics["loss"]
-
-    train: TimingStats = time_call(one_step, warmup=warmup, repeats=repeats)
-    loss = float(one_step())
-
-    state = holder["state"]
-    forward = jax.jit(_forward_fn(state.graphdef))
+    state = setup.state
     args = (state.params, state.batch_stats, state.rngs, setup.batch["image"])
+    forward_lowered = jax.jit(_forward_fn(state.graphdef)).lower(*args)
+    forward = forward_lowered.compile()
     infer: TimingStats = time_call(lambda: forward(*args), warmup=warmup, repeats=repeats)
-
-    # FLOPs of the global (unpartitioned) programs, from single-device lowerings on abstract shapes.
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (state, setup.batch))
-    step_fn = make_train_step(make_optimizer(case.optimizer), build_loss(case.loss), case.num_classes)
-    train_flops = _flops(step_fn.lower(abstract[0], abstract[1], key))
-    forward_flops = _flops(jax.jit(_forward_fn(state.graphdef)).lower(
-        abstract[0].params, abstract[0].batch_stats, abstract[0].rngs, abstract[1]["image"]))
+    train_flops, forward_flops = setup.flops, _flops(forward_lowered)
 
     return {
         "case": dataclasses.asdict(case),
@@ -160,7 +160,7 @@ def run_case(case: BenchCase, *, warmup: int = 2, repeats: int = 10, seed: int =
         "train_tflops_per_s": None if train_flops is None else train_flops / train.median_s / 1e12,
         "forward_flops": forward_flops,
         "inference_tflops_per_s": None if forward_flops is None else forward_flops / infer.median_s / 1e12,
-        "planned_memory_bytes": compiled_memory_bytes(setup.step),
+        "planned_memory_bytes": compiled_memory_bytes(setup.compiled),
         "peak_memory_bytes_so_far": peak_memory_bytes(),
         "final_loss": loss,
     }
@@ -182,45 +182,46 @@ def synthetic_slices(num_slices: int, size: int, num_classes: int, *, seed: int 
         volumes=volumes, class_names=("background",) + tuple(f"class{k}" for k in range(1, num_classes)))
 
 
-def run_epoch(case: BenchCase, *, steps: int = 20, seed: int = 0, resident: bool = False) -> dict[str, Any]:
+def run_epoch(setup: Setup, *, steps: int = 20, seed: int = 0) -> list[dict[str, Any]]:
     """One epoch of ``steps`` batches through the input pipeline, against ``steps`` steps on a fixed batch.
 
-    ``resident=True`` puts the dataset on the device first (:func:`segmime_jax.data.to_device`), so
-    batches are gathered there. The pipeline's share is ``1 − fixed-batch time / epoch time``.
+    Two epochs are timed with the compiled step of ``setup``: slices in host memory (batches assembled on the
+    host and prefetched with ``jax.device_put``) and slices resident on the device
+    (:func:`segmime_jax.data.to_device`, batches gathered there). The pipeline's share is
+    ``1 − fixed-batch time / epoch time``.
     """
     from segmime_jax.data.pipeline import to_device, train_batches
     from segmime_jax.train.sharding import batch_sharding
 
-    setup = build_setup(case, seed=seed)
+    case = setup.case
     dataset = synthetic_slices(steps * case.batch_size, case.size, case.num_classes, seed=seed)
     sharding = batch_sharding(setup.mesh)
-    source = to_device(dataset, sharding=sharding) if resident else dataset
-    state = setup.state
-    key = jax.random.key(seed)
-
-    # Warm-up: one step on the fixed batch and one pass of the pipeline machinery.
-    state, metrics = setup.step(state, setup.batch, key)
-    jax.block_until_ready(metrics)
+    jax.block_until_ready(setup.step())  # warm-up
 
     start = time.perf_counter()
     for _ in range(steps):
-        state, metrics = setup.step(state, setup.batch, key)
-    jax.block_until_ready((state, metrics))
+        metrics = setup.step()
+    jax.block_until_ready((setup.state, metrics))
     fixed_s = time.perf_counter() - start
 
-    start = time.perf_counter()
-    for batch in train_batches(source, case.batch_size, seed=seed, epoch=0, sharding=sharding):
-        state, metrics = setup.step(state, batch, key)
-    jax.block_until_ready((state, metrics))
-    epoch_s = time.perf_counter() - start
-
-    return {
-        "case": dataclasses.asdict(case),
-        "label": case.label,
-        "steps": steps,
-        "resident": resident,
-        "epoch_s": epoch_s,
-        "fixed_batch_s": fixed_s,
-        "pipeline_share": max(0.0, 1.0 - fixed_s / epoch_s),
-        "epoch_images_per_s": steps * case.batch_size / epoch_s,
-    }
+    results = []
+    for resident in (False, True):
+        source = to_device(dataset, sharding=sharding) if resident else dataset
+        # Warm-up: the pipeline's own small jitted functions (uint8 -> float32, on-device gather) compile once.
+        jax.block_until_ready(next(train_batches(source, case.batch_size, seed=seed, epoch=1, sharding=sharding)))
+        start = time.perf_counter()
+        for batch in train_batches(source, case.batch_size, seed=seed, epoch=0, sharding=sharding):
+            metrics = setup.step(batch)
+        jax.block_until_ready((setup.state, metrics))
+        epoch_s = time.perf_counter() - start
+        results.append({
+            "case": dataclasses.asdict(case),
+            "label": case.label,
+            "steps": steps,
+            "resident": resident,
+            "epoch_s": epoch_s,
+            "fixed_batch_s": fixed_s,
+            "pipeline_share": max(0.0, 1.0 - fixed_s / epoch_s),
+            "epoch_images_per_s": steps * case.batch_size / epoch_s,
+        })
+    return results
