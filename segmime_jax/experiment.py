@@ -56,6 +56,11 @@ class GridConfig:
     losses: tuple[str, ...] = field(default=("ce", "dsc", "mime", "nm"), metadata=_help(
         "comma-separated loss specs (segmime_jax.losses.build_loss: ce, dsc, mime, nm, gdl, surrogate, 1*ce+1*dsc)",
         metavar="LOSS,..."))
+    foreground_only: tuple[str, ...] = field(default=(), metadata=_help(
+        "losses of --losses computed on the foreground classes only (1..K-1, TrainConfig.loss_classes); the "
+        "binary mime of the paper acts on the foreground channel (§2.4: its b > 0 is what stops the all-foreground "
+        "solution), while with the background channel too, the far more numerous background pixels dominate and "
+        "the network can collapse to background everywhere; '' for none", metavar="LOSS,..."))
     optimizers: tuple[str, ...] = field(default=("adam",), metadata=_help(
         "comma-separated optimisers: adam, sgd", metavar="OPT,..."))
     data_root: Path | None = field(default=None, metadata=_help(
@@ -96,7 +101,7 @@ class GridConfig:
             raise ValueError("--losses: give at least one loss")
         if len(set(self.losses)) != len(self.losses):
             raise ValueError(f"--losses: repeated loss in {','.join(self.losses)}")
-        for spec in self.losses:
+        for spec in self.losses + self.foreground_only:
             build_loss(spec)  # ValueError naming the valid losses
         unknown = [o for o in self.optimizers if o not in OPTIMIZERS]
         if unknown or not self.optimizers:
@@ -188,10 +193,11 @@ def enable_compilation_cache(path: Path) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def train_config(config: GridConfig, *, model: str, optimizer: str, loss: str) -> TrainConfig:
-    """The :class:`TrainConfig` of one run of the grid."""
+def train_config(config: GridConfig, *, model: str, optimizer: str, loss: str, num_classes: int) -> TrainConfig:
+    """The :class:`TrainConfig` of one run of the grid (``num_classes`` K, background included)."""
     return TrainConfig(
         model=model, loss=loss, optimizer=optimizer,
+        loss_classes=tuple(range(1, num_classes)) if loss in config.foreground_only else None,
         learning_rate=config.adam_lr if optimizer == "adam" else config.sgd_lr,
         epochs=config.epochs, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
         plateau_patience=config.plateau_patience, augment=config.augment, precision=config.precision,
@@ -344,8 +350,10 @@ def run_grid(
 
     runs: dict[tuple[str, str], RunResult] = {}
     for i, (optimizer, loss) in enumerate(grid, start=1):
-        log(f"[{i}/{len(grid)}] {model} {optimizer} {loss}: {config.epochs} epochs -> {run_dirs[optimizer, loss]}")
-        run_config = train_config(config, model=model, optimizer=optimizer, loss=loss)
+        where = " (foreground classes only)" if loss in config.foreground_only else ""
+        log(f"[{i}/{len(grid)}] {model} {optimizer} {loss}{where}: {config.epochs} epochs -> "
+            f"{run_dirs[optimizer, loss]}")
+        run_config = train_config(config, model=model, optimizer=optimizer, loss=loss, num_classes=data.num_classes)
         runs[optimizer, loss] = _train_or_load(run_config, data, run_dirs[optimizer, loss], resume=config.resume,
                                                log=log)
         run = runs[optimizer, loss]
@@ -388,7 +396,9 @@ def run_grid(
         "conventions": {
             "test_dsc": "3D DSC per test volume (all slices stacked) and class, background at index 0, in [0, 1]",
             "table1": list(table.notes),
-            "clece": "per class, all pixels, 15 equal-width bins; mean over classes with and without background",
+            "clece": "test_clece[k]: class-wise ECE of class k over every test pixel (background pixels included), "
+                     "15 equal-width bins, p = 0 in the first bin; the background class is at index 0; "
+                     "summary has the mean over all classes and over the foreground classes",
         },
         "runs": {run_name(o, l): {"optimizer": o, "loss": l, "run_dir": str(run_dirs[o, l]),
                                   **_run_record(runs[o, l])} for o, l in grid},

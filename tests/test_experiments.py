@@ -40,8 +40,9 @@ def test_acdc_overrides():
     assert (config.epochs, config.image_size, config.batch_size, config.seed) == (3, 96, 2, 7)
     assert config.resume and not config.write_predictions and config.split == "seeded"
     assert config.size == (96, 96)
-    run = experiment.train_config(config, model="enet", optimizer="sgd", loss="mime")
+    run = experiment.train_config(config, model="enet", optimizer="sgd", loss="mime", num_classes=4)
     assert (run.model, run.loss, run.optimizer, run.learning_rate) == ("enet", "mime", "sgd", 0.05)
+    assert run.loss_classes is None
     assert (run.epochs, run.batch_size, run.seed, run.write_predictions, run.augment) == (3, 2, 7, False, False)
 
 
@@ -61,6 +62,11 @@ def test_promise12_presets():
     assert (paper.image_size, paper.batch_size, paper.epochs) == (256, 4, 200)
     assert paper.optimizers == ("adam", "sgd") and paper.augment and "nm" not in paper.losses
     assert promise12.parse_args(["--no-augment"]).augment is False
+    assert demo.foreground_only == ("mime", "nm")
+    mime = experiment.train_config(demo, model="residualunet", optimizer="adam", loss="mime", num_classes=2)
+    dsc = experiment.train_config(demo, model="residualunet", optimizer="adam", loss="dsc", num_classes=2)
+    assert (mime.loss_classes, dsc.loss_classes) == ((1,), None)
+    assert promise12.parse_args(["--foreground-only", ""]).foreground_only == ()
 
 
 def test_run_name_is_a_safe_folder_name():
