@@ -403,6 +403,7 @@ def run_grid(
         "runs": {run_name(o, l): {"optimizer": o, "loss": l, "run_dir": str(run_dirs[o, l]),
                                   **_run_record(runs[o, l])} for o, l in grid},
         "wall_time_s": wall,
+        "runs_wall_time_s": sum(float(run.wall_time_s) for run in runs.values()),
     }
     files["results.json"] = write_json_atomic(out / "results.json", results)
     return GridResult(dataset=data.name, class_names=class_names, runs=runs, table=table, paper=paper,
@@ -412,8 +413,10 @@ def run_grid(
 def format_summary(result: GridResult) -> str:
     """A short text: our Table 1 next to the paper's, per-run timings, and where every file is."""
     out_dir = result.files["results.json"].parent
-    lines = [f"== {result.dataset}: {len(result.runs)} runs in {result.wall_time_s / 60:.1f} min "
-             f"({'synthetic' if result.data_info.get('synthetic') else 'real'} data) ==", "",
+    run_time = sum(float(run.wall_time_s) for run in result.runs.values())
+    lines = [f"== {result.dataset}: {len(result.runs)} runs, {run_time / 60:.1f} min of training "
+             f"(this call {result.wall_time_s / 60:.1f} min), "
+             f"{'synthetic' if result.data_info.get('synthetic') else 'real'} data ==", "",
              "Testing DSC (%), mean (std) over test volumes — ours / paper:", "",
              tables.format_comparison(result.table, result.paper)]
     lines.append("Runs (best epoch by validation DSC, wall time):")
