@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segmime_jax.atomic_files import write_text_atomic
 from segmime_jax.cli import config_to_dict
 from segmime_jax.data import DatasetSplits, write_synthetic_acdc, write_synthetic_promise12
 from segmime_jax.losses import build_loss
@@ -298,7 +299,7 @@ def _train_or_load(run_config: TrainConfig, data: DatasetSplits, run_dir: Path, 
 
 def write_json_atomic(path: Path, data: dict) -> Path:
     """``json.dump`` into a temporary file next to ``path``, then rename (NaN written as ``NaN``)."""
-    return tables.write_text_atomic(path, json.dumps(data, indent=1, default=_json_default) + "\n")
+    return write_text_atomic(path, json.dumps(data, indent=1, default=_json_default) + "\n")
 
 
 def _json_default(value):

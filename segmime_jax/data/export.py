@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 
 import numpy as np
 
+from segmime_jax.atomic_files import atomic_output
 from segmime_jax.data.dataset import VolumeInfo
 from segmime_jax.data.preprocess import resize_nearest
 
@@ -61,15 +61,7 @@ def write_prediction_nifti(volume: VolumeInfo, labels: np.ndarray, path: str | o
     image.set_sform(volume.affine, code=1)
     image.header.set_zooms(volume.spacing[:3])
     image.header.set_xyzt_units("mm", "sec")
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        nib.save(image, tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    with atomic_output(path, suffix=suffix) as tmp:
+        nib.save(image, tmp)
     return path

@@ -21,7 +21,7 @@ import matplotlib
 import numpy as np
 from matplotlib.patches import Patch
 
-from segmime_jax.report import tables
+from segmime_jax.atomic_files import atomic_output
 from segmime_jax.report.tables import class_display_name, loss_display_name, optimizer_display_name
 
 # Label colours: background transparent, then RV/prostate red, Myo green, LV blue, more classes from tab10.
@@ -38,7 +38,7 @@ def _pyplot():
 
 def _save(fig, path: Path, dpi: int) -> Path:
     try:
-        with tables.atomic_output(path) as tmp:
+        with atomic_output(path) as tmp:
             fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
     finally:
         _pyplot().close(fig)

@@ -19,17 +19,16 @@ Conventions (the same as the reference code, LIVIAETS/boundary-loss ``report.py`
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import math
-import os
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from segmime_jax.atomic_files import atomic_output, write_text_atomic  # noqa: F401 (re-exported)
 
 ALL = "All"
 
@@ -270,32 +269,6 @@ def format_csv(table: Table1, *, digits: int = 4) -> str:
             cells += ["", ""] if v is None else [f"{v[0]:.{digits}f}", f"{v[1]:.{digits}f}"]
         writer.writerow(cells)
     return buffer.getvalue()
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success give it the usual permissions and rename it to
-    ``path``, on error delete it: a reader sees the whole file or none."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_output`."""
-    with atomic_output(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
 
 
 def write_table1(

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from segmime_jax.atomic_files import atomic_output
 from segmime_jax.cli import config_to_dict
 from segmime_jax.train import metrics as metrics_lib
 from segmime_jax.train.checkpoint import CheckpointStore, check_finite
@@ -245,14 +246,8 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def _write_atomic(path: pathlib.Path, write: Callable[[Any], None], *, binary: bool = False) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "wb" if binary else "w") as handle:
+        write(handle)
 
 
 def save_run_result(result: RunResult, run_dir: str | os.PathLike) -> pathlib.Path:
