@@ -3,12 +3,16 @@
 Times the jitted, data-parallel train step of ENet (4 classes) and ResidualUNet (2 classes), forward-only
 inference, compile time, FLOP/s and memory, over batch sizes, precisions and device counts, plus one
 epoch through the input pipeline. Prints a table and writes ``benchmark.json`` (device kind, versions,
-every figure) into ``--out``. ``--quick`` is a CPU-sized smoke run (under a minute).
+every figure) into ``--out``, rewritten after every case so an interrupted run keeps what it measured.
+``--profile-steps N`` adds a per-op profile of N steps of each case (trace in ``out/profile``),
+``--dump-hlo`` the optimised HLO of each train step (``out/hlo``). ``--quick`` is a CPU-sized smoke run
+(under a minute).
 
 Examples::
 
     python -m experiments.benchmark                                  # 256x256, batches 8,32,128, fp32+bf16
     python -m experiments.benchmark --models enet --batches 8,32 --precisions float32
+    python -m experiments.benchmark --models enet --batches 32 --profile-steps 5 --dump-hlo
     python -m experiments.benchmark --quick --out /tmp/bench
 """
 
@@ -22,12 +26,14 @@ from collections.abc import Sequence
 
 import jax
 
+from segmime_jax.atomic_files import write_text_atomic
 from segmime_jax.bench.device_info import environment
 from segmime_jax.bench.report import format_table
 from segmime_jax.bench.suite import PRECISIONS, BenchCase, build_setup, run_case, run_epoch
 from segmime_jax.cli import config_to_dict, parse_config
 
 NUM_CLASSES = {"enet": 4, "residualunet": 2}
+MATMUL_PRECISIONS = ("default", "high", "highest")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +52,14 @@ class BenchmarkConfig:
         default=50, metadata={"help": "steps of the pipeline epoch timing (0 = skip it)"})
     epoch_batch: int = dataclasses.field(default=8, metadata={"help": "batch size of the epoch timing"})
     loss: str = dataclasses.field(default="1*ce+1*dsc", metadata={"help": "loss of the train step"})
+    matmul_precision: str = dataclasses.field(
+        default="default", metadata={"help": "jax default_matmul_precision for float32 convolutions and matmuls: "
+                                             "default (TF32 allowed on recent GPUs, like PyTorch's convolutions), "
+                                             "high, highest (true float32)"})
+    profile_steps: int = dataclasses.field(
+        default=0, metadata={"help": "profile this many extra steps of each case (0 = off); trace in out/profile"})
+    dump_hlo: bool = dataclasses.field(
+        default=False, metadata={"help": "write each train step's optimised HLO text to out/hlo"})
     quick: bool = dataclasses.field(
         default=False, metadata={"help": "CPU smoke run: 32x32, batch 2, float32, 1 device, few repeats"})
     out: pathlib.Path = dataclasses.field(
@@ -60,6 +74,14 @@ class BenchmarkConfig:
                 raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
         if self.size % 16:
             raise ValueError(f"size must be a multiple of 16 (ResidualUNet), got {self.size}")
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ValueError(f"unknown matmul precision {self.matmul_precision!r}; "
+                             f"valid: {', '.join(MATMUL_PRECISIONS)}")
+        for name in ("warmup", "profile_steps", "epoch_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
 
     def effective(self) -> BenchmarkConfig:
         """The config actually run: ``quick`` replaces sizes, batches, precisions and repeats."""
@@ -86,38 +108,46 @@ class BenchmarkConfig:
         ]
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    config = parse_config(BenchmarkConfig, argv, description=__doc__.split("\n\n")[0],
-                          prog="python -m experiments.benchmark").effective()
+def run(config: BenchmarkConfig) -> dict:
+    """Run every case and epoch timing of ``config``; ``benchmark.json`` is rewritten after each one."""
     env = environment()
+    env["matmul_precision"] = config.matmul_precision
     print(f"benchmark on {env['local_device_count']} x {env['device_kind']} ({env['backend']}), "
           f"jax {env['versions']['jax']}", flush=True)
+    path = config.out / "benchmark.json"
+    report = {"environment": env, "config": config_to_dict(config), "complete": False, "cases": [], "epochs": []}
+    options = {"warmup": config.warmup, "repeats": config.repeats, "profile": config.profile_steps,
+               "profile_dir": config.out / "profile", "hlo_dir": config.out / "hlo" if config.dump_hlo else None}
     epoch_cases = {model: BenchCase(model=model, num_classes=NUM_CLASSES[model], size=config.size,
                                     batch_size=config.epoch_batch, loss=config.loss)
                    for model in config.models} if config.epoch_steps > 0 else {}
-    cases, epochs = [], []
     for case in config.cases():
         print(f"  {case.label} ...", end="", flush=True)
         setup = build_setup(case)
-        result = run_case(setup, warmup=config.warmup, repeats=config.repeats)
-        print(f" {result['train_step']['median_ms']:.2f} ms/step, {result['train_images_per_s']:.0f} img/s",
-              flush=True)
-        cases.append(result)
+        result = run_case(setup, **options)
+        print(f" compile {result['compile_s']:.1f} s, {result['train_step']['median_ms']:.2f} ms/step, "
+              f"{result['train_images_per_s']:.0f} img/s, {result['program']['kernels']} kernels", flush=True)
+        report["cases"].append(result)
         if epoch_cases.get(case.model) == case:  # reuse the compiled step for the epoch timing
-            epochs.extend(run_epoch(setup, steps=config.epoch_steps))
+            report["epochs"].extend(run_epoch(setup, steps=config.epoch_steps))
             del epoch_cases[case.model]
         del setup
+        write_text_atomic(path, json.dumps(report, indent=2))
     for case in epoch_cases.values():
         print(f"  epoch timing {case.label} ...", flush=True)
-        epochs.extend(run_epoch(build_setup(case), steps=config.epoch_steps))
-    report = {"environment": env, "config": config_to_dict(config), "cases": cases, "epochs": epochs}
+        report["epochs"].extend(run_epoch(build_setup(case), steps=config.epoch_steps))
+    report["complete"] = True
+    write_text_atomic(path, json.dumps(report, indent=2))
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    config = parse_config(BenchmarkConfig, argv, description=__doc__.split("\n\n")[0],
+                          prog="python -m experiments.benchmark").effective()
+    with jax.default_matmul_precision(config.matmul_precision):
+        report = run(config)
     print(format_table(report))
-    config.out.mkdir(parents=True, exist_ok=True)
-    path = config.out / "benchmark.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(path)
-    print(f"wrote {path}")
+    print(f"wrote {config.out / 'benchmark.json'}")
     return report
 
 

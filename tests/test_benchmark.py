@@ -34,6 +34,10 @@ def test_config_rejects_bad_values():
         BenchmarkConfig(models=("vgg",))
     with pytest.raises(ValueError, match="multiple of 16"):
         BenchmarkConfig(size=100)
+    with pytest.raises(ValueError, match="matmul precision"):
+        BenchmarkConfig(matmul_precision="tf32")
+    with pytest.raises(ValueError, match="profile_steps"):
+        BenchmarkConfig(profile_steps=-1)
     cases = BenchmarkConfig(models=("enet",), batches=(8, 6), precisions=("float32",), devices=(1, 4)).cases()
     # batch 6 does not split over 4 devices: that case is skipped, the others kept.
     assert [(c.batch_size, c.num_devices) for c in cases] == [(8, 1), (6, 1), (8, 4)]
@@ -42,9 +46,10 @@ def test_config_rejects_bad_values():
 def test_quick_mode_writes_report(tmp_path):
     from experiments.benchmark import main
 
-    report = main(["--quick", "--models", "enet", "--out", str(tmp_path)])
+    report = main(["--quick", "--models", "enet", "--profile-steps", "2", "--dump-hlo", "--out", str(tmp_path)])
     written = json.loads((tmp_path / "benchmark.json").read_text())
     assert written["environment"]["backend"] == report["environment"]["backend"]
+    assert written["complete"] is True and written["environment"]["matmul_precision"] == "default"
     (case,) = written["cases"]
     assert case["case"]["model"] == "enet" and case["case"]["batch_size"] == 2
     assert 0 < case["train_step"]["min_ms"] <= case["train_step"]["median_ms"] <= case["train_step"]["max_ms"]
@@ -53,5 +58,19 @@ def test_quick_mode_writes_report(tmp_path):
     assert case["compile_s"] > 0 and case["planned_memory_bytes"] > 0
     assert all(e["epoch_s"] > 0 and 0.0 <= e["pipeline_share"] < 1.0 for e in written["epochs"])
     assert {e["resident"] for e in written["epochs"]} == {False, True}
+    # What XLA made of the train step: the whole state donated, no host round trip, and ENet's max-unpooling
+    # stayed a fused select (no gather/scatter anywhere in the program).
+    program = case["program"]
+    assert program["fully_donated"] and program["donated_bytes"] == program["donatable_bytes"] > 0
+    assert program["host_transfers"] == 0
+    assert program["all_ops"]["gather"] == program["all_ops"]["scatter"] == 0
+    assert program["kernels"] > program["top_level_ops"].get("convolution", 0) > 0
+    hlo = (tmp_path / "hlo" / "enet_32x32_b2_float32_1dev.hlo.txt").read_text()
+    assert hlo.count("ENTRY") == 1
+    profile = case["profile"]
+    assert "error" not in profile, profile
+    assert profile["steps"] == 2 and profile["op_ms_per_step"] > 0 and profile["top_ops"]
+    assert sum(profile["by_category_ms"].values()) == pytest.approx(profile["op_ms_per_step"])
+    assert list((tmp_path / "profile").rglob("*.xplane.pb"))
     table = format_table(written)
-    assert "enet" in table and "pipeline share" in table
+    assert "enet" in table and "pipeline share" in table and "profile: case" in table

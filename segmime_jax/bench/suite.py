@@ -12,7 +12,11 @@ state donated, data-parallel over a ``'data'`` mesh) and measures:
 - XLA's FLOP count of one train step and of one forward pass (cost analysis of the *unpartitioned*
   program, i.e. the global batch) and the FLOP/s achieved at the median time;
 - memory: XLA's planned bytes for the train step (arguments + outputs + temporaries − donated buffers), and
-  the device's ``peak_bytes_in_use`` where the backend reports it (a process-wide running maximum).
+  the device's ``peak_bytes_in_use`` where the backend reports it (a process-wide running maximum);
+- what XLA made of the step (:mod:`segmime_jax.bench.program_audit`): kernels per step, op mix, library
+  custom calls, host transfers, and whether the whole state is donated;
+- optionally, a profile of a few steps (:mod:`segmime_jax.bench.profile`): time per XLA op and category and
+  the fraction of the step the device was busy, and the optimised HLO text of the step.
 
 :func:`run_epoch` times one training epoch through the real input pipeline
 (:func:`segmime_jax.data.train_batches`) on in-memory random slices, against the same number of steps on one
@@ -24,6 +28,7 @@ Images are random: the time of a dense convolutional network does not depend on 
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import time
 from typing import Any
 
@@ -32,7 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from segmime_jax.atomic_files import write_text_atomic
 from segmime_jax.bench.device_info import compiled_memory_bytes, peak_memory_bytes
+from segmime_jax.bench.profile import profile_steps
+from segmime_jax.bench.program_audit import audit_compiled
 from segmime_jax.bench.timing import TimingStats, time_call
 from segmime_jax.losses import build_loss
 from segmime_jax.models import build_model
@@ -67,6 +75,11 @@ class BenchCase:
         return (f"{self.model} {self.size}x{self.size} b{self.batch_size} {self.precision} "
                 f"{self.num_devices}dev")
 
+    @property
+    def slug(self) -> str:
+        """The label as a file name."""
+        return self.label.replace(" ", "_")
+
 
 @dataclasses.dataclass
 class Setup:
@@ -88,6 +101,12 @@ class Setup:
         """One train step on ``batch`` (default: the fixed batch); returns its metrics (not waited for)."""
         self.state, metrics = self.compiled(self.state, self.batch if batch is None else batch, self.key)
         return metrics
+
+    def step_outputs(self) -> tuple[dict[str, jax.Array], TrainState]:
+        """One train step on the fixed batch; returns everything it produced (metrics and the new state), for
+        timing calls that wait for the whole step, optimiser update included."""
+        metrics = self.step()
+        return metrics, self.state
 
 
 def random_batch(case: BenchCase, seed: int = 0) -> dict[str, np.ndarray]:
@@ -135,10 +154,16 @@ def _forward_fn(graphdef: nnx.GraphDef):
     return predict
 
 
-def run_case(setup: Setup, *, warmup: int = 2, repeats: int = 10) -> dict[str, Any]:
-    """Measure the case of ``setup`` (see the module docstring); returns a JSON-ready dict."""
+def run_case(setup: Setup, *, warmup: int = 2, repeats: int = 10, profile: int = 0,
+             profile_dir: pathlib.Path | None = None, hlo_dir: pathlib.Path | None = None) -> dict[str, Any]:
+    """Measure the case of ``setup`` (see the module docstring); returns a JSON-ready dict.
+
+    ``profile`` > 0 traces that many more steps into ``profile_dir/<case slug>`` and adds their summary
+    (``"profile"``; a profiler failure is recorded there as ``{"error": ...}``, the timings are kept);
+    ``hlo_dir`` receives the optimised HLO text of the train step as ``<case slug>.hlo.txt``.
+    """
     case = setup.case
-    train: TimingStats = time_call(lambda: setup.step()["loss"], warmup=warmup, repeats=repeats)
+    train: TimingStats = time_call(setup.step_outputs, warmup=warmup, repeats=repeats)
     loss = float(setup.step()["loss"])
 
     state = setup.state
@@ -148,7 +173,7 @@ def run_case(setup: Setup, *, warmup: int = 2, repeats: int = 10) -> dict[str, A
     infer: TimingStats = time_call(lambda: forward(*args), warmup=warmup, repeats=repeats)
     train_flops, forward_flops = setup.flops, _flops(forward_lowered)
 
-    return {
+    result = {
         "case": dataclasses.asdict(case),
         "label": case.label,
         "compile_s": setup.compile_s,
@@ -163,7 +188,19 @@ def run_case(setup: Setup, *, warmup: int = 2, repeats: int = 10) -> dict[str, A
         "planned_memory_bytes": compiled_memory_bytes(setup.compiled),
         "peak_memory_bytes_so_far": peak_memory_bytes(),
         "final_loss": loss,
+        "program": audit_compiled(setup.compiled, donated=setup.state),
     }
+    if hlo_dir is not None:
+        write_text_atomic(pathlib.Path(hlo_dir) / f"{case.slug}.hlo.txt", setup.compiled.as_text())
+    if profile > 0:
+        if profile_dir is None:
+            raise ValueError("profile > 0 needs a profile_dir")
+        try:
+            result["profile"] = profile_steps(setup.step_outputs, steps=profile,
+                                              log_dir=pathlib.Path(profile_dir) / case.slug)
+        except Exception as error:  # noqa: BLE001 - a profiler failure must not lose the timings above
+            result["profile"] = {"error": f"{type(error).__name__}: {error}"}
+    return result
 
 
 def synthetic_slices(num_slices: int, size: int, num_classes: int, *, seed: int = 0):
