@@ -1,9 +1,10 @@
-# Every target that runs code depends on .venv, so each works on a fresh clone.
+# Every target that runs code depends on .venv, so each works on a fresh clone (device-check excepted: it runs
+# on a lent GPU machine with that machine's python).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test lint acdc promise12 gradients benchmark clean
+.PHONY: test lint acdc promise12 gradients benchmark device-check clean
 
 $(VENV): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,13 @@ gradients: $(VENV)
 
 benchmark: $(VENV)
 	$(PY) -m experiments.benchmark
+
+# The one prepared GPU check (README, "Measuring on a GPU"): python -m experiments.device_check with the
+# machine's own python3 and its jax (no .venv, nothing fetched, nibabel not needed).
+DEVICE_OUT ?= results/device-out
+REFERENCE ?= ../shared/reference
+device-check:
+	$(PYTHON) -m experiments.device_check --out $(DEVICE_OUT) --reference $(REFERENCE)
 
 clean:
 	rm -rf $(VENV) .cache results

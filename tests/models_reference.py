@@ -10,7 +10,9 @@
   changes the input gradient by ~1e-2 relative. The fixture comparison therefore runs with
   ``--xla_cpu_experimental_ynn_fusion_type=`` (YNN fusions off), in a subprocess when needed.
 
-Run as a script (``python tests/models_reference.py``) it prints the errors of all four cases as JSON.
+Run as a script (``python tests/models_reference.py [REFERENCE_DIR [PRECISION]]``) it prints the errors of all
+four cases as JSON; PRECISION is the jax default matmul precision (default ``highest``, as in the tests; on a
+GPU, ``default`` shows what TF32 convolutions cost).
 """
 
 from __future__ import annotations
@@ -144,6 +146,8 @@ if __name__ == "__main__":
     import conftest  # noqa: F401  (same jax configuration and compilation cache as the tests)
 
     reference = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else conftest.SHARED_REFERENCE
+    if len(sys.argv) > 2:
+        jax.config.update("jax_default_matmul_precision", sys.argv[2])
     if ynn_convolutions_active():
         raise SystemExit(f"YNN convolutions are still active; run with XLA_FLAGS={NO_YNN_FLAG}")
     print(json.dumps(all_cases(reference)))

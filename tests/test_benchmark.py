@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 
 import pytest
 
@@ -74,3 +75,23 @@ def test_quick_mode_writes_report(tmp_path):
     assert list((tmp_path / "profile").rglob("*.xplane.pb"))
     table = format_table(written)
     assert "enet" in table and "pipeline share" in table and "profile: case" in table
+
+
+def test_device_check_writes_its_files_flat(tmp_path):
+    """The prepared GPU check, at the CPU smoke size: flat files only, and a missing reference is reported."""
+    from experiments.device_check import main
+
+    out = tmp_path / "out"
+    written = main(["--out", str(out), "--work", str(tmp_path / "work"), "--reference", str(tmp_path / "none"),
+                    "--models", "residualunet", "--quick", "--profile-steps", "1"])
+    names = sorted(path.name for path in written)
+    assert names == ["benchmark.json", "benchmark_b128.json", "fixture.json", "log", "traces.tar.gz"]
+    assert sorted(path.name for path in out.iterdir()) == names  # nothing in subfolders (the device tool's limit)
+    assert "no forward_fixture.npz" in json.loads((out / "fixture.json").read_text())["error"]
+    (case,) = json.loads((out / "benchmark.json").read_text())["cases"]
+    assert case["case"]["model"] == "residualunet" and case["profile"]["steps"] == 1
+    with tarfile.open(out / "traces.tar.gz") as archive:
+        members = archive.getnames()
+    assert "hlo/residualunet_32x32_b2_float32_1dev.hlo.txt" in members
+    assert any(name.endswith(".xplane.pb") for name in members)
+    assert "exit 0" in (out / "log").read_text()
