@@ -2,19 +2,19 @@
 
 One command for a session that is lent a GPU for a few minutes (``make device-check``; README, "Measuring on
 a GPU"). It needs only what such a machine has (jax, flax, optax, orbax, chex; nibabel is not imported) and
-writes at most 8 files, none in subfolders, to ``--out``:
+writes at most 8 files, none in subfolders, to ``--out``. In order of importance, each step in its own
+process with its own time limit (defaults: about 9 minutes in all):
 
-- ``fixture.json``: the relative errors of both models' logits and input gradients against the PyTorch
-  fixtures (``--reference``), in true float32 (``highest``) and at ``default`` precision (TF32 convolutions
-  on recent GPUs);
-- ``benchmark.json``: ``experiments.benchmark`` at batches 8 and 32, float32 and bfloat16, with a 5-step
-  profile of each case and the epoch timing; ``traces.tar.gz``: those profiles and each step's HLO;
-- ``benchmark_b128.json``: batch 128 (no profile, no epoch timing);
-- ``log``: everything the steps printed.
+1. ``benchmark_fp32.json``: ``experiments.benchmark`` in float32 at batches 8 and 32 (the issue's ENet and
+   ResidualUNet targets), with a profile of each case, each step's HLO and the epoch timing;
+2. ``benchmark_bf16.json``: the same in bfloat16 (ResidualUNet first: its ≥ 4× target);
+3. ``fixture.json``: both models' logits and input gradients against the PyTorch fixtures (``--reference``)
+   in true float32 (``highest``) and at ``default`` precision (TF32 convolutions on recent GPUs);
+4. ``benchmark_b128.json``: batch 128, both precisions (no profile, no epoch timing);
 
-Each step runs in its own process with its own time limit, so one that fails or overruns leaves the others'
-results (and a benchmark that is stopped keeps the cases it finished: its JSON is rewritten after each).
-``--quick`` runs the same steps at the benchmark's CPU smoke size (for testing this script).
+plus ``traces.tar.gz`` (the profiles and HLO of steps 1-2) and ``log`` (everything the steps printed).
+A step that fails or overruns leaves the others' results, and a benchmark that is stopped keeps the cases it
+finished (its JSON is rewritten after each). ``--quick`` runs the benchmarks at their CPU smoke size.
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ class DeviceCheckConfig:
     reference: pathlib.Path = dataclasses.field(
         default=REPO_ROOT.parent / "shared" / "reference",
         metadata={"help": "the PyTorch reference fixtures (../shared/reference; copy it along to a device)"})
-    fixture_timeout_s: int = dataclasses.field(default=120, metadata={"help": "time limit of each fixture run"})
-    benchmark_timeout_s: int = dataclasses.field(
-        default=330, metadata={"help": "time limit of the batch 8/32 benchmark"})
-    b128_timeout_s: int = dataclasses.field(default=120, metadata={"help": "time limit of the batch 128 benchmark"})
+    fp32_timeout_s: int = dataclasses.field(default=200, metadata={"help": "time limit of the float32 benchmark"})
+    bf16_timeout_s: int = dataclasses.field(default=150, metadata={"help": "time limit of the bfloat16 benchmark"})
+    fixture_timeout_s: int = dataclasses.field(default=50, metadata={"help": "time limit of each fixture run"})
+    b128_timeout_s: int = dataclasses.field(default=80, metadata={"help": "time limit of the batch 128 benchmark"})
     profile_steps: int = dataclasses.field(default=5, metadata={"help": "profiled steps per benchmark case"})
     models: tuple[str, ...] = dataclasses.field(
         default=("enet", "residualunet"), metadata={"help": "models to benchmark"})
@@ -101,11 +101,12 @@ def _fixture_errors(config: DeviceCheckConfig, log: list[str]) -> dict:
     return errors
 
 
-def _benchmark(config: DeviceCheckConfig, out: pathlib.Path, args: list[str], timeout_s: int,
-               log: list[str]) -> None:
-    command = [sys.executable, "-m", "experiments.benchmark", "--out", str(out), "--models", ",".join(config.models),
-               *args]
-    _run(command + (["--quick"] if config.quick else []), timeout_s=timeout_s, log=log)
+def _benchmark(config: DeviceCheckConfig, out: pathlib.Path, args: list[str], timeout_s: int, log: list[str],
+               *, models: Sequence[str] | None = None) -> None:
+    models = [m for m in (models or config.models) if m in config.models]
+    command = [sys.executable, "-m", "experiments.benchmark", "--out", str(out), "--models", ",".join(models),
+               *args, *(["--quick"] if config.quick else [])]
+    _run(command, timeout_s=timeout_s, log=log)
 
 
 def run(config: DeviceCheckConfig) -> list[pathlib.Path]:
@@ -114,10 +115,10 @@ def run(config: DeviceCheckConfig) -> list[pathlib.Path]:
     if config.work.exists():
         shutil.rmtree(config.work)
     log: list[str] = []
-    written = []
+    written: list[pathlib.Path] = []
 
-    def save_log() -> None:
-        written.append(write_text_atomic(config.out / "log", "\n".join(log) + "\n"))
+    def save(name: str, text: str) -> None:
+        written.append(write_text_atomic(config.out / name, text))
 
     def keep(source: pathlib.Path, name: str) -> None:
         if source.is_file():
@@ -125,27 +126,32 @@ def run(config: DeviceCheckConfig) -> list[pathlib.Path]:
             written.append(config.out / name)
         else:
             log.append(f"(no {source}: that step wrote nothing)")
+        save("log", "\n".join(log) + "\n")
 
     _describe_devices(log)
-    written.append(write_text_atomic(config.out / "fixture.json", json.dumps(_fixture_errors(config, log), indent=2)))
-    save_log()
+    profiled = ["--batches", "8,32", "--profile-steps", str(config.profile_steps), "--dump-hlo"]
+    runs = (
+        ("fp32", ["--precisions", "float32", *profiled], config.fp32_timeout_s, None),
+        ("bf16", ["--precisions", "bfloat16", "--epoch-steps", "0", *profiled], config.bf16_timeout_s,
+         ("residualunet", "enet")),
+    )
+    for name, args, timeout_s, models in runs:
+        _benchmark(config, config.work / name, args, timeout_s, log, models=models)
+        keep(config.work / name / "benchmark.json", f"benchmark_{name}.json")
 
-    main = config.work / "main"
-    _benchmark(config, main, ["--batches", "8,32", "--profile-steps", str(config.profile_steps), "--dump-hlo"],
-               config.benchmark_timeout_s, log)
-    keep(main / "benchmark.json", "benchmark.json")
-    traces = [main / name for name in ("profile", "hlo") if (main / name).is_dir()]
+    traces = [folder for name, *_ in runs for folder in (config.work / name / "profile", config.work / name / "hlo")
+              if folder.is_dir()]
     if traces:
         with tarfile.open(config.out / "traces.tar.gz", "w:gz") as archive:
             for folder in traces:
-                archive.add(folder, arcname=folder.name)
+                archive.add(folder, arcname=f"{folder.parent.name}/{folder.name}")
         written.append(config.out / "traces.tar.gz")
-    save_log()
 
-    b128 = config.work / "b128"
-    _benchmark(config, b128, ["--batches", "128", "--epoch-steps", "0"], config.b128_timeout_s, log)
-    keep(b128 / "benchmark.json", "benchmark_b128.json")
-    save_log()
+    save("fixture.json", json.dumps(_fixture_errors(config, log), indent=2))
+    save("log", "\n".join(log) + "\n")
+
+    _benchmark(config, config.work / "b128", ["--batches", "128", "--epoch-steps", "0"], config.b128_timeout_s, log)
+    keep(config.work / "b128" / "benchmark.json", "benchmark_b128.json")
     return sorted(set(written))
 
 

@@ -85,13 +85,14 @@ def test_device_check_writes_its_files_flat(tmp_path):
     written = main(["--out", str(out), "--work", str(tmp_path / "work"), "--reference", str(tmp_path / "none"),
                     "--models", "residualunet", "--quick", "--profile-steps", "1"])
     names = sorted(path.name for path in written)
-    assert names == ["benchmark.json", "benchmark_b128.json", "fixture.json", "log", "traces.tar.gz"]
+    assert names == ["benchmark_b128.json", "benchmark_bf16.json", "benchmark_fp32.json", "fixture.json", "log",
+                     "traces.tar.gz"]
     assert sorted(path.name for path in out.iterdir()) == names  # nothing in subfolders (the device tool's limit)
     assert "no forward_fixture.npz" in json.loads((out / "fixture.json").read_text())["error"]
-    (case,) = json.loads((out / "benchmark.json").read_text())["cases"]
+    (case,) = json.loads((out / "benchmark_fp32.json").read_text())["cases"]
     assert case["case"]["model"] == "residualunet" and case["profile"]["steps"] == 1
     with tarfile.open(out / "traces.tar.gz") as archive:
         members = archive.getnames()
-    assert "hlo/residualunet_32x32_b2_float32_1dev.hlo.txt" in members
+    assert "fp32/hlo/residualunet_32x32_b2_float32_1dev.hlo.txt" in members
     assert any(name.endswith(".xplane.pb") for name in members)
     assert "exit 0" in (out / "log").read_text()
