@@ -133,6 +133,20 @@ def test_slice_dataset_slices_of_and_selection():
                      volumes=ds.volumes[:2], class_names=ds.class_names)
 
 
+def test_slice_dataset_from_volumes_numbers_slices_in_order():
+    ds = _tiny_dataset()
+    pieces = [(*ds.volume(v), info) for v, info in enumerate(ds.volumes)]
+    rebuilt = SliceDataset.from_volumes(pieces, ds.class_names)
+    np.testing.assert_array_equal(rebuilt.volume_ids, [0, 0, 0, 1, 1, 2])
+    np.testing.assert_array_equal(rebuilt.slice_indices, [0, 1, 2, 0, 1, 0])
+    for v in range(3):
+        np.testing.assert_array_equal(rebuilt.volume(v)[0], ds.volume(v)[0])
+    with pytest.raises(ValueError, match="'v0': 3 slices"):
+        SliceDataset.from_volumes([(pieces[0][0][:2], pieces[0][1][:2], pieces[0][2])], ds.class_names)
+    with pytest.raises(ValueError, match="no volumes"):
+        SliceDataset.from_volumes([], ds.class_names)
+
+
 def test_volume_info_json_round_trip_and_geometry():
     info = VolumeInfo(volume_id=0, name="Case01", patient="Case01", image_path="a.mhd", label_path="b.mhd",
                       original_shape=(7, 10, 12), affine=np.diag([-0.5, -0.5, 3.0, 1.0]), spacing=(0.5, 0.5, 3.0),

@@ -170,28 +170,20 @@ def read_nifti(path: str | os.PathLike, *, labels: bool = False) -> tuple[np.nda
 
 
 def _load_frames(frames: Sequence[_Frame], size: tuple[int, int]) -> SliceDataset:
-    images, labels, volume_ids, slice_indices, volumes = [], [], [], [], []
+    volumes = []
     for volume_id, frame in enumerate(frames):
         image, affine, zooms = read_nifti(frame.image_path)
         label, _, _ = read_nifti(frame.label_path, labels=True)
         label = validate_pair(image, label, image_path=frame.image_path, label_path=frame.label_path,
                               num_classes=len(ACDC_CLASSES))
         slice_images, slice_labels = slices_to_working_size(image, label, slice_axis=2, size=size)
-        num_slices = slice_images.shape[0]
-        images.append(slice_images)
-        labels.append(slice_labels)
-        volume_ids.append(np.full(num_slices, volume_id, dtype=np.int32))
-        slice_indices.append(np.arange(num_slices, dtype=np.int32))
         extra = dict(frame.info, phase=frame.phase, frame=frame.frame, axes="xyz", slice_axis=2, subset=frame.subset)
-        volumes.append(VolumeInfo(
+        volumes.append((slice_images, slice_labels, VolumeInfo(
             volume_id=volume_id, name=frame.name, patient=frame.patient, image_path=os.fspath(frame.image_path),
             label_path=os.fspath(frame.label_path), original_shape=image.shape, affine=affine,
-            spacing=zooms, num_slices=num_slices, extra=extra,
-        ))
-    return SliceDataset(
-        images=np.concatenate(images), labels=np.concatenate(labels), volume_ids=np.concatenate(volume_ids),
-        slice_indices=np.concatenate(slice_indices), volumes=tuple(volumes), class_names=ACDC_CLASSES,
-    )
+            spacing=zooms, num_slices=slice_images.shape[0], extra=extra,
+        )))
+    return SliceDataset.from_volumes(volumes, ACDC_CLASSES)
 
 
 def resolve_acdc_split(patients: Sequence[str], split: Split, seed: int, *,

@@ -144,6 +144,26 @@ class SliceDataset:
         bounds = np.searchsorted(volume_ids[order], np.arange(len(volumes) + 1))
         object.__setattr__(self, "_slices", tuple(order[bounds[v]:bounds[v + 1]] for v in range(len(volumes))))
 
+    @classmethod
+    def from_volumes(cls, volumes: Sequence[tuple[np.ndarray, np.ndarray, VolumeInfo]],
+                     class_names: Sequence[str]) -> SliceDataset:
+        """The dataset of ``(images, labels, info)`` per volume: ``(S, H, W)`` uint8 slices in slice order,
+        ``info.volume_id`` the volume's position in ``volumes`` and ``info.num_slices == S`` (what the loaders
+        build, one volume at a time)."""
+        if not volumes:
+            raise ValueError("no volumes to make a dataset of")
+        for images, labels, info in volumes:
+            if info.num_slices != images.shape[0] or images.shape != labels.shape:
+                raise ValueError(f"volume {info.name!r}: {info.num_slices} slices in its info, images "
+                                 f"{images.shape} and labels {labels.shape}")
+        return cls(
+            images=np.concatenate([images for images, _, _ in volumes]),
+            labels=np.concatenate([labels for _, labels, _ in volumes]),
+            volume_ids=np.concatenate([np.full(info.num_slices, info.volume_id, np.int32) for *_, info in volumes]),
+            slice_indices=np.concatenate([np.arange(info.num_slices, dtype=np.int32) for *_, info in volumes]),
+            volumes=tuple(info for *_, info in volumes), class_names=class_names,
+        )
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)

@@ -112,29 +112,22 @@ def read_metaimage(path: str | os.PathLike, *, labels: bool = False):
 
 
 def _load_cases(cases: Sequence[tuple[str, pathlib.Path, pathlib.Path]], size: tuple[int, int]) -> SliceDataset:
-    images, labels, volume_ids, slice_indices, volumes = [], [], [], [], []
+    volumes = []
     for volume_id, (name, image_path, label_path) in enumerate(cases):
         image, itk_image = read_metaimage(image_path)
         label, _ = read_metaimage(label_path, labels=True)
         label = validate_pair(image, label, image_path=image_path, label_path=label_path,
                               num_classes=len(PROMISE12_CLASSES))
         slice_images, slice_labels = slices_to_working_size(image, label, slice_axis=0, size=size)
-        num_slices = slice_images.shape[0]
-        images.append(slice_images)
-        labels.append(slice_labels)
-        volume_ids.append(np.full(num_slices, volume_id, dtype=np.int32))
-        slice_indices.append(np.arange(num_slices, dtype=np.int32))
         origin, spacing, direction = itk_image.GetOrigin(), itk_image.GetSpacing(), itk_image.GetDirection()
         extra = {"axes": "zyx", "slice_axis": 0, "origin": list(origin), "direction": list(direction)}
-        volumes.append(VolumeInfo(
+        volumes.append((slice_images, slice_labels, VolumeInfo(
             volume_id=volume_id, name=name, patient=name, image_path=os.fspath(image_path),
             label_path=os.fspath(label_path), original_shape=image.shape,
-            affine=affine_from_itk(origin, spacing, direction), spacing=spacing, num_slices=num_slices, extra=extra,
-        ))
-    return SliceDataset(
-        images=np.concatenate(images), labels=np.concatenate(labels), volume_ids=np.concatenate(volume_ids),
-        slice_indices=np.concatenate(slice_indices), volumes=tuple(volumes), class_names=PROMISE12_CLASSES,
-    )
+            affine=affine_from_itk(origin, spacing, direction), spacing=spacing,
+            num_slices=slice_images.shape[0], extra=extra,
+        )))
+    return SliceDataset.from_volumes(volumes, PROMISE12_CLASSES)
 
 
 def load_promise12(
