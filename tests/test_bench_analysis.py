@@ -76,6 +76,8 @@ def test_op_names_and_categories():
     assert op_group("convolution.151.3") == "convolution"
     assert op_category("cudnn-conv-bias-activation") == "convolution"
     assert op_category("cublas-gemm") == "matmul"
+    assert op_category("all-reduce-start") == "collective"
+    assert op_category("input_reduce_fusion") == "reduction"
     assert op_category("input_reduce_fusion") == "reduction"
     assert op_category("transpose_copy_fusion") == "copy/transpose"
     assert op_category("loop_multiply_fusion") == "other fusion"

@@ -12,7 +12,7 @@ XProf trace that Perfetto also opens: ``*.trace.json.gz``) and :func:`summarize_
   (so ``busy_fraction`` can exceed 1 there).
 
 Ops are grouped by name without their ``.N`` suffix (``loop_add_fusion.12`` → ``loop_add_fusion``) and by
-category (convolution, matmul, reduction, copy/transpose, other fusion, other); figures are per step.
+category (collective, convolution, matmul, reduction, copy/transpose, other fusion, other); figures are per step.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import jax
 
 _SUFFIX = re.compile(r"(\.\d+)+$")
 _CATEGORIES = (
+    ("collective", ("all-reduce", "all_reduce", "all-gather", "all_gather", "reduce-scatter", "reduce_scatter",
+                    "collective", "all-to-all", "nccl")),
     ("convolution", ("conv",)),
     ("matmul", ("gemm", "dot", "cublas", "matmul")),
     ("reduction", ("reduce",)),

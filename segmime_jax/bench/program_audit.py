@@ -11,7 +11,8 @@ they describe the program the backend will run, not the traced one:
 - ``top_level_ops``: the same instructions by opcode; ``custom_call_targets``: which library kernels
   (``__cudnn$convForward``, ``__cublas$gemm``, …) the custom calls are.
 - ``all_ops``: counts of a few opcodes anywhere, fusion bodies included (``gather``/``scatter`` would mean
-  the max-unpooling became a scatter; ``transpose`` shows layout changes).
+  the max-unpooling became a scatter; ``transpose`` shows layout changes; ``all-reduce`` the data-parallel
+  gradient and BatchNorm reductions).
 - ``host_transfers``: ``infeed``/``outfeed``/``send``/``recv`` and host-callback custom calls: a train step
   should have none (a host round trip per step stalls the device).
 - ``donated_bytes`` / ``donatable_bytes``: bytes XLA aliases from inputs to outputs against the bytes of the
@@ -28,7 +29,8 @@ import jax
 
 _TRIVIAL = frozenset({"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "after-all"})
 _HOST_TRANSFER = frozenset({"infeed", "outfeed", "send", "recv", "send-done", "recv-done"})
-_TRACKED = ("convolution", "dot", "gather", "scatter", "transpose", "copy", "rng-bit-generator", "while")
+_TRACKED = ("convolution", "dot", "gather", "scatter", "transpose", "copy", "rng-bit-generator", "while",
+            "all-reduce", "all-reduce-start")
 
 _COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*.*?\s([a-z][\w\-]*)\((.*)$")
