@@ -34,6 +34,7 @@ from segmime_jax.cli import config_to_dict, parse_config
 
 NUM_CLASSES = {"enet": 4, "residualunet": 2}
 MATMUL_PRECISIONS = ("default", "high", "highest")
+PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,9 @@ class BenchmarkConfig:
         default="default", metadata={"help": "jax default_matmul_precision for float32 convolutions and matmuls: "
                                              "default (TF32 allowed on recent GPUs, like PyTorch's convolutions), "
                                              "high, highest (true float32)"})
+    prng: str = dataclasses.field(
+        default="threefry2x32", metadata={"help": "jax PRNG implementation (ENet's dropout masks): threefry2x32 "
+                                                  "(jax's default, what training uses), rbg, unsafe_rbg"})
     profile_steps: int = dataclasses.field(
         default=0, metadata={"help": "profile this many extra steps of each case (0 = off); trace in out/profile"})
     dump_hlo: bool = dataclasses.field(
@@ -77,6 +81,8 @@ class BenchmarkConfig:
         if self.matmul_precision not in MATMUL_PRECISIONS:
             raise ValueError(f"unknown matmul precision {self.matmul_precision!r}; "
                              f"valid: {', '.join(MATMUL_PRECISIONS)}")
+        if self.prng not in PRNG_IMPLS:
+            raise ValueError(f"unknown PRNG implementation {self.prng!r}; valid: {', '.join(PRNG_IMPLS)}")
         for name in ("warmup", "profile_steps", "epoch_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -112,6 +118,7 @@ def run(config: BenchmarkConfig) -> dict:
     """Run every case and epoch timing of ``config``; ``benchmark.json`` is rewritten after each one."""
     env = environment()
     env["matmul_precision"] = config.matmul_precision
+    env["prng"] = config.prng
     print(f"benchmark on {env['local_device_count']} x {env['device_kind']} ({env['backend']}), "
           f"jax {env['versions']['jax']}", flush=True)
     path = config.out / "benchmark.json"
@@ -144,8 +151,13 @@ def run(config: BenchmarkConfig) -> dict:
 def main(argv: Sequence[str] | None = None) -> dict:
     config = parse_config(BenchmarkConfig, argv, description=__doc__.split("\n\n")[0],
                           prog="python -m experiments.benchmark").effective()
-    with jax.default_matmul_precision(config.matmul_precision):
-        report = run(config)
+    previous_prng = jax.config.jax_default_prng_impl
+    jax.config.update("jax_default_prng_impl", config.prng)
+    try:
+        with jax.default_matmul_precision(config.matmul_precision):
+            report = run(config)
+    finally:
+        jax.config.update("jax_default_prng_impl", previous_prng)
     print(format_table(report))
     print(f"wrote {config.out / 'benchmark.json'}")
     return report

@@ -3,7 +3,7 @@
 One command for a session that is lent a GPU for a few minutes (``make device-check``; README, "Measuring on
 a GPU"). It needs only what such a machine has (jax, flax, optax, orbax, chex; nibabel is not imported) and
 writes at most 8 files, none in subfolders, to ``--out``. In order of importance, each step in its own
-process with its own time limit (defaults: about 9 minutes in all):
+process with its own time limit (defaults: 9 minutes in all, within one device call's 10):
 
 1. ``benchmark_fp32.json``: ``experiments.benchmark`` in float32 at batches 8 and 32 (the issue's ENet and
    ResidualUNet targets), with a profile of each case, each step's HLO and the epoch timing;
@@ -11,6 +11,8 @@ process with its own time limit (defaults: about 9 minutes in all):
 3. ``fixture.json``: both models' logits and input gradients against the PyTorch fixtures (``--reference``)
    in true float32 (``highest``) and at ``default`` precision (TF32 convolutions on recent GPUs);
 4. ``benchmark_b128.json``: batch 128, both precisions (no profile, no epoch timing);
+5. ``benchmark_rbg.json``: ENet in float32 at batches 8 and 32 with the ``rbg`` PRNG for its dropout masks
+   (against step 1's threefry, what the random bits cost);
 
 plus ``traces.tar.gz`` (the profiles and HLO of steps 1-2) and ``log`` (everything the steps printed).
 A step that fails or overruns leaves the others' results, and a benchmark that is stopped keeps the cases it
@@ -46,10 +48,11 @@ class DeviceCheckConfig:
     reference: pathlib.Path = dataclasses.field(
         default=REPO_ROOT.parent / "shared" / "reference",
         metadata={"help": "the PyTorch reference fixtures (../shared/reference; copy it along to a device)"})
-    fp32_timeout_s: int = dataclasses.field(default=200, metadata={"help": "time limit of the float32 benchmark"})
-    bf16_timeout_s: int = dataclasses.field(default=150, metadata={"help": "time limit of the bfloat16 benchmark"})
-    fixture_timeout_s: int = dataclasses.field(default=50, metadata={"help": "time limit of each fixture run"})
-    b128_timeout_s: int = dataclasses.field(default=80, metadata={"help": "time limit of the batch 128 benchmark"})
+    fp32_timeout_s: int = dataclasses.field(default=190, metadata={"help": "time limit of the float32 benchmark"})
+    bf16_timeout_s: int = dataclasses.field(default=140, metadata={"help": "time limit of the bfloat16 benchmark"})
+    fixture_timeout_s: int = dataclasses.field(default=45, metadata={"help": "time limit of each fixture run"})
+    b128_timeout_s: int = dataclasses.field(default=70, metadata={"help": "time limit of the batch 128 benchmark"})
+    rbg_timeout_s: int = dataclasses.field(default=60, metadata={"help": "time limit of the rbg PRNG benchmark"})
     profile_steps: int = dataclasses.field(default=5, metadata={"help": "profiled steps per benchmark case"})
     models: tuple[str, ...] = dataclasses.field(
         default=("enet", "residualunet"), metadata={"help": "models to benchmark"})
@@ -104,6 +107,9 @@ def _fixture_errors(config: DeviceCheckConfig, log: list[str]) -> dict:
 def _benchmark(config: DeviceCheckConfig, out: pathlib.Path, args: list[str], timeout_s: int, log: list[str],
                *, models: Sequence[str] | None = None) -> None:
     models = [m for m in (models or config.models) if m in config.models]
+    if not models:
+        log.append(f"(skipped the benchmark into {out}: none of its models is in --models)")
+        return
     command = [sys.executable, "-m", "experiments.benchmark", "--out", str(out), "--models", ",".join(models),
                *args, *(["--quick"] if config.quick else [])]
     _run(command, timeout_s=timeout_s, log=log)
@@ -152,6 +158,10 @@ def run(config: DeviceCheckConfig) -> list[pathlib.Path]:
 
     _benchmark(config, config.work / "b128", ["--batches", "128", "--epoch-steps", "0"], config.b128_timeout_s, log)
     keep(config.work / "b128" / "benchmark.json", "benchmark_b128.json")
+
+    _benchmark(config, config.work / "rbg", ["--precisions", "float32", "--batches", "8,32", "--epoch-steps", "0",
+                                             "--prng", "rbg"], config.rbg_timeout_s, log, models=("enet",))
+    keep(config.work / "rbg" / "benchmark.json", "benchmark_rbg.json")
     return sorted(set(written))
 
 
