@@ -14,7 +14,8 @@ process with its own time limit (defaults: 9 minutes in all, within one device c
 5. ``benchmark_rbg.json``: ENet in float32 at batches 8 and 32 with the ``rbg`` PRNG for its dropout masks
    (against step 1's threefry, what the random bits cost);
 
-plus ``traces.tar.gz`` (the profiles and HLO of steps 1-2) and ``log`` (everything the steps printed).
+plus ``traces.tar.gz`` (the profiles and HLO of steps 1-2, at most 15 MiB: what would not fit is named in
+the log) and ``log`` (everything the steps printed).
 A step that fails or overruns leaves the others' results, and a benchmark that is stopped keeps the cases it
 finished (its JSON is rewritten after each). ``--quick`` runs the benchmarks at their CPU smoke size.
 """
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import zlib
 from collections.abc import Sequence
 
 from segmime_jax.atomic_files import write_text_atomic
@@ -37,6 +39,7 @@ from segmime_jax.cli import parse_config
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NO_YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type="  # see tests/models_reference.py (CPU only)
+TRACES_BUDGET_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +107,32 @@ def _fixture_errors(config: DeviceCheckConfig, log: list[str]) -> dict:
     return errors
 
 
+def pack_traces(archive_path: pathlib.Path, work: pathlib.Path, runs: Sequence[str], log: list[str], *,
+                budget_bytes: int = TRACES_BUDGET_BYTES) -> bool:
+    """Tar-gzip the runs' profiles and HLO under ``work`` into ``archive_path``, most useful first (each run's
+    ``.xplane.pb`` profiles, then its HLO; Perfetto ``.trace.json.gz`` copies last), leaving out what would take
+    the archive over ``budget_bytes`` (listed in ``log``). Returns whether an archive was written."""
+    files = []
+    for run in runs:
+        files += sorted((work / run / "profile").rglob("*.xplane.pb")) + sorted((work / run / "hlo").glob("*.hlo.txt"))
+    for run in runs:
+        files += sorted((work / run / "profile").rglob("*.trace.json.gz"))
+    chosen, total = [], 0
+    for path in files:
+        size = len(zlib.compress(path.read_bytes(), 6)) + 1024  # gzip size plus the tar header, roughly
+        if total + size > budget_bytes:
+            log.append(f"(traces.tar.gz: left out {path.relative_to(work)}, {size / 2**20:.1f} MiB compressed)")
+            continue
+        chosen.append(path)
+        total += size
+    if not chosen:
+        return False
+    with tarfile.open(archive_path, "w:gz") as archive:
+        for path in chosen:
+            archive.add(path, arcname=str(path.relative_to(work)))
+    return True
+
+
 def _benchmark(config: DeviceCheckConfig, out: pathlib.Path, args: list[str], timeout_s: int, log: list[str],
                *, models: Sequence[str] | None = None) -> None:
     models = [m for m in (models or config.models) if m in config.models]
@@ -145,12 +174,7 @@ def run(config: DeviceCheckConfig) -> list[pathlib.Path]:
         _benchmark(config, config.work / name, args, timeout_s, log, models=models)
         keep(config.work / name / "benchmark.json", f"benchmark_{name}.json")
 
-    traces = [folder for name, *_ in runs for folder in (config.work / name / "profile", config.work / name / "hlo")
-              if folder.is_dir()]
-    if traces:
-        with tarfile.open(config.out / "traces.tar.gz", "w:gz") as archive:
-            for folder in traces:
-                archive.add(folder, arcname=f"{folder.parent.name}/{folder.name}")
+    if pack_traces(config.out / "traces.tar.gz", config.work, [name for name, *_ in runs], log):
         written.append(config.out / "traces.tar.gz")
 
     save("fixture.json", json.dumps(_fixture_errors(config, log), indent=2))

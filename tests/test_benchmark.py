@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tarfile
 
+import numpy as np
 import pytest
 
 from segmime_jax.bench.report import format_table
@@ -97,3 +98,24 @@ def test_device_check_writes_its_files_flat(tmp_path):
     assert "fp32/hlo/residualunet_32x32_b2_float32_1dev.hlo.txt" in members
     assert any(name.endswith(".xplane.pb") for name in members)
     assert "exit 0" in (out / "log").read_text()
+
+
+def test_pack_traces_keeps_the_most_useful_files_within_budget(tmp_path):
+    from experiments.device_check import pack_traces
+
+    rng = np.random.default_rng(0)
+    for run in ("fp32", "bf16"):
+        (tmp_path / run / "profile" / "case" / "t").mkdir(parents=True)
+        (tmp_path / run / "hlo").mkdir()
+        (tmp_path / run / "profile" / "case" / "t" / "h.xplane.pb").write_bytes(rng.bytes(4000))  # incompressible
+        (tmp_path / run / "profile" / "case" / "t" / "h.trace.json.gz").write_bytes(rng.bytes(4000))
+        (tmp_path / run / "hlo" / "case.hlo.txt").write_text("HloModule m\n" * 300)  # compresses well
+    log: list[str] = []
+    archive = tmp_path / "traces.tar.gz"
+    assert pack_traces(archive, tmp_path, ["fp32", "bf16"], log, budget_bytes=11_000)
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    # fp32 profile + fp32 HLO + bf16 HLO fit; the bf16 profile and both Perfetto copies do not.
+    assert names == ["fp32/profile/case/t/h.xplane.pb", "fp32/hlo/case.hlo.txt", "bf16/hlo/case.hlo.txt"]
+    assert sum("left out" in line for line in log) == 3
+    assert not pack_traces(tmp_path / "none.tar.gz", tmp_path / "empty", ["fp32"], [])

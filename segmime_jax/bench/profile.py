@@ -130,6 +130,18 @@ def summarize_profile(profile: Any, *, steps: int, wall_s: float, top: int = 12)
                             source="/host:CPU thread pool (summed over threads)")
 
 
+def _options() -> Any:
+    """No Python tracer (its per-call overhead would inflate the wall time, and its events the trace) and no
+    HLO protos in the trace (``--dump-hlo`` writes the HLO); device and XLA host events as usual."""
+    options_type = getattr(jax.profiler, "ProfileOptions", None)
+    if options_type is None:
+        return None
+    options = options_type()
+    options.python_tracer_level = 0
+    options.enable_hlo_proto = False
+    return options
+
+
 def profile_steps(step: Any, *, steps: int, log_dir: pathlib.Path) -> dict[str, Any]:
     """Trace ``steps`` calls of ``step()`` (which returns arrays to wait for) into ``log_dir`` and summarise.
 
@@ -143,7 +155,7 @@ def profile_steps(step: Any, *, steps: int, log_dir: pathlib.Path) -> dict[str, 
     log_dir.mkdir(parents=True, exist_ok=True)
     before = set(log_dir.rglob("*.xplane.pb"))
     jax.block_until_ready(step())
-    with jax.profiler.trace(str(log_dir)):
+    with jax.profiler.trace(str(log_dir), profiler_options=_options()):
         start = time.perf_counter()
         for _ in range(steps):
             out = step()
