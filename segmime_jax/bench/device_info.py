@@ -8,6 +8,8 @@ from typing import Any
 
 import jax
 
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "jax-cuda12-plugin", "jax-cuda13-plugin", "jax-rocm-plugin")
+
 
 def _version(package: str) -> str | None:
     try:
@@ -25,7 +27,7 @@ def environment() -> dict[str, Any]:
         "local_device_count": len(devices),
         "host": platform.node(),
         "python": platform.python_version(),
-        "versions": {name: _version(name) for name in ("jax", "jaxlib", "flax", "optax", "numpy")},
+        "versions": {name: version for name in _PACKAGES if (version := _version(name)) is not None},
     }
 
 
