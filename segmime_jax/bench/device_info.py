@@ -44,6 +44,25 @@ def peak_memory_bytes(device: jax.Device | None = None) -> int | None:
     return stats.get("peak_bytes_in_use")
 
 
+def _memory_analysis(compiled: Any) -> Any | None:
+    """``compiled.memory_analysis()`` (XLA's byte counts of a compiled computation), or ``None`` where the
+    backend does not provide it."""
+    try:
+        return compiled.memory_analysis()
+    except (AttributeError, NotImplementedError, RuntimeError):
+        return None
+
+
+def _bytes(analysis: Any, name: str) -> int:
+    return int(getattr(analysis, name, 0) or 0)
+
+
+def aliased_bytes(compiled: Any) -> int | None:
+    """Bytes XLA aliases from inputs to outputs (donated buffers updated in place), or ``None``."""
+    analysis = _memory_analysis(compiled)
+    return None if analysis is None else _bytes(analysis, "alias_size_in_bytes")
+
+
 def compiled_memory_bytes(compiled: Any) -> int | None:
     """XLA's planned memory of a compiled computation: arguments + outputs + temporaries - aliased
     (donated) buffers, from ``compiled.memory_analysis()``; ``None`` where unavailable.
@@ -51,14 +70,9 @@ def compiled_memory_bytes(compiled: Any) -> int | None:
     Unlike the device's ``peak_bytes_in_use``, which only grows over a process, this is per computation,
     and the CPU backend reports it too.
     """
-    try:
-        analysis = compiled.memory_analysis()
-    except (AttributeError, NotImplementedError, RuntimeError):
-        return None
+    analysis = _memory_analysis(compiled)
     if analysis is None:
         return None
-    total = 0
-    for name in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes"):
-        total += int(getattr(analysis, name, 0) or 0)
-    total -= int(getattr(analysis, "alias_size_in_bytes", 0) or 0)
-    return total
+    total = sum(_bytes(analysis, name) for name in ("argument_size_in_bytes", "output_size_in_bytes",
+                                                    "temp_size_in_bytes"))
+    return total - _bytes(analysis, "alias_size_in_bytes")

@@ -27,6 +27,8 @@ from typing import Any
 
 import jax
 
+from segmime_jax.bench.device_info import aliased_bytes
+
 _TRIVIAL = frozenset({"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "after-all"})
 _HOST_TRANSFER = frozenset({"infeed", "outfeed", "send", "recv", "send-done", "recv-done"})
 _TRACKED = ("convolution", "dot", "gather", "scatter", "transpose", "copy", "rng-bit-generator", "while",
@@ -109,11 +111,7 @@ def audit_compiled(compiled: Any, *, donated: Any = None) -> dict[str, Any]:
     bytes) against ``donatable_bytes`` (the bytes of ``donated``, the arguments passed with donation) and
     ``fully_donated``. Per device: with a replicated state, both are one replica's bytes."""
     audit = audit_hlo_text(compiled.as_text())
-    try:
-        analysis = compiled.memory_analysis()
-        donated_bytes = int(analysis.alias_size_in_bytes) if analysis is not None else None
-    except (AttributeError, NotImplementedError, RuntimeError):
-        donated_bytes = None
+    donated_bytes = aliased_bytes(compiled)
     donatable = None if donated is None else tree_bytes(donated)
     audit.update(donated_bytes=donated_bytes, donatable_bytes=donatable,
                  fully_donated=None if donated_bytes is None or donatable is None else donated_bytes >= donatable)
