@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -38,7 +37,6 @@ from segmime_jax.atomic_files import write_text_atomic
 from segmime_jax.cli import parse_config
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-NO_YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type="  # see tests/models_reference.py (CPU only)
 TRACES_BUDGET_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB
 
 
@@ -62,12 +60,12 @@ class DeviceCheckConfig:
     quick: bool = dataclasses.field(default=False, metadata={"help": "benchmark at the CPU smoke size"})
 
 
-def _run(command: list[str], *, timeout_s: int, log: list[str], env: dict[str, str] | None = None) -> str:
+def _run(command: list[str], *, timeout_s: int, log: list[str]) -> str:
     """Run ``command`` from the repository root; append its output to ``log``; return its stdout."""
     log.append(f"$ {' '.join(command)}  (limit {timeout_s} s)")
     start = time.perf_counter()
     try:
-        done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s,
+        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s,
                               check=False)
         stdout, stderr, status = done.stdout, done.stderr, f"exit {done.returncode}"
     except subprocess.TimeoutExpired as expired:
@@ -91,15 +89,10 @@ def _fixture_errors(config: DeviceCheckConfig, log: list[str]) -> dict:
     """Both models against the fixtures at two precisions; ``{"error": ...}`` entries where a run failed."""
     if not (config.reference / "forward_fixture.npz").is_file():
         return {"error": f"no forward_fixture.npz in {config.reference}"}
-    env = dict(os.environ)
-    code = "import jax; print(jax.default_backend())"
-    backend = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False).stdout
-    if backend.strip() == "cpu":  # the CPU's YNNPACK convolutions are not comparable (tests/models_reference.py)
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + NO_YNN_FLAG).strip()
     errors = {}
     for precision in ("highest", "default"):
         stdout = _run([sys.executable, "tests/models_reference.py", str(config.reference), precision],
-                      timeout_s=config.fixture_timeout_s, log=log, env=env)
+                      timeout_s=config.fixture_timeout_s, log=log)
         try:
             errors[precision] = json.loads(stdout.strip().splitlines()[-1])
         except (IndexError, json.JSONDecodeError):

@@ -11,8 +11,8 @@
   ``--xla_cpu_experimental_ynn_fusion_type=`` (YNN fusions off), in a subprocess when needed.
 
 Run as a script (``python tests/models_reference.py [REFERENCE_DIR [PRECISION]]``) it prints the errors of all
-four cases as JSON; PRECISION is the jax default matmul precision (default ``highest``, as in the tests; on a
-GPU, ``default`` shows what TF32 convolutions cost).
+four cases as JSON (with YNN fusions off, in a subprocess where needed); PRECISION is the jax default matmul
+precision (default ``highest``, as in the tests; on a GPU, ``default`` shows what TF32 convolutions cost).
 """
 
 from __future__ import annotations
@@ -120,15 +120,22 @@ def all_cases(reference_dir: pathlib.Path) -> dict[str, dict[str, float]]:
     return results
 
 
-def all_cases_without_ynn(reference_dir: pathlib.Path, timeout: float = 600) -> dict[str, dict[str, float]]:
-    """:func:`all_cases` in this process if YNN convolutions are off, else in a subprocess with them off."""
+def all_cases_without_ynn(reference_dir: pathlib.Path, timeout: float = 600, *,
+                          precision: str | None = None) -> dict[str, dict[str, float]]:
+    """:func:`all_cases` in this process if YNN convolutions are off, else in a subprocess with them off.
+
+    ``precision`` is passed on to that subprocess as its jax default matmul precision (in this process it
+    is whatever the caller configured).
+    """
     if not ynn_convolutions_active():
         return all_cases(reference_dir)
     env = dict(os.environ)
+    if NO_YNN_FLAG in env.get("XLA_FLAGS", ""):
+        raise RuntimeError(f"YNN convolutions are still active with XLA_FLAGS={env['XLA_FLAGS']}")
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + NO_YNN_FLAG).strip()
     here = pathlib.Path(__file__).resolve()
     done = subprocess.run(
-        [sys.executable, str(here), str(reference_dir)],
+        [sys.executable, str(here), str(reference_dir), *([precision] if precision else [])],
         env=env,
         cwd=here.parents[1],
         capture_output=True,
@@ -146,8 +153,7 @@ if __name__ == "__main__":
     import conftest  # noqa: F401  (same jax configuration and compilation cache as the tests)
 
     reference = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else conftest.SHARED_REFERENCE
-    if len(sys.argv) > 2:
-        jax.config.update("jax_default_matmul_precision", sys.argv[2])
-    if ynn_convolutions_active():
-        raise SystemExit(f"YNN convolutions are still active; run with XLA_FLAGS={NO_YNN_FLAG}")
-    print(json.dumps(all_cases(reference)))
+    precision = sys.argv[2] if len(sys.argv) > 2 else None
+    if precision:
+        jax.config.update("jax_default_matmul_precision", precision)
+    print(json.dumps(all_cases_without_ynn(reference, precision=precision)))
