@@ -66,6 +66,9 @@ def test_parse_info_cfg_values(tmp_path):
     cfg = tmp_path / "Info.cfg"
     cfg.write_text("ED: 1\nES: 12\nGroup: DCM\nHeight: 184.0\nNbFrame: 30\nWeight: 95.0\n")
     assert parse_info_cfg(cfg) == {"ED": 1, "ES": 12, "Group": "DCM", "Height": 184.0, "NbFrame": 30, "Weight": 95.0}
+    # Windows line endings and a UTF-8 byte-order mark (editors add one) read the same
+    cfg.write_bytes(b"\xef\xbb\xbfED: 1\r\nES: 12\r\nGroup: DCM\r\n")
+    assert parse_info_cfg(cfg) == {"ED": 1, "ES": 12, "Group": "DCM"}
 
 
 @pytest.mark.parametrize("text,pattern", [
@@ -180,6 +183,14 @@ def test_cache_hit_and_invalidation(small_root, tmp_path, monkeypatch):
         (entry / "slices.npz").write_bytes(b"garbage")
     load_acdc(root, size=SIZE, cache_dir=cache)
     assert calls == [1, 1, 1]
+    # a corrupt entry under the very key asked for is replaced: the load after the rebuild is a hit again
+    for entry in _cache_entries(cache):
+        (entry / "slices.npz").write_bytes(b"garbage")
+    load_acdc(root, size=SIZE, cache_dir=cache)
+    assert calls == [1, 1, 1, 1]
+    load_acdc(root, size=SIZE, cache_dir=cache)
+    assert calls == [1, 1, 1, 1]
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]
 
 
 def test_default_cache_dir_from_environment(small_root, tmp_path, monkeypatch):
@@ -255,6 +266,7 @@ def _rewrite(path: pathlib.Path, array: np.ndarray) -> None:
     ("missing_image", "missing image", "image"),
     ("truncated", "cannot read NIfTI", "image"),
     ("shape", "does not match", "gt"),
+    ("geometry", "geometry .* differs", "gt"),
     ("labels", "outside 0..3", "gt"),
     ("nan", "non-finite", "image"),
     ("constant", "constant intensity", "image"),
@@ -274,6 +286,10 @@ def test_bad_input_raises_and_caches_nothing(damaged, tmp_path, damage, pattern,
     elif damage == "shape":
         array = np.asanyarray(nib.load(gt).dataobj)
         _rewrite(gt, array[:-1])
+    elif damage == "geometry":  # same voxels, but the label claims 1 mm larger in-plane spacing
+        label = nib.load(gt)
+        nib.save(nib.Nifti1Image(np.asanyarray(label.dataobj), label.affine @ np.diag([2.0, 2.0, 1.0, 1.0])),
+                 str(gt))
     elif damage == "labels":
         array = np.asanyarray(nib.load(gt).dataobj).copy()
         array[0, 0, 0] = 4

@@ -112,6 +112,7 @@ def _write_like(path: pathlib.Path, array: np.ndarray, reference: pathlib.Path) 
     ("truncated", "cannot read MetaImage", "mhd"),
     ("labels", "outside 0..1", "seg_mhd"),
     ("shape", "does not match", "seg_mhd"),
+    ("geometry", "geometry .* differs", "seg_mhd"),
     ("constant", "constant intensity", "mhd"),
 ])
 def test_bad_input_raises_and_caches_nothing(damaged, tmp_path, damage, pattern, culprit):
@@ -132,6 +133,10 @@ def test_bad_input_raises_and_caches_nothing(damaged, tmp_path, damage, pattern,
     elif damage == "shape":
         seg = sitk.GetArrayFromImage(sitk.ReadImage(str(seg_mhd)))
         _write_like(seg_mhd, seg[1:], seg_mhd)
+    elif damage == "geometry":  # same voxels, origin shifted by 5 mm
+        seg = sitk.ReadImage(str(seg_mhd))
+        seg.SetOrigin(tuple(o + 5.0 for o in seg.GetOrigin()))
+        sitk.WriteImage(seg, str(seg_mhd))
     elif damage == "constant":
         image = sitk.GetArrayFromImage(sitk.ReadImage(str(mhd)))
         _write_like(mhd, np.full_like(image, 100), mhd)

@@ -26,7 +26,7 @@ import numpy as np
 from segmime_jax.data import cache as _cache
 from segmime_jax.data.dataset import DatasetSplits, SliceDataset, VolumeInfo
 from segmime_jax.data.errors import DataError
-from segmime_jax.data.preprocess import check_size, slices_to_working_size, validate_pair
+from segmime_jax.data.preprocess import check_same_geometry, check_size, slices_to_working_size, validate_pair
 from segmime_jax.data.splits import ACDC_PATIENTS, ACDC_TEST, ACDC_TRAIN, ACDC_VALIDATION, seeded_split
 
 ACDC_CLASSES: tuple[str, ...] = ("background", "RV", "MYO", "LV")
@@ -47,7 +47,7 @@ def parse_info_cfg(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise DataError(path, "Info.cfg is missing")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(path, f"cannot read Info.cfg ({err})") from err
     info: dict = {}
@@ -173,9 +173,10 @@ def _load_frames(frames: Sequence[_Frame], size: tuple[int, int]) -> SliceDatase
     volumes = []
     for volume_id, frame in enumerate(frames):
         image, affine, zooms = read_nifti(frame.image_path)
-        label, _, _ = read_nifti(frame.label_path, labels=True)
+        label, label_affine, _ = read_nifti(frame.label_path, labels=True)
         label = validate_pair(image, label, image_path=frame.image_path, label_path=frame.label_path,
                               num_classes=len(ACDC_CLASSES))
+        check_same_geometry(affine, label_affine, image_path=frame.image_path, label_path=frame.label_path)
         slice_images, slice_labels = slices_to_working_size(image, label, slice_axis=2, size=size)
         extra = dict(frame.info, phase=frame.phase, frame=frame.frame, axes="xyz", slice_axis=2, subset=frame.subset)
         volumes.append((slice_images, slice_labels, VolumeInfo(

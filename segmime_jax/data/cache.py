@@ -94,7 +94,7 @@ def entry_path(cache_dir: pathlib.Path, description: Mapping) -> pathlib.Path:
     return cache_dir / (_entry_prefix(description) + _digest(description)[:24])
 
 
-def _read_entry(path: pathlib.Path, description: Mapping) -> SliceDataset | None:
+def _read_entry(path: pathlib.Path, description: Mapping, *, quiet: bool = False) -> SliceDataset | None:
     meta_file, data_file = path / "meta.json", path / "slices.npz"
     if not (meta_file.is_file() and data_file.is_file()):
         return None
@@ -110,7 +110,8 @@ def _read_entry(path: pathlib.Path, description: Mapping) -> SliceDataset | None
             class_names=tuple(meta["class_names"]),
         )
     except Exception as err:  # a corrupt or foreign entry: rebuild it
-        logger.warning("ignoring unreadable cache entry %s (%s)", path, err)
+        if not quiet:
+            logger.warning("ignoring unreadable cache entry %s (%s)", path, err)
         return None
 
 
@@ -122,6 +123,14 @@ def _save_npz(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> None:
         for name, array in arrays.items():
             with archive.open(f"{name}.npy", "w", force_zip64=True) as handle:
                 np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def _replace_entry(new: pathlib.Path, path: pathlib.Path) -> None:
+    """Move the entry folder at ``path`` aside, rename ``new`` into its place, then delete the old one."""
+    trash = pathlib.Path(tempfile.mkdtemp(prefix=".trash-" + path.name + "-", dir=path.parent))
+    os.rename(path, trash / "entry")
+    os.rename(new, path)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _write_entry(path: pathlib.Path, description: Mapping, dataset: SliceDataset) -> None:
@@ -141,7 +150,9 @@ def _write_entry(path: pathlib.Path, description: Mapping, dataset: SliceDataset
         except OSError:
             if not path.is_dir():  # not a lost race with another writer: a real error
                 raise
-            return
+            if _read_entry(path, description, quiet=True) is not None:
+                return  # another writer stored the same entry first
+            _replace_entry(tmp, path)  # a corrupt or foreign entry sits there: put ours in its place
         tmp = None  # type: ignore[assignment]
     finally:
         if tmp is not None and tmp.exists():

@@ -1,11 +1,13 @@
 """Per-volume preprocessing shared by the loaders: validation, min-max normalisation, in-plane resizing.
 
 Resizing stretches each slice to the working size (no crop, no padding, aspect ratio not kept), with
-half-pixel-centre coordinates (``src = (dst + 0.5) * in / out - 0.5``, as skimage / PyTorch
-``align_corners=False``):
+half-pixel-centre coordinates (``src = (dst + 0.5) * in / out - 0.5``, as PyTorch ``align_corners=False``
+and ``jax.image.resize``):
 
 - images: bilinear, coordinates clamped at the border, no anti-aliasing (a convex combination of input
-  pixels, so [0, 1] stays [0, 1]); separable, with index gathers (no BLAS), in float32;
+  pixels, so [0, 1] stays [0, 1]); separable, with index gathers (no BLAS), in float32. The older reference
+  scripts used ``skimage.transform.resize(mode="constant")``, which blends the outermost rows/columns with
+  zero when upsampling (e.g. 216 -> 256); ours clamps there, and is otherwise the same interpolation;
 - labels: nearest neighbour, ``src = floor((dst + 0.5) * in / out)``: every output value is a copy of an
   input value. Upsampling then downsampling back with the same rule returns the original exactly.
 """
@@ -119,6 +121,18 @@ def validate_pair(image: np.ndarray, label: np.ndarray, *, image_path: str | os.
         shown = ", ".join(str(v.item()) for v in bad[:10])
         raise DataError(label_path, f"label values outside 0..{num_classes - 1}: {shown}")
     return label.astype(np.uint8)
+
+
+def check_same_geometry(image_affine: np.ndarray, label_affine: np.ndarray, *, image_path: str | os.PathLike,
+                        label_path: str | os.PathLike, atol_mm: float = 1e-3) -> None:
+    """Raise :class:`DataError` naming the label file when its voxel-to-world affine (spacing, orientation,
+    origin) differs from the image's by more than ``atol_mm``: a label of the same shape but another
+    geometry is almost always a mismatched pair of files."""
+    image_affine, label_affine = np.asarray(image_affine, np.float64), np.asarray(label_affine, np.float64)
+    if not np.allclose(image_affine, label_affine, rtol=0.0, atol=atol_mm):
+        worst = float(np.max(np.abs(image_affine - label_affine)))
+        raise DataError(label_path, f"geometry (voxel-to-world affine) differs from the image's by up to {worst:.4g} "
+                                    f"mm ({os.fspath(image_path)})")
 
 
 def normalize_volume(image: np.ndarray) -> np.ndarray:

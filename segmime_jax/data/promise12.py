@@ -20,7 +20,7 @@ import numpy as np
 from segmime_jax.data import cache as _cache
 from segmime_jax.data.dataset import DatasetSplits, SliceDataset, VolumeInfo
 from segmime_jax.data.errors import DataError
-from segmime_jax.data.preprocess import check_size, slices_to_working_size, validate_pair
+from segmime_jax.data.preprocess import check_same_geometry, check_size, slices_to_working_size, validate_pair
 from segmime_jax.data.splits import seeded_split
 
 PROMISE12_CLASSES: tuple[str, ...] = ("background", "prostate")
@@ -115,11 +115,14 @@ def _load_cases(cases: Sequence[tuple[str, pathlib.Path, pathlib.Path]], size: t
     volumes = []
     for volume_id, (name, image_path, label_path) in enumerate(cases):
         image, itk_image = read_metaimage(image_path)
-        label, _ = read_metaimage(label_path, labels=True)
+        label, itk_label = read_metaimage(label_path, labels=True)
         label = validate_pair(image, label, image_path=image_path, label_path=label_path,
                               num_classes=len(PROMISE12_CLASSES))
-        slice_images, slice_labels = slices_to_working_size(image, label, slice_axis=0, size=size)
         origin, spacing, direction = itk_image.GetOrigin(), itk_image.GetSpacing(), itk_image.GetDirection()
+        label_affine = affine_from_itk(itk_label.GetOrigin(), itk_label.GetSpacing(), itk_label.GetDirection())
+        check_same_geometry(affine_from_itk(origin, spacing, direction), label_affine, image_path=image_path,
+                            label_path=label_path)
+        slice_images, slice_labels = slices_to_working_size(image, label, slice_axis=0, size=size)
         extra = {"axes": "zyx", "slice_axis": 0, "origin": list(origin), "direction": list(direction)}
         volumes.append((slice_images, slice_labels, VolumeInfo(
             volume_id=volume_id, name=name, patient=name, image_path=os.fspath(image_path),
