@@ -29,10 +29,10 @@ import numpy as np
 
 from segmime_jax.losses import (
     CE_EPSILON,
-    _image_weights,
     _per_class_weight,
     _per_image_class_sums,
     _prepare,
+    _prepare_masked,
     _safe_div,
 )
 
@@ -69,7 +69,7 @@ def _per_image_class_shape(s: jax.Array) -> tuple[int, ...]:
 
 
 def intersection_union(
-    probs: jax.Array, target: jax.Array, classes: Sequence[int] | None = None
+    probs: jax.Array, target: jax.Array, *, classes: Sequence[int] | None = None
 ) -> tuple[jax.Array, jax.Array]:
     r"""``(I, U)`` per image and selected class, each float32 ``(B, |classes|)`` (classes in the given order).
 
@@ -92,8 +92,7 @@ def _dice_terms(
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, tuple[int, ...]]:
     """``(s, y, I, U, scale, idx)``: I, U per (B, K) (summed over the batch when ``batch``), and the
     averaging factor ``scale`` per (B, K) of :func:`segmime_jax.losses.dice_loss`."""
-    s, y, idx = _prepare(probs, target, classes)
-    m = _image_weights(mask, s.shape[0])
+    s, y, m, idx = _prepare_masked(probs, target, classes, mask)
     inter, sum_y, sum_s = _per_image_class_sums(s, y)
     union = sum_y + sum_s
     num_classes = s.shape[-1]
@@ -157,8 +156,9 @@ def dice_gradient(
     :func:`dice_gradient_values`. Same shape as ``probs``, float32, zero on unselected classes and masked images.
 
     Degenerate case: a class absent from both ``y`` and ``s`` of an image (``U = 0``) has gradient
-    ``c_b (2I+ε)/ε² = c_b/ε`` on every pixel (``1e10·c_b``): finite, exactly what ``jax.grad`` gives. It cannot
-    happen with softmax probabilities (``s > 0``).
+    ``c_b (2I+ε)/ε² = c_b/ε`` on every pixel (``1e10·c_b``): finite, exactly what ``jax.grad`` gives. Rare with
+    softmax probabilities: only where float32 (or bfloat16) underflows them to exactly 0, and then the chain
+    through the softmax multiplies it by ``s = 0``.
     """
     s, y, inter, union, scale, idx = _dice_terms(
         probs, target, epsilon=epsilon, classes=classes, batch=batch, mask=mask
@@ -186,7 +186,7 @@ def dice_gradient_bound(
     Eq. 7 is ``2/U`` for one image and one class; here it is scaled by the same averaging factor
     ``c_b = m_b/(|K| Σ_b m_b)`` as :func:`dice_gradient` (``m_b/|K|`` with ``batch=True``), so that
     ``|dice_gradient| <= bound[b, k]`` holds element-wise for the gradient of the loss actually used. With ε the
-    bound still holds exactly (foreground ``|g| = c_b(2U+ε)/(U+ε)² ≤ 2c_b/(U+ε)``; background
+    bound still holds exactly (foreground ``|g| = c_b(2(U−I)+ε)/(U+ε)² ≤ 2c_b/(U+ε)``; background
     ``c_b(2I+ε)/(U+ε)² ≤ c_b/(U+ε)`` since ``2I ≤ U``). The array is indexed by class label over all ``K`` classes
     of ``probs``; unselected classes get 0 (their gradient is 0).
     """
@@ -214,8 +214,8 @@ def cross_entropy_gradient(
     Zero wherever ``y = 0`` (false positives of class k are seen only through the class that is true there),
     and it grows like ``1/s`` on missed ground-truth pixels: it reflects every variation of the prediction.
     """
-    s, y, idx = _prepare(probs, target, classes)
-    m = _image_weights(mask, s.shape[0]).reshape((-1,) + (1,) * (s.ndim - 1))
+    s, y, m, idx = _prepare_masked(probs, target, classes, mask)
+    m = m.reshape((-1,) + (1,) * (s.ndim - 1))
     normaliser = jnp.sum(m * y) + CE_EPSILON
     grad = -m * y / (s + CE_EPSILON) / normaliser
     return _scatter_classes(grad, jnp.shape(probs), idx)
@@ -238,10 +238,9 @@ def mime_gradient(
 
     ``N = Σ_b m_b · |Ω| · |K|`` with ``normalize=True``, else 1. Independent of ``s``.
     """
-    s, y, idx = _prepare(probs, target, classes)
+    s, y, m, idx = _prepare_masked(probs, target, classes, mask)
     a_k = _per_class_weight(a, "a", jnp.shape(probs)[-1], idx)
     b_k = _per_class_weight(b, "b", jnp.shape(probs)[-1], idx)
-    m = _image_weights(mask, s.shape[0])
     if normalize:
         factor = _safe_div(m, jnp.sum(m) * math.prod(s.shape[1:]))
     else:
@@ -278,19 +277,20 @@ def generalized_dice_gradient(
     .. math:: \frac{\partial \mathcal{L}_{GDL}}{\partial s^{(i,k)}_b} =
               \frac{m_b}{\sum_b m_b}\; w_k\, \frac{A_b - 2 y^{(i,k)}_b D_b}{D_b^2}
 
-    Like Dice's, it takes two values per (image, class): a weighted negative of the ground truth.
+    Like Dice's, it takes two values per (image, class): a weighted negative of the ground truth. Computed as
+    ``c_b (w_k/D_b)(A_b/D_b − 2y)``: a class absent from ``y`` has ``w_k = 1/ε² = 1e20``, so ``D_b`` can reach
+    1e21 and ``D_b²`` would overflow float32.
     """
-    s, y, idx = _prepare(probs, target, classes)
-    m = _image_weights(mask, s.shape[0])
+    s, y, m, idx = _prepare_masked(probs, target, classes, mask)
     inter, sum_y, sum_s = _per_image_class_sums(s, y)
     w = 1.0 / (sum_y + epsilon) ** 2
     numerator = 2.0 * (jnp.sum(w * inter, axis=-1) + epsilon)
     denominator = jnp.sum(w * (sum_y + sum_s), axis=-1) + epsilon
     c = _safe_div(m, jnp.sum(m))
     shape = _per_image_class_shape(s)
-    per_bk = (c[:, None] * w / denominator[:, None] ** 2).reshape(shape)
+    per_bk = (c[:, None] * (w / denominator[:, None])).reshape(shape)
     per_b = (s.shape[0],) + (1,) * (s.ndim - 1)
-    grad = per_bk * (numerator.reshape(per_b) - 2.0 * y * denominator.reshape(per_b))
+    grad = per_bk * ((numerator / denominator).reshape(per_b) - 2.0 * y)
     return _scatter_classes(grad, jnp.shape(probs), idx)
 
 
@@ -334,7 +334,8 @@ def dynamic_range_db(
     ``mask``: optional boolean array broadcastable to ``grad`` selecting the elements considered (e.g. one class).
     ``relative_floor``: magnitudes ``<= relative_floor · max`` count as zero (default 0: only exact zeros are
     ignored, so CE's zero background is excluded but Dice's tiny ``ε/U²`` background when ``I = 0`` is not).
-    A map with no non-zero element has range 0 dB. Returns a float32 scalar; jit-safe.
+    A map with no non-zero element has range 0 dB; a map with a NaN among the selected elements has range NaN.
+    Returns a float32 scalar; jit-safe.
     """
     if convention not in DYNAMIC_RANGE_CONVENTIONS:
         raise ValueError(f"convention must be one of {DYNAMIC_RANGE_CONVENTIONS}; got {convention!r}")
@@ -348,6 +349,7 @@ def dynamic_range_db(
     bottom = jnp.min(jnp.where(counted, magnitude, jnp.inf))
     any_counted = jnp.any(counted)
     ratio = jnp.where(any_counted, top / jnp.where(any_counted, bottom, 1.0), 1.0)
+    ratio = jnp.where(jnp.any(selected & jnp.isnan(magnitude)), jnp.nan, ratio)
     return (factor * jnp.log10(ratio)).astype(jnp.float32)
 
 

@@ -10,8 +10,9 @@ Conventions shared by every loss here:
   looks at those channels (e.g. ``classes=(1, 2, 3)`` drops the background).
 - ``mask`` is an optional ``(B,)`` array of per-image weights (1 = real image, 0 = padding of a padded
   batch). A masked image contributes nothing: it is excluded from the sums *and* from the normalisers, so a
-  batch with a masked image gives exactly the loss of the batch without that image. When every image is
-  masked the loss is 0.
+  batch with a masked image gives exactly the loss of the batch without that image, whatever it holds (its
+  ``s`` and ``y`` are selected away, so even NaN does not leak into the loss or its gradient). When every
+  image is masked the loss is 0.
 
 Notation (paper §2.2), per image ``b`` and class ``k``: ``I = Σ_i y·s`` and ``U = Σ_i (y + s)`` over the
 pixels ``i ∈ Ω`` of that image.
@@ -115,6 +116,21 @@ def _image_weights(mask: jax.Array | None, batch: int) -> jax.Array:
     return mask.astype(jnp.float32)
 
 
+def _prepare_masked(
+    probs: jax.Array, target: jax.Array, classes: Sequence[int] | None, mask: jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array, tuple[int, ...]]:
+    """:func:`_prepare` plus the image weights ``m`` ``(B,)``: ``(s, y, m, idx)``. With a ``mask``, the ``s`` and
+    ``y`` of images with ``m_b = 0`` are replaced by zeros (a select, so whatever a padded image holds, NaN
+    included, reaches neither the loss nor the gradient)."""
+    s, y, idx = _prepare(probs, target, classes)
+    m = _image_weights(mask, s.shape[0])
+    if mask is not None:
+        keep = (m > 0).reshape((-1,) + (1,) * (s.ndim - 1))
+        s = jnp.where(keep, s, 0.0)
+        y = jnp.where(keep, y, 0.0)
+    return s, y, m, idx
+
+
 def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
     """``num / den`` where ``den != 0``, else 0 (grad-safe: no NaN flows through the unused branch)."""
     nonzero = den != 0
@@ -168,8 +184,7 @@ def cross_entropy(
 
     Gradient: ``∂L/∂s = −y / (s + 1e-10) / normaliser`` (zero where ``y = 0``).
     """
-    s, y, _ = _prepare(probs, target, classes)
-    m = _image_weights(mask, s.shape[0])
+    s, y, m, _ = _prepare_masked(probs, target, classes, mask)
     m_b = m.reshape((-1,) + (1,) * (s.ndim - 1))
     numerator = -jnp.sum(m_b * y * jnp.log(s + CE_EPSILON))
     labelled = jnp.sum(m_b * y)
@@ -202,8 +217,7 @@ def dice_loss(
     Gradient (Eq. 5-6 with ε): ``∂d/∂s = −2y/(U+ε) + (2I+ε)/(U+ε)²`` times the averaging factor
     ``m_b/(|K| Σ_b m_b)``; see :func:`segmime_jax.gradients.dice_gradient`.
     """
-    s, y, _ = _prepare(probs, target, classes)
-    m = _image_weights(mask, s.shape[0])
+    s, y, m, _ = _prepare_masked(probs, target, classes, mask)
     inter, sum_y, sum_s = _per_image_class_sums(s, y)
     union = sum_y + sum_s
     if batch:
@@ -237,8 +251,7 @@ def generalized_dice_loss(
     both ``y`` and ``s`` gives ``1 − 2ε/ε = −1``. A class absent from ``y`` gets the huge weight ``1/ε²``
     (``1e20``), so any probability mass on it dominates the image's loss: that is the reference behaviour.
     """
-    s, y, _ = _prepare(probs, target, classes)
-    m = _image_weights(mask, s.shape[0])
+    s, y, m, _ = _prepare_masked(probs, target, classes, mask)
     inter, sum_y, sum_s = _per_image_class_sums(s, y)
     w = 1.0 / (sum_y + epsilon) ** 2
     numerator = 2.0 * (jnp.sum(w * inter, axis=-1) + epsilon)
@@ -274,10 +287,9 @@ def mime_loss(
     the unmasked images). Adam is insensitive to this constant factor; SGD is not (it rescales the learning
     rate by ``1/N``).
     """
-    s, y, idx = _prepare(probs, target, classes)
+    s, y, m, idx = _prepare_masked(probs, target, classes, mask)
     a_k = _per_class_weight(a, "a", jnp.shape(probs)[-1], idx)
     b_k = _per_class_weight(b, "b", jnp.shape(probs)[-1], idx)
-    m = _image_weights(mask, s.shape[0])
     omega = -a_k * y + b_k * (1.0 - y)
     per_image = jnp.sum(omega * s, axis=tuple(range(1, s.ndim)))
     total = jnp.sum(m * per_image)
@@ -302,8 +314,10 @@ def negative_mime_loss(
         \frac{\partial \mathcal{L}_{NM}}{\partial s^{(i,k)}} = \begin{cases} -1/N & y^{(i,k)} = 1 \\
         0 & \text{otherwise} \end{cases}
 
-    ``N`` as in :func:`mime_loss` (``normalize=False`` is Eq. 10 verbatim). In a binary task (K = 1 foreground
-    class, softmax over 2) it collapses to predicting everything as foreground (paper §2.4).
+    ``N`` as in :func:`mime_loss` (``normalize=False`` is Eq. 10 verbatim). Meant for multi-class tasks (paper
+    §2.4): in a binary task with only the foreground selected (``classes=(1,)``), background pixels get no
+    gradient at all, so nothing stops a network from the trivial solution of predicting everything as
+    foreground. With the background channel included (the default) it is pushed up on its own ground truth.
     """
     return mime_loss(probs, target, a=1.0, b=0.0, classes=classes, normalize=normalize, mask=mask)
 
@@ -332,10 +346,10 @@ def dice_surrogate_loss(
 
     Its *value* is not the Dice loss, only its gradient is meaningful: per image and class it is
     ``β Σs − α I``, which for ε → 0 is ``−(2I/U)·(Σy/U)`` (the soft Dice coefficient times ``−Σy/U``), a number
-    in ``[−1, 0]``; it is 0 when ``I = 0`` and ``−1/2`` for a perfect prediction.
+    in ``[−1/2, 0]`` (``I ≤ Σs`` and ``2·Σs·Σy ≤ U²/2``); it is 0 when ``I = 0`` and ``−1/2`` for a perfect
+    prediction.
     """
-    s, y, _ = _prepare(probs, target, classes)
-    m = _image_weights(mask, s.shape[0])
+    s, y, m, _ = _prepare_masked(probs, target, classes, mask)
     inter, sum_y, sum_s = _per_image_class_sums(s, y)
     union = jax.lax.stop_gradient(sum_y + sum_s)
     inter = jax.lax.stop_gradient(inter)

@@ -167,6 +167,43 @@ def test_generalized_dice_gradient():
     assert all(s.foreground_distinct == 1 and s.background_distinct == 1 for s in summary)
 
 
+def _reference_gdl_gradient(p, y, eps=1e-10):
+    """float64 numpy: c_b w_k (A_b − 2y D_b)/D_b², one image weight each."""
+    p64, y64 = np.asarray(p, np.float64), np.asarray(y, np.float64)
+    axes = tuple(range(1, p.ndim - 1))
+    w = 1.0 / (y64.sum(axes) + eps) ** 2
+    a = 2.0 * ((w * (p64 * y64).sum(axes)).sum(-1) + eps)
+    d = (w * (y64.sum(axes) + p64.sum(axes))).sum(-1) + eps
+    c = 1.0 / p.shape[0]
+    per_bk = (c * w / d[:, None] ** 2)[:, None, None, :]
+    return per_bk * (a[:, None, None, None] - 2.0 * y64 * d[:, None, None, None])
+
+
+def test_generalized_dice_gradient_empty_class():
+    # A class absent from y has w = 1e20: D ~ 1e21 and D² would overflow float32.
+    p, y = _inputs(16, (2, 10, 10, 4), empty_classes=(3,))
+    closed = np.asarray(G.generalized_dice_gradient(p, y))
+    reference = _reference_gdl_gradient(p, y)
+    assert np.all(np.isfinite(closed))
+    np.testing.assert_allclose(closed, reference, rtol=1e-4, atol=1e-6 * np.max(np.abs(reference)))
+    # Selected class absent from both y and s: the gradient is huge (c/ε), finite, and what jax.grad gives.
+    only_y = jnp.zeros_like(y).at[..., 0].set(1.0)
+    auto = G.loss_gradient(L.generalized_dice_loss, only_y, only_y, classes=(3,))
+    closed = G.generalized_dice_gradient(only_y, only_y, classes=(3,))
+    assert np.all(np.isfinite(closed))
+    np.testing.assert_allclose(closed, auto, rtol=1e-5)
+
+
+def test_closed_forms_ignore_masked_nan():
+    p, y = _inputs(17, (2, 8, 8, 3))
+    bad = p.at[1].set(jnp.nan)
+    mask = jnp.array([1.0, 0.0])
+    for closed in (G.dice_gradient, G.cross_entropy_gradient, G.mime_gradient, G.generalized_dice_gradient):
+        got = closed(bad, y, mask=mask)
+        np.testing.assert_array_equal(got[1], 0.0)
+        np.testing.assert_allclose(got[:1], closed(p[:1], y[:1]), rtol=1e-5, atol=1e-9)
+
+
 class JitVmapTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_dice_gradient_variants(self):
@@ -210,6 +247,10 @@ def test_dynamic_range_db():
                                10 * np.log10(2.0), rtol=1e-6)
     with pytest.raises(ValueError, match="convention"):
         G.dynamic_range_db(g, convention="dB")
+    # a NaN in the map is not silently a 0 dB range
+    assert np.isnan(G.dynamic_range_db(jnp.array([1.0, 0.5, jnp.nan])))
+    np.testing.assert_allclose(G.dynamic_range_db(jnp.array([1.0, 0.5, jnp.nan]), mask=jnp.array([1, 1, 0])),
+                               10 * np.log10(2.0), rtol=1e-6)
     # Dice: the range is the fg/bg ratio (U - I)/I of Eq. 6, whatever the image.
     p, y = _inputs(10, (1, 16, 16, 2), temperature=0.3)
     inter, union = G.intersection_union(p, y, classes=(1,))

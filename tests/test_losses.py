@@ -139,9 +139,13 @@ def test_mask_equals_dropping_images(name):
     kept = np.array([0, 2])
     np.testing.assert_allclose(fn(p, y, mask=mask), fn(p[kept], y[kept]), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(fn(p, y, mask=jnp.ones(3)), fn(p, y), rtol=1e-6, atol=1e-7)
-    # Boolean masks work; garbage in a masked image does not leak in.
-    garbage = p.at[1].set(0.5)
-    np.testing.assert_allclose(fn(garbage, y, mask=mask.astype(bool)), fn(p[kept], y[kept]), rtol=1e-5, atol=1e-7)
+    # Boolean masks work; garbage in a masked image, NaN included, does not leak in (value or gradient).
+    for garbage in (p.at[1].set(0.5), p.at[1].set(jnp.nan)):
+        np.testing.assert_allclose(fn(garbage, y, mask=mask.astype(bool)), fn(p[kept], y[kept]), rtol=1e-5,
+                                   atol=1e-7)
+        grad = jax.grad(lambda q, g=garbage: fn(g.at[0].set(q), y, mask=mask))(p[0])
+        expected = jax.grad(lambda q: fn(p[kept].at[0].set(q), y[kept]))(p[0])
+        np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-9)
     # Gradient on the masked image is zero.
     grad = jax.grad(lambda q: fn(q, y, mask=mask))(p)
     np.testing.assert_array_equal(grad[1], 0.0)
