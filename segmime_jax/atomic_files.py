@@ -9,6 +9,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _process_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` can only be read by setting it, which would
+    briefly give files that other threads create, e.g. orbax's asynchronous checkpoint writes, mode 0666):
+    Linux reports it in ``/proc/self/status``; elsewhere it is read once and cached."""
+    global _UMASK
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
+
+
+_UMASK: int | None = None
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, *, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success give it the usual permissions and rename it to
@@ -25,9 +46,7 @@ def atomic_output(path: str | os.PathLike, *, suffix: str | None = None) -> Iter
     tmp = Path(name)
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
+        os.chmod(tmp, 0o666 & ~_process_umask())  # mkstemp makes 0600 files
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

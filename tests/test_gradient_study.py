@@ -27,13 +27,34 @@ def test_phantom_and_prediction():
         study.noisy_prediction(labels, 3)
 
 
+@pytest.mark.parametrize("size", [64, 256])
+def test_error_blobs_for_every_class(size):
+    labels = study.cardiac_phantom(size)
+    radius = 0.035 * size
+    for k in range(4):
+        missed, spurious = study.error_blobs(labels, k, radius)
+        # a false negative inside the class and a false positive outside it, for every class (RV included:
+        # its right-hand neighbour is the LV, so the blob goes to its left)
+        assert missed.any() and np.all(labels[missed] == k)
+        assert spurious.sum() >= 0.4 * np.pi * radius**2 and not np.any(labels[spurious] == k)
+        if k:
+            assert np.all(labels[spurious] == 0)
+    # the prediction raises the class's probability on the spurious blob and lowers it on the missed one
+    probs = study.noisy_prediction(labels, 4, seed=0, error_class=1, noise=0.0)
+    clean = study.noisy_prediction(labels, 4, seed=0, noise=0.0)
+    missed, spurious = study.error_blobs(labels, 1, radius)
+    assert np.all(probs[spurious, 1] > clean[spurious, 1]) and np.all(probs[missed, 1] < clean[missed, 1])
+    with pytest.raises(ValueError, match="absent"):
+        study.error_blobs(np.zeros((16, 16), np.uint8), 2, 1.0)
+
+
 def test_gradient_study_main(tmp_path, capsys):
     out = tmp_path / "grad"
     result = experiment.main(["--out", str(out), "--size", "64", "--bound-points", "4", "--dpi", "40"])
     names = {"figure1.png", "gradient_maps.png", "gradient_table.md", "gradient_table.json", "bound.png",
              "bound.json"}
     assert {p.name for p in out.iterdir()} == names
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".gradient-study-")]  # staging removed
+    assert not [p for p in tmp_path.iterdir() if p.name != "grad"]  # staging (inside out) removed
     printed = capsys.readouterr().out
     assert "dynamic range Dice" in printed and str(out / "figure1.png") in printed
 
@@ -75,6 +96,9 @@ def test_gradient_study_main(tmp_path, capsys):
     markdown = (out / "gradient_table.md").read_text()
     assert "| Dice | Eq. 3, 6 |" in markdown and "paper" in markdown.lower()
     assert result.row("dsc").dynamic_range_db["power"] == pytest.approx(dsc["dynamic_range_db"]["power"])
+    # a rerun into the same folder replaces the study: no bound sweep of the earlier run stays beside it
+    experiment.main(["--out", str(out), "--size", "64", "--bound-points", "0", "--class-index", "1", "--dpi", "40"])
+    assert {p.name for p in out.iterdir()} == names - {"bound.png", "bound.json"}
 
 
 def test_gradient_study_errors(tmp_path):

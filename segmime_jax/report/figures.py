@@ -129,7 +129,7 @@ def plot_calibration(
     class_ece = [float(np.asarray(clece[loss], dtype=float)[k]) * 100.0 for loss in losses]
     width = 0.38
     bars.bar(x - width / 2, mean_ece, width, color=[colours[l] for l in losses], alpha=0.55,
-             label="mean over classes", edgecolor="black")
+             label="mean over classes (background incl.)", edgecolor="black")
     bars.bar(x + width / 2, class_ece, width, color=[colours[l] for l in losses], label=class_label,
              edgecolor="black", hatch="//")
     for xi, (m, c) in enumerate(zip(mean_ece, class_ece, strict=True)):
@@ -137,7 +137,7 @@ def plot_calibration(
         bars.text(xi + width / 2, c, f"{c:.2f}", ha="center", va="bottom", fontsize="x-small")
     bars.set_xticks(x, [loss_display_name(l) for l in losses])
     bars.set_ylabel("ClECE (%)")
-    bars.set_title(f"ClECE: mean over classes (plain), {class_label} (hatched)")
+    bars.set_title(f"ClECE: mean over all classes, background incl. (plain), {class_label} (hatched)")
     bars.grid(True, axis="y", alpha=0.3)
 
     diagram.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")

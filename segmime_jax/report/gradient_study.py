@@ -107,6 +107,52 @@ def _disc(shape: tuple[int, int], centre: tuple[float, float], radius: float) ->
     return np.hypot(rows - centre[0], cols - centre[1]) < radius
 
 
+def _pixel_nearest_centroid(region: np.ndarray) -> tuple[float, float]:
+    """Centre ``(row + 0.5, col + 0.5)`` of the pixel of ``region`` nearest to its centroid."""
+    rows, cols = np.nonzero(region)
+    nearest = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
+    return rows[nearest] + 0.5, cols[nearest] + 0.5
+
+
+def error_blobs(labels: np.ndarray, error_class: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(missed, spurious)`` boolean ``(H, W)`` discs of radius ``radius`` for the structured errors of
+    :func:`noisy_prediction`.
+
+    ``missed``: inside the class, centred on the class pixel nearest to its centroid (the centroid itself can
+    fall outside a ring-shaped class). ``spurious``: on background, ``2.5·radius`` beyond the class's bounding
+    box, to the right, left, bottom or top: the first side whose disc is at least half background (else the
+    disc with the most background), restricted to background pixels. For ``error_class = 0`` the roles swap:
+    the spurious blob goes on the other classes, centred on their pixel nearest to their centroid. Raises
+    ``ValueError`` when the class is absent or no place leaves room for a spurious blob.
+    """
+    labels = np.asarray(labels)
+    shape = labels.shape
+    inside = labels == error_class
+    if not inside.any():
+        raise ValueError(f"class {error_class} is absent from the label map: no error blobs can be placed")
+    centre = _pixel_nearest_centroid(inside)
+    missed = _disc(shape, centre, radius) & inside
+    allowed = (labels != 0) if error_class == 0 else (labels == 0)
+    if error_class == 0:
+        candidates = [_pixel_nearest_centroid(allowed)] if allowed.any() else []
+    else:
+        rows, cols = np.nonzero(inside)
+        gap = 2.5 * radius
+        lo_r, hi_r = radius + 1, shape[0] - radius - 1
+        lo_c, hi_c = radius + 1, shape[1] - radius - 1
+        candidates = [
+            (centre[0], min(hi_c, cols.max() + gap)), (centre[0], max(lo_c, cols.min() - gap)),
+            (min(hi_r, rows.max() + gap), centre[1]), (max(lo_r, rows.min() - gap), centre[1]),
+        ]
+    discs = [_disc(shape, c, radius) for c in candidates]
+    coverage = [float((d & allowed).sum()) / max(int(d.sum()), 1) for d in discs]
+    best = next((i for i, c in enumerate(coverage) if c >= 0.5), int(np.argmax(coverage)) if discs else None)
+    spurious = discs[best] & allowed if best is not None else np.zeros(shape, bool)
+    if not spurious.any():
+        raise ValueError(f"no room outside class {error_class} for a spurious blob of radius {radius:.1f} px")
+    return missed, spurious
+
+
 def noisy_prediction(
     labels: np.ndarray,
     num_classes: int,
@@ -124,10 +170,10 @@ def noisy_prediction(
     pixels at 256×256, scaled with the image size), ``s = softmax(logits)``. With ``gain = 6`` and ``noise = 1`` an
     interior pixel has a median ``s ≈ 0.99`` but every pixel differs and a few fall far lower; the blur softens
     the borders. With ``error_class``
-    set, two structured errors of that class are added (disc radius ``error_radius·H``): a missed blob (its logit
-    lowered by ``gain`` inside the largest connected part of the class, at its centroid) and a spurious blob
-    (its logit raised by ``gain`` in the background, right of the object): the false negative and false positive
-    that the paper's Figure 1 shows CE treating differently.
+    set, two structured errors of that class are added (disc radius ``error_radius·H``, see :func:`error_blobs`): a
+    missed blob (its logit lowered by ``gain`` inside the class, around the class pixel nearest its centroid)
+    and a spurious blob (its logit raised by ``gain`` on background beside the object): the false negative and
+    false positive that the paper's Figure 1 shows CE treating differently.
     """
     labels = np.asarray(labels)
     if labels.ndim != 2:
@@ -138,20 +184,9 @@ def noisy_prediction(
     rng = np.random.default_rng(seed)
     onehot = np.eye(num_classes)[labels]
     logits = gain * _gaussian_blur(onehot, blur * h / 256.0) + noise * rng.standard_normal(onehot.shape)
-    if error_class is not None:
-        mask = labels == error_class
-        if mask.any():
-            rows, cols = np.nonzero(mask)
-            centre = (rows.mean(), cols.mean())
-            # The centroid can fall outside a ring-shaped class: use the class pixel closest to it.
-            nearest = np.argmin((rows - centre[0]) ** 2 + (cols - centre[1]) ** 2)
-            centre = (rows[nearest] + 0.5, cols[nearest] + 0.5)
-            radius = error_radius * h
-            logits[..., error_class] -= gain * (_disc((h, w), centre, radius) & mask)
-            # Spurious blob: to the right of the class, in the background.
-            right = min(w - radius - 1, cols.max() + 2.5 * radius)
-            spurious = _disc((h, w), (centre[0], right), radius) & (labels == 0)
-            logits[..., error_class] += gain * spurious
+    if error_class is not None and (labels == error_class).any():
+        missed, spurious = error_blobs(labels, error_class, error_radius * h)
+        logits[..., error_class] += gain * (spurious.astype(np.float64) - missed)
     logits = logits - logits.max(axis=-1, keepdims=True)
     probs = np.exp(logits)
     return (probs / probs.sum(axis=-1, keepdims=True)).astype(np.float32)
@@ -552,6 +587,9 @@ def format_summary(result: GradientStudyResult) -> str:
 # ---------------------------------------------------------------------------------------------- the study
 
 
+_OPTIONAL_FILES = frozenset({"bound.png", "bound.json"})
+
+
 def run_gradient_study(
     out_dir: str | os.PathLike,
     labels: np.ndarray,
@@ -619,7 +657,7 @@ def run_gradient_study(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".gradient-study-", dir=out_dir.parent))
+    staging = Path(tempfile.mkdtemp(prefix=".gradient-study-", dir=out_dir))  # same file system: renames work
     try:
         name = class_names[k]
         box = _crop_box(labels)
@@ -644,6 +682,8 @@ def run_gradient_study(
                                                      encoding="utf-8")
         for n in names:
             os.replace(staging / n, out_dir / n)
+        for n in _OPTIONAL_FILES.difference(names):  # a bound sweep of an earlier run must not stay beside this one
+            (out_dir / n).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result
