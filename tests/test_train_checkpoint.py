@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -15,6 +16,7 @@ from segmime_jax.train import (
     NonFiniteLossError,
     TrainState,
     check_finite,
+    check_state_finite,
     get_learning_rate,
     make_optimizer,
     make_train_step,
@@ -57,18 +59,24 @@ def test_round_trip_and_continuation(tmp_path):
 
 def test_best_checkpoint_tracking(tmp_path):
     tx = make_optimizer("adam")
-    states = {e: _state(e, tx) for e in (1, 3)}
+    states = {e: _state(e, tx) for e in (1, 2, 3)}
     with CheckpointStore(tmp_path, async_save=False) as store:
         assert store.restore_latest(states[1].checkpoint_tree()) is None
         assert store.restore_best(states[1].checkpoint_tree()) is None
         store.save_best(1, states[1].checkpoint_tree(), {"epoch": 1}, 0.5)
+        store.save_best(2, states[2].checkpoint_tree(), {"epoch": 2}, 0.6)
         store.save_best(3, states[3].checkpoint_tree(), {"epoch": 3}, 0.7)
         store.save_latest(4, states[1].checkpoint_tree(), {"epoch": 4})
         assert store.best_epoch() == 3 and store.latest_epoch() == 4
         epoch, tree, meta = store.restore_best(states[1].checkpoint_tree())
-    assert epoch == 3 and meta == {"epoch": 3}
-    chex.assert_trees_all_equal(tree["params"], states[3].params)
-    assert sorted(p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()) == ["3"]
+        assert epoch == 3 and meta == {"epoch": 3}
+        chex.assert_trees_all_equal(tree["params"], states[3].params)
+        # the two most recent improvements are kept (see discard_best_after)
+        assert sorted(p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()) == ["2", "3"]
+        # resuming from epoch 2 drops the best of epoch 3, and the best of epoch 2 is there again
+        assert store.discard_best_after(2) == [3]
+        assert store.best_epoch() == 2
+    assert sorted(p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()) == ["2"]
 
 
 def test_named_tree_round_trip():
@@ -88,3 +96,10 @@ def test_non_finite_guard(tmp_path):
         with pytest.raises(NonFiniteLossError, match="last good checkpoint \\(epoch 1\\)") as info:
             check_finite(float("inf"), epoch=2, step=9, store=store)
     assert info.value.checkpoint_epoch == 1 and info.value.epoch == 2
+    with pytest.raises(NonFiniteLossError, match="non-finite gradient \\(norm inf, loss 0.5\\) at epoch 3, step 4"):
+        check_finite(0.5, epoch=3, step=4, grad_norm=float("inf"))
+    state = _state(0, tx)
+    check_state_finite(state.checkpoint_tree(), epoch=1)
+    poisoned = jax.tree.map(lambda x: x * np.nan if jnp.issubdtype(x.dtype, jnp.floating) else x, state.params)
+    with pytest.raises(NonFiniteLossError, match="non-finite parameters.* after epoch 4"):
+        check_state_finite(state.replace(params=poisoned).checkpoint_tree(), epoch=4)

@@ -7,9 +7,10 @@ import json
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_support import ExplodingNet, tiny_factory, tiny_splits
+from train_support import ExplodingNet, TinyNet, tiny_factory, tiny_splits
 
 from segmime_jax.train import (
     CheckpointStore,
@@ -124,6 +125,49 @@ def test_resume_equals_uninterrupted(run, data, tmp_path, monkeypatch):
     assert _without_time(lines) == _without_time(uninterrupted.history)
 
 
+def test_resume_after_halving_and_between_best_and_latest_saves(data, tmp_path, monkeypatch):
+    """Five epochs: the rate halves at epochs 4 and 5 (the plateau state must survive a resume), and epoch 2
+    improves (a kill after its best checkpoint but before its latest one must resume cleanly)."""
+    config = dataclasses.replace(CONFIG, epochs=5, write_predictions=False, telemetry=False)
+    uninterrupted = train_and_evaluate(config, data, tmp_path / "whole", model_factory=tiny_factory)
+    rates = [h["learning_rate"] for h in uninterrupted.history]
+    assert rates == pytest.approx([0.03, 0.03, 0.03, 0.015, 0.0075])
+    assert uninterrupted.history[1]["best"]
+
+    real_evaluate, calls = loop_module.evaluate, {"n": 0}
+
+    def killed_in_epoch_5(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "evaluate", killed_in_epoch_5)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(config, data, tmp_path / "a", model_factory=tiny_factory)
+    monkeypatch.setattr(loop_module, "evaluate", real_evaluate)
+    resumed = train_and_evaluate(config, data, tmp_path / "a", resume=True, model_factory=tiny_factory)
+    assert _without_time(resumed.history) == _without_time(uninterrupted.history)
+
+    real_save_latest = CheckpointStore.save_latest
+
+    def killed_before_latest_of_epoch_2(self, epoch, tree, meta):
+        if epoch == 2:
+            self.wait()  # the best checkpoint of epoch 2 is on disk
+            raise KeyboardInterrupt
+        return real_save_latest(self, epoch, tree, meta)
+
+    monkeypatch.setattr(CheckpointStore, "save_latest", killed_before_latest_of_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(config, data, tmp_path / "b", model_factory=tiny_factory)
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints" / "best").iterdir()) == ["1", "2"]
+    monkeypatch.setattr(CheckpointStore, "save_latest", real_save_latest)
+    resumed = train_and_evaluate(config, data, tmp_path / "b", resume=True, model_factory=tiny_factory)
+    assert _without_time(resumed.history) == _without_time(uninterrupted.history)
+    assert resumed.best_epoch == uninterrupted.best_epoch == 2
+    np.testing.assert_array_equal(resumed.test_dsc, uninterrupted.test_dsc)
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
     def exploding(num_classes, *, rngs, dtype):
         return ExplodingNet(num_classes, rngs=rngs, dtype=dtype, explode_after=3)  # NaN from step 4 = epoch 2
@@ -138,6 +182,29 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree["params"]))
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
     assert not (tmp_path / "result.json").exists()
+
+
+class _GradientNaNNet(ExplodingNet):
+    """Finite logits, but a NaN gradient on the 3rd train step (the last of epoch 1): the loss alone would
+    not show it, and the NaN parameters would be saved as the epoch's checkpoint."""
+
+    def __call__(self, x):
+        logits = TinyNet.__call__(self, x)
+        if not self.bn.use_running_average:
+            self.calls[...] = self.calls[...] + 1
+        eps = jnp.where(self.calls[...] == 3, 0.0, 1.0)
+        return logits + 0.0 * jnp.sqrt(self.conv2.bias[...][0] * 0.0 + eps)  # d sqrt(x)/dx at 0 is inf
+
+
+def test_non_finite_gradient_stops_before_the_checkpoint(data, tmp_path):
+    def factory(num_classes, *, rngs, dtype):
+        return _GradientNaNNet(num_classes, rngs=rngs, dtype=dtype)
+
+    with pytest.raises(NonFiniteLossError, match="non-finite gradient .* at epoch 1, step 2.*no checkpoint"):
+        train_and_evaluate(CONFIG, data, tmp_path, model_factory=factory)
+    assert not (tmp_path / "metrics.jsonl").read_text()
+    latest = tmp_path / "checkpoints" / "latest"
+    assert not latest.exists() or not list(latest.iterdir())
 
 
 def test_sgd_drop_last_without_checkpoints(data, tmp_path):

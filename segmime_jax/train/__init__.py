@@ -11,7 +11,7 @@ Modules: :mod:`~segmime_jax.train.optim`, :mod:`~segmime_jax.train.state`, :mod:
 :mod:`~segmime_jax.train.telemetry`, :mod:`~segmime_jax.train.checkpoint`, :mod:`~segmime_jax.train.loop`.
 """
 
-from segmime_jax.train.checkpoint import CheckpointStore, NonFiniteLossError, check_finite
+from segmime_jax.train.checkpoint import CheckpointStore, NonFiniteLossError, check_finite, check_state_finite
 from segmime_jax.train.evaluate import Evaluation, evaluate
 from segmime_jax.train.loop import (
     RunResult,
@@ -65,6 +65,7 @@ __all__ = [
     "bin_index",
     "calibration_counts",
     "check_finite",
+    "check_state_finite",
     "choose_num_devices",
     "default_learning_rate",
     "dice_counts",

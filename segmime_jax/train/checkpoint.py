@@ -1,7 +1,10 @@
 """Orbax checkpoints of a run (latest and best) and the guard that stops a run on a non-finite loss.
 
 Layout: ``<dir>/latest/<epoch>/`` (the last completed epoch, kept for ``resume``) and ``<dir>/best/<epoch>/``
-(the epoch with the best validation metric, used for the test evaluation); one checkpoint is kept in each.
+(the epoch with the best validation metric, used for the test evaluation). ``latest`` keeps one checkpoint;
+``best`` keeps the two most recent improvements, because an epoch's best checkpoint is written before its
+latest one: a run killed in between resumes from the previous epoch, drops the orphaned best
+(:meth:`CheckpointStore.discard_best_after`) and still has the previous best.
 Each checkpoint holds two items: ``state`` (parameters, BatchNorm statistics, optimiser state, step; see
 :meth:`~segmime_jax.train.state.TrainState.checkpoint_tree`) and ``meta`` (JSON: epoch, history, plateau
 state, ...). Orbax writes into a temporary directory and renames it when complete, so a killed run leaves
@@ -19,30 +22,57 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; the run stopped and its last good checkpoint was kept."""
+    """The training loss, the gradient or the trained state became NaN or infinite; the run stopped and its
+    last good checkpoint was kept. ``what`` says which (e.g. ``"training loss (nan)"``)."""
 
-    def __init__(self, value: float, *, epoch: int, step: int, checkpoint_epoch: int | None = None,
-                 checkpoint_dir: str | None = None):
+    def __init__(self, value: float, *, epoch: int, step: int | None, checkpoint_epoch: int | None = None,
+                 checkpoint_dir: str | None = None, what: str | None = None):
         self.value, self.epoch, self.step = value, epoch, step
         self.checkpoint_epoch = checkpoint_epoch
+        what = f"training loss ({value})" if what is None else what
+        when = f"at epoch {epoch}, step {step}" if step is not None else f"after epoch {epoch}"
         where = (f"the last good checkpoint (epoch {checkpoint_epoch}) is kept in {checkpoint_dir}"
                  if checkpoint_epoch is not None else "no checkpoint had been written yet")
-        super().__init__(f"non-finite training loss ({value}) at epoch {epoch}, step {step}: training stopped; "
+        super().__init__(f"non-finite {what} {when}: training stopped; "
                          f"{where}. Lower the learning rate, or check the data and the loss options.")
 
 
-def check_finite(value: float, *, epoch: int, step: int, store: CheckpointStore | None = None) -> None:
-    """Raise :class:`NonFiniteLossError` when ``value`` is NaN or infinite (nothing is saved for that epoch)."""
-    if math.isfinite(float(value)):
-        return
+def _raise_non_finite(value: float, *, epoch: int, step: int | None, store: CheckpointStore | None,
+                      what: str) -> None:
     checkpoint_epoch = store.latest_epoch() if store is not None else None
     raise NonFiniteLossError(float(value), epoch=epoch, step=step, checkpoint_epoch=checkpoint_epoch,
-                             checkpoint_dir=str(store.latest_dir) if store is not None else None)
+                             checkpoint_dir=str(store.latest_dir) if store is not None else None, what=what)
+
+
+def check_finite(value: float, *, epoch: int, step: int, store: CheckpointStore | None = None,
+                 grad_norm: float | None = None) -> None:
+    """Raise :class:`NonFiniteLossError` when the loss ``value`` (or the gradient norm ``grad_norm``, when
+    given) is NaN or infinite: a finite loss with a NaN gradient would poison the parameters silently."""
+    if not math.isfinite(float(value)):
+        _raise_non_finite(value, epoch=epoch, step=step, store=store, what=f"training loss ({float(value)})")
+    if grad_norm is not None and not math.isfinite(float(grad_norm)):
+        _raise_non_finite(value, epoch=epoch, step=step, store=store,
+                          what=f"gradient (norm {float(grad_norm)}, loss {float(value)})")
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def check_state_finite(tree: Any, *, epoch: int, store: CheckpointStore | None = None) -> None:
+    """Raise :class:`NonFiniteLossError` when a floating leaf of ``tree`` (e.g. ``state.checkpoint_tree()``)
+    holds NaN or inf: checked before a checkpoint is written, so a poisoned state never becomes "last good"."""
+    if not bool(_all_finite(tree)):
+        _raise_non_finite(float("nan"), epoch=epoch, step=None, store=store,
+                          what="parameters, BatchNorm statistics or optimiser state")
 
 
 def _key_name(entry: Any) -> str:
@@ -104,7 +134,8 @@ class CheckpointStore:
         self._latest = ocp.CheckpointManager(self.latest_dir, options=ocp.CheckpointManagerOptions(**options))
         self._best = ocp.CheckpointManager(
             self.best_dir,
-            options=ocp.CheckpointManagerOptions(best_fn=lambda m: m["metric"], best_mode="max", **options))
+            options=ocp.CheckpointManagerOptions(best_fn=lambda m: m["metric"], best_mode="max",
+                                                 **dict(options, max_to_keep=2)))
 
     # -------------------------------------------------------------------------------------------- saving
     @staticmethod
@@ -119,6 +150,15 @@ class CheckpointStore:
     def save_best(self, epoch: int, tree: Any, meta: Mapping[str, Any], metric: float) -> None:
         """Save as the best checkpoint (call it when ``metric`` improved; the previous best is removed)."""
         self._best.save(epoch, args=self._args(tree, meta), metrics={"metric": float(metric)}, force=True)
+
+    def discard_best_after(self, epoch: int) -> list[int]:
+        """Delete best checkpoints of epochs after ``epoch`` (left by a run killed between an epoch's best and
+        latest saves; resuming from ``epoch`` re-runs those epochs). Returns the epochs deleted."""
+        self._best.wait_until_finished()
+        stale = [step for step in self._best.all_steps() if step > epoch]
+        for step in stale:
+            self._best.delete(step)
+        return stale
 
     # ----------------------------------------------------------------------------------------- restoring
     def latest_epoch(self) -> int | None:

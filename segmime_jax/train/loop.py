@@ -41,12 +41,13 @@ from flax import nnx
 from segmime_jax.atomic_files import atomic_output
 from segmime_jax.cli import config_to_dict
 from segmime_jax.train import metrics as metrics_lib
-from segmime_jax.train.checkpoint import CheckpointStore, check_finite
+from segmime_jax.train.checkpoint import CheckpointStore, check_finite, check_state_finite
 from segmime_jax.train.evaluate import Evaluation, evaluate
 from segmime_jax.train.optim import (
     OPTIMIZERS,
     PlateauState,
     default_learning_rate,
+    get_learning_rate,
     make_optimizer,
     plateau_update,
     set_learning_rate,
@@ -385,8 +386,8 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
       became the best) and ``grad_telemetry`` (see :mod:`segmime_jax.train.telemetry`; ``{}`` when off).
 
     Raises:
-      NonFiniteLossError: the training loss became NaN/inf; the latest checkpoint on disk is the last good
-        epoch.
+      NonFiniteLossError: the training loss or gradient (checked every step) or the state (checked before
+        each checkpoint) became NaN/inf; the latest checkpoint on disk is the last good epoch.
       FileExistsError, ValueError: unusable run directory, data or configuration.
     """
     start_time = time.perf_counter()
@@ -449,6 +450,7 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
                 history = list(meta["history"])
                 plateau = PlateauState.from_json(meta["plateau"])
                 best_metric, best_epoch = float(meta["best_metric"]), int(meta["best_epoch"])
+            store.discard_best_after(start_epoch)
         # metrics.jsonl always mirrors the history of the state we continue from.
         _write_atomic(metrics_path, lambda f: f.writelines(json.dumps(h) + "\n" for h in history))
 
@@ -466,7 +468,8 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
             state = state.replace(opt_state=set_learning_rate(state.opt_state, learning_rate))
 
             # ---- train
-            pending: tuple[jax.Array, int, int] | None = None  # (loss, step, size) checked one step later
+            # (loss, gradient norm, step, size) of the last step, checked one step later
+            pending: tuple[jax.Array, jax.Array, int, int] | None = None
             loss_sum, loss_count = 0.0, 0
             batches = _progress(train_batches(train_data, config.batch_size, seed=config.seed, epoch=epoch,
                                               sharding=sharding),
@@ -479,16 +482,14 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
                     batch, size = _trim(batch, remainder, mesh), remainder
                 state, out = train_step(state, batch, jax.random.fold_in(step_root, step))  # = step_key(seed, step)
                 if pending is not None:  # fetch the previous loss: keeps one step in flight
-                    value = float(pending[0])
-                    check_finite(value, epoch=epoch, step=pending[1], store=store)
-                    loss_sum, loss_count = loss_sum + value * pending[2], loss_count + pending[2]
+                    value = _check_pending(pending, epoch, store)
+                    loss_sum, loss_count = loss_sum + value * pending[3], loss_count + pending[3]
                     batches.set_postfix(loss=f"{value:.4f}", refresh=False)
-                pending = (out["loss"], step, size)
+                pending = (out["loss"], out["grad_norm"], step, size)
                 step += 1
             if pending is not None:
-                value = float(pending[0])
-                check_finite(value, epoch=epoch, step=pending[1], store=store)
-                loss_sum, loss_count = loss_sum + value * pending[2], loss_count + pending[2]
+                value = _check_pending(pending, epoch, store)
+                loss_sum, loss_count = loss_sum + value * pending[3], loss_count + pending[3]
             batches.close()
 
             # ---- validate
@@ -501,6 +502,9 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
                 best_metric, best_epoch = val_dsc_fg, epoch
             plateau = plateau_update(plateau, val_dsc_fg, patience=config.plateau_patience,
                                      factor=config.plateau_factor, min_delta=config.plateau_min_delta)
+            held = get_learning_rate(state.opt_state)  # the rate the optimiser state really used (float32)
+            if not math.isclose(held, learning_rate, rel_tol=1e-6):
+                raise RuntimeError(f"epoch {epoch} trained with learning rate {held}, expected {learning_rate}")
             record = {
                 "epoch": epoch, "train_loss": loss_sum / max(loss_count, 1), "val_loss": val.loss,
                 "val_dsc": [float(v) for v in val_dsc], "val_dsc_fg": val_dsc_fg, "learning_rate": learning_rate,
@@ -510,6 +514,7 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
             history.append(_json_ready(record))
 
             # ---- checkpoint, then log (a resumed run rewrites the log from the checkpoint)
+            check_state_finite(state.checkpoint_tree(), epoch=epoch, store=store)
             if store is not None:
                 meta = {"epoch": epoch, "history": history, "plateau": plateau.to_json(),
                         "best_metric": best_metric, "best_epoch": best_epoch, "config": config_to_dict(config)}
@@ -547,6 +552,13 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
     )
     save_run_result(run_result, run_dir)
     return run_result
+
+
+def _check_pending(pending: tuple[jax.Array, jax.Array, int, int], epoch: int, store: CheckpointStore | None) -> float:
+    """Fetch a step's loss and gradient norm; raise if either is NaN/inf. Returns the loss."""
+    loss, grad_norm = (float(v) for v in jax.device_get(pending[:2]))
+    check_finite(loss, epoch=epoch, step=pending[2], store=store, grad_norm=grad_norm)
+    return loss
 
 
 def _test(config: TrainConfig, data: Any, state: TrainState, eval_step: Callable, sharding: Any,
