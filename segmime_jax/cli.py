@@ -79,8 +79,9 @@ def build_parser(
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"{config_cls!r} is not a dataclass")
     hints = typing.get_type_hints(config_cls)
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(  # no abbreviations: a typo such as --over must not mean --overwrite
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
     )
     if presets:
         parser.add_argument(

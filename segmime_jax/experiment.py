@@ -110,7 +110,7 @@ class GridConfig:
                              f"got {','.join(self.optimizers) or 'nothing'}")
         if len(set(self.optimizers)) != len(self.optimizers):
             raise ValueError(f"--optimizers: repeated optimiser in {','.join(self.optimizers)}")
-        for name in ("image_size", "epochs", "batch_size", "eval_batch_size", "synthetic_cases"):
+        for name in ("image_size", "epochs", "batch_size", "eval_batch_size", "synthetic_cases", "plateau_patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.adam_lr <= 0 or self.sgd_lr <= 0:

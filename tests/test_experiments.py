@@ -48,7 +48,8 @@ def test_acdc_overrides():
 
 @pytest.mark.parametrize("argv", [["--optimizers", "rmsprop"], ["--losses", "ce,bogus"], ["--losses", "ce,ce"],
                                   ["--resume", "--overwrite"],
-                                  ["--resume", "--no-checkpoints"], ["--epochs", "0"], ["--split", "random"]])
+                                  ["--resume", "--no-checkpoints"], ["--epochs", "0"], ["--split", "random"],
+                                  ["--plateau-patience", "0"], ["--over"], ["--epoch", "3"]])  # no abbreviations
 def test_acdc_rejects_bad_options(argv, capsys):
     with pytest.raises(SystemExit):
         acdc.parse_args(argv)

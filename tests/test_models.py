@@ -60,6 +60,17 @@ def test_parameter_counts(name, classes, expected):
     assert count_params(model) == expected
 
 
+def test_enet_dropout_rates_and_kind():
+    """SPEC §2: element-wise dropout (no broadcast over space or channels); 0.01 in DownSampling, stage 1,
+    Dilated, DilatedLast and UpSampling blocks, 0.1 in the Normal/Asym blocks of stages 2-3 and the decoder."""
+    model = nnx.eval_shape(lambda: ENet(4, rngs=nnx.Rngs(0)))
+    dropouts = [d for _, d in nnx.iter_graph(model) if isinstance(d, nnx.Dropout)]
+    assert all(tuple(d.broadcast_dims) == () for d in dropouts)
+    # 0.01: 1.0, 1.1-1.4, 2.0, 2.2/2.4/2.6/2.8, 3.2/3.4/3.6, 3.8, two UpSampling; 0.1: 2.1/2.3/2.5/2.7,
+    # 3.1/3.3/3.5/3.7 and the decoder's three Normal blocks
+    assert sorted(d.rate for d in dropouts) == [0.01] * 16 + [0.1] * 11
+
+
 def test_parameter_counts_of_built_models(enet, unet):
     assert count_params(enet) == 458_281
     assert count_params(unet) == 19_645_250
@@ -251,6 +262,7 @@ def test_batch_norm_is_pytorch_equivalent():
     x = np.asarray(image(5, (2, 4, 4, 3)))
     mean0, var0 = np.asarray(bn.mean[...]), np.asarray(bn.var[...])
     y = bn(jnp.asarray(x))  # training mode: batch statistics, running update with PyTorch momentum 0.1
+    # biased batch variance in the running update: the one documented difference from PyTorch (layers.py)
     batch_mean, batch_var = x.mean((0, 1, 2)), x.var((0, 1, 2))
     np.testing.assert_allclose(bn.mean[...], 0.9 * mean0 + 0.1 * batch_mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(bn.var[...], 0.9 * var0 + 0.1 * batch_var, rtol=1e-5, atol=1e-6)

@@ -93,6 +93,16 @@ def test_unpool_of_pool_keeps_each_window_maximum_only():
     np.testing.assert_array_equal(back[back != 0], x[back != 0])
 
 
+def test_nan_is_the_window_maximum_as_in_pytorch():
+    # windows (row-major a b / c d): NaN first, NaN last, two NaNs (the last one wins), none
+    x = np.array([[np.nan, 1, 2, 3], [0, 1, 2, np.nan], [0, np.nan, np.nan, 5], [0, 1, 7, 3]], np.float32)
+    image = x.reshape(4, 2, 2).transpose(1, 0, 2).reshape(1, 2, 8, 1)  # the four windows side by side
+    pooled, index = max_pool_with_argmax(jnp.asarray(image))
+    np.testing.assert_array_equal(np.asarray(index).ravel(), [0, 3, 2, 2])
+    np.testing.assert_array_equal(np.isnan(np.asarray(pooled)).ravel(), [True, True, True, False])
+    assert float(np.asarray(pooled).ravel()[3]) == 7.0
+
+
 def test_pytorch_flat_index_formula():
     """The module docstring's conversion to PyTorch's flat indices: (2i + k//2)·W + 2j + k%2."""
     x = inputs(4, (1, 6, 8, 2))[0]

@@ -29,9 +29,17 @@ SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from flax import nnx
     from train_support import tiny_factory, tiny_splits
-    from segmime_jax.train import CheckpointStore, TrainConfig, TrainState, make_data_mesh, train_and_evaluate
+    from segmime_jax.train import CheckpointStore, TrainConfig, TrainState, train_and_evaluate
+    from segmime_jax.train import loop
 
     assert jax.device_count() == 8, jax.devices()
+    meshes = []  # the meshes the runs really used
+
+    def recording_mesh(*args, **kwargs):
+        meshes.append(real_mesh(*args, **kwargs))
+        return meshes[-1]
+
+    real_mesh, loop.make_data_mesh = loop.make_data_mesh, recording_mesh
     # 12 training slices, batch 8: one full batch split over the devices, one trimmed batch of 4 (replicated)
     data = tiny_splits(train_volumes=4, slices=3)
     out = {}
@@ -49,7 +57,7 @@ SCRIPT = textwrap.dedent("""
             "test_dsc": result.test_dsc.tolist(),
             "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(tree["params"])],
             "batch_stats": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(tree["batch_stats"])],
-            "mesh": make_data_mesh(n, batch_sizes=(8,)).devices.size,
+            "mesh": meshes[-1].devices.size,
         }
     print("RESULT" + json.dumps(out))
 """)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["conv_flops", "count_params", "flops_from_cost_analysis", "forward_flops"]
+__all__ = ["conv_flops", "count_params", "cpu_lowered_flops", "flops_from_cost_analysis", "forward_flops"]
 
 
 def count_params(model: nnx.Module) -> int:
@@ -31,6 +31,23 @@ def flops_from_cost_analysis(cost) -> float:
     return float(sum(float(entry.get("flops", 0.0)) for entry in cost))
 
 
+def _on_cpu(tree):
+    """Abstract copies (``ShapeDtypeStruct``) of a pytree's arrays, placed on the first CPU device."""
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu), tree)
+
+
+def cpu_lowered_flops(fn, *args) -> float | None:
+    """XLA's FLOP count of ``jax.jit(fn)`` lowered (not compiled) for the CPU on abstract copies of ``args``
+    (arrays or ``ShapeDtypeStruct``); ``None`` where even the CPU gives no cost analysis. The count is that of
+    the unpartitioned program, the same on every backend; use it where the device's own cost analysis is
+    missing (PJRT plugins such as CUDA) or blind to library calls (XLA:GPU counts cuDNN convolutions as 0)."""
+    try:
+        return flops_from_cost_analysis(jax.jit(fn).lower(*_on_cpu(args)).cost_analysis())
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
 def _forward_fn(model: nnx.Module, train: bool):
     graphdef, state = nnx.split(model)
 
@@ -49,8 +66,9 @@ def _forward_fn(model: nnx.Module, train: bool):
 def forward_flops(model: nnx.Module, input_shape: Sequence[int], *, train: bool = False, dtype=jnp.float32) -> float:
     """FLOPs of one forward pass of ``model`` on an input of ``input_shape`` (B, H, W, C).
 
-    Taken from XLA's cost analysis of the compiled forward pass
-    (``jax.jit(...).lower(...).compile().cost_analysis()["flops"]``) on the default backend, in eval
+    Taken from XLA's cost analysis of the forward pass compiled for the CPU
+    (``jax.jit(...).lower(...).compile().cost_analysis()["flops"]``; on the CPU whatever the default backend,
+    because XLA:GPU counts cuDNN convolutions as no FLOPs), in eval
     mode unless ``train=True`` (batch statistics and dropout then add a few element-wise FLOPs).
     XLA counts a multiply-add as 2 FLOPs, skips kernel taps that fall on zero padding (and on the
     zeros a transposed convolution inserts), and adds the element-wise work (BatchNorm, activations,
@@ -60,7 +78,7 @@ def forward_flops(model: nnx.Module, input_shape: Sequence[int], *, train: bool 
     """
     forward, state_shapes = _forward_fn(model, train)
     x = jax.ShapeDtypeStruct(tuple(input_shape), dtype)
-    compiled = jax.jit(forward).lower(state_shapes, x).compile()
+    compiled = jax.jit(forward).lower(*_on_cpu((state_shapes, x))).compile()
     return flops_from_cost_analysis(compiled.cost_analysis())
 
 

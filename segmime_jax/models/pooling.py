@@ -16,7 +16,8 @@ XLA fuses each of them, and each one's backward pass, into a single elementwise 
 * ``max_unpool`` writes each value back at its recorded position and zeros elsewhere; its gradient
   with respect to the values is the upstream gradient read at the recorded positions.
 
-NaN inputs are not treated specially (PyTorch propagates a NaN as the window maximum).
+A NaN in a window is its maximum, as in PyTorch (whose CPU kernel takes ``val > max || isnan(val)``, so the
+*last* NaN of the window in row-major order): a diverging branch shows up as NaN, it is not pooled away.
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ def _argmax_window(parts: tuple[jax.Array, ...]) -> jax.Array:
     m = jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
     idx = jnp.where(c == m, jnp.int8(2), jnp.int8(3))
     idx = jnp.where(b == m, jnp.int8(1), idx)
-    return jnp.where(a == m, jnp.int8(0), idx)
+    idx = jnp.where(a == m, jnp.int8(0), idx)
+    for position, part in enumerate(parts):  # NaN wins, the last one as in PyTorch (m is NaN there)
+        idx = jnp.where(jnp.isnan(part), jnp.int8(position), idx)
+    return idx
 
 
 @jax.custom_vjp
