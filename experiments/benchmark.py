@@ -114,6 +114,13 @@ class BenchmarkConfig:
         ]
 
 
+def _record_failure(report: dict, case: BenchCase, error: Exception, *, what: str = "case") -> None:
+    message = f"{type(error).__name__}: {str(error).strip()}"
+    print(f" FAILED ({what}): {message[:500]}", flush=True)
+    report["failed"].append({"case": dataclasses.asdict(case), "label": case.label, "what": what,
+                             "error": message[:4000]})
+
+
 def run(config: BenchmarkConfig) -> dict:
     """Run every case and epoch timing of ``config``; ``benchmark.json`` is rewritten after each one."""
     env = environment()
@@ -122,7 +129,8 @@ def run(config: BenchmarkConfig) -> dict:
     print(f"benchmark on {env['local_device_count']} x {env['device_kind']} ({env['backend']}), "
           f"jax {env['versions']['jax']}", flush=True)
     path = config.out / "benchmark.json"
-    report = {"environment": env, "config": config_to_dict(config), "complete": False, "cases": [], "epochs": []}
+    report = {"environment": env, "config": config_to_dict(config), "complete": False, "cases": [], "epochs": [],
+              "failed": []}
     options = {"warmup": config.warmup, "repeats": config.repeats, "profile": config.profile_steps,
                "profile_dir": config.out / "profile", "hlo_dir": config.out / "hlo" if config.dump_hlo else None}
     epoch_cases = {model: BenchCase(model=model, num_classes=NUM_CLASSES[model], size=config.size,
@@ -130,19 +138,25 @@ def run(config: BenchmarkConfig) -> dict:
                    for model in config.models} if config.epoch_steps > 0 else {}
     for case in config.cases():
         print(f"  {case.label} ...", end="", flush=True)
-        setup = build_setup(case)
-        result = run_case(setup, **options)
-        print(f" compile {result['compile_s']:.1f} s, {result['train_step']['median_ms']:.2f} ms/step, "
-              f"{result['train_images_per_s']:.0f} img/s, {result['program']['kernels']} kernels", flush=True)
-        report["cases"].append(result)
-        if epoch_cases.get(case.model) == case:  # reuse the compiled step for the epoch timing
-            report["epochs"].extend(run_epoch(setup, steps=config.epoch_steps))
-            del epoch_cases[case.model]
-        del setup
+        try:
+            setup = build_setup(case)
+            result = run_case(setup, **options)
+            print(f" compile {result['compile_s']:.1f} s, {result['train_step']['median_ms']:.2f} ms/step, "
+                  f"{result['train_images_per_s']:.0f} img/s, {result['program']['kernels']} kernels", flush=True)
+            report["cases"].append(result)
+            if epoch_cases.get(case.model) == case:  # reuse the compiled step for the epoch timing
+                report["epochs"].extend(run_epoch(setup, steps=config.epoch_steps))
+                del epoch_cases[case.model]
+        except Exception as error:  # noqa: BLE001 - e.g. out of device memory at batch 128: keep the other cases
+            _record_failure(report, case, error)
+        setup = None  # free the state and compiled step before the next case
         write_text_atomic(path, json.dumps(report, indent=2))
     for case in epoch_cases.values():
         print(f"  epoch timing {case.label} ...", flush=True)
-        report["epochs"].extend(run_epoch(build_setup(case), steps=config.epoch_steps))
+        try:
+            report["epochs"].extend(run_epoch(build_setup(case), steps=config.epoch_steps))
+        except Exception as error:  # noqa: BLE001
+            _record_failure(report, case, error, what="epoch timing")
     report["complete"] = True
     write_text_atomic(path, json.dumps(report, indent=2))
     return report

@@ -28,7 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from segmime_jax.models import ENet, ResidualUNet, load_torch_state_dict
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_REFERENCE = REPO_ROOT.parent / "shared" / "reference"
+if __name__ == "__main__" and str(REPO_ROOT) not in sys.path:  # run as a script without the package installed
+    sys.path.insert(0, str(REPO_ROOT))
+
+from segmime_jax.models import ENet, ResidualUNet, load_torch_state_dict  # noqa: E402
 
 TSV = {"enet": "enet_1to4_state_dict.tsv", "residualunet": "residualunet_1to2_state_dict.tsv"}
 NO_YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
@@ -149,11 +154,9 @@ def all_cases_without_ynn(reference_dir: pathlib.Path, timeout: float = 600, *,
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-    import conftest  # noqa: F401  (same jax configuration and compilation cache as the tests)
-
-    reference = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else conftest.SHARED_REFERENCE
-    precision = sys.argv[2] if len(sys.argv) > 2 else None
-    if precision:
-        jax.config.update("jax_default_matmul_precision", precision)
+    # The tests' jax configuration (conftest.py), without importing pytest: a device machine has none.
+    jax.config.update("jax_enable_x64", False)
+    reference = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else SHARED_REFERENCE
+    precision = sys.argv[2] if len(sys.argv) > 2 else "highest"
+    jax.config.update("jax_default_matmul_precision", precision)
     print(json.dumps(all_cases_without_ynn(reference, precision=precision)))

@@ -57,6 +57,37 @@ def test_audit_counts_launch_level_ops_only():
         audit_hlo_text("HloModule empty")
 
 
+# XLA:GPU moves runs of kernels into command buffers, called from the entry computation with to_apply=.
+COMMAND_BUFFER_HLO = """HloModule jit_step, entry_computation_layout={(f32[8]{0})->f32[8]{0}}
+
+%fused_convert (p0: bf16[8]) -> f32[8] {
+  %p0 = bf16[8]{0} parameter(0)
+  ROOT %convert.1 = f32[8]{0} convert(%p0)
+}
+
+%command_buffer (p: bf16[8]) -> (f32[8], f32[8]) {
+  %p = bf16[8]{0} parameter(0)
+  %f = f32[8]{0} fusion(%p), kind=kLoop, calls=%fused_convert
+  %cudnn = (f32[8]{0}, u8[0]{0}) custom-call(%f), custom_call_target="__cudnn$convForward"
+  %g = f32[8]{0} get-tuple-element(%cudnn), index=0
+  ROOT %t = (f32[8]{0}, f32[8]{0}) tuple(%f, %g)
+}
+
+ENTRY %main.9 (x.1: bf16[8]) -> f32[8] {
+  %x.1 = bf16[8]{0} parameter(0)
+  %call = (f32[8]{0}, f32[8]{0}) call(%x.1), to_apply=%command_buffer
+  ROOT %r = f32[8]{0} get-tuple-element(%call), index=1
+}
+"""
+
+
+def test_audit_counts_kernels_inside_command_buffers():
+    audit = audit_hlo_text(COMMAND_BUFFER_HLO)
+    assert audit["kernels"] == 2  # the fusion and the cuDNN call; the call itself launches nothing
+    assert audit["top_level_ops"] == {"call": 1, "fusion": 1, "custom-call": 1}
+    assert audit["custom_call_targets"] == {"__cudnn$convForward": 1}
+
+
 def test_audit_of_compiled_functions_sees_donation_and_callbacks():
     x = jnp.arange(256.0)
     donating = jax.jit(lambda v: v * 2.0 + 1.0, donate_argnums=0).lower(x).compile()
@@ -82,6 +113,13 @@ def test_op_names_and_categories():
     assert op_category("transpose_copy_fusion") == "copy/transpose"
     assert op_category("loop_multiply_fusion") == "other fusion"
     assert op_category("while") == "other"
+    # "convert" is not a convolution (bfloat16 steps have many convert fusions)
+    assert op_category("loop_convert_fusion") == "other fusion" and op_category("wrapped_convert") == "other"
+    assert op_category("convert_reduce_fusion") == "reduction"
+    assert op_category("convolution_convert_fusion") == "convolution"
+    # cuDNN kernel names, where no hlo_op stat names the XLA op
+    assert op_category("sm90_xmma_fprop_implicit_gemm_f32f32_tf32f32_f32_nhwckrsc_nhwc") == "convolution"
+    assert op_category("sm80_xmma_wgrad_implicit_gemm_indexed") == "convolution"
 
 
 def test_summary_per_step_figures():

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -57,6 +60,7 @@ def test_quick_mode_writes_report(tmp_path):
     assert 0 < case["train_step"]["min_ms"] <= case["train_step"]["median_ms"] <= case["train_step"]["max_ms"]
     assert case["train_images_per_s"] > 0 and case["inference_images_per_s"] > 0
     assert case["train_step_flops"] > case["forward_flops"] > 0  # backward pass costs more than forward
+    assert case["flops_source"] == "device lowering"  # the CPU gives a cost analysis of the lowered step
     assert case["compile_s"] > 0 and case["planned_memory_bytes"] > 0
     assert all(e["epoch_s"] > 0 and 0.0 <= e["pipeline_share"] < 1.0 for e in written["epochs"])
     assert {e["resident"] for e in written["epochs"]} == {False, True}
@@ -73,9 +77,54 @@ def test_quick_mode_writes_report(tmp_path):
     assert "error" not in profile, profile
     assert profile["steps"] == 2 and profile["op_ms_per_step"] > 0 and profile["top_ops"]
     assert sum(profile["by_category_ms"].values()) == pytest.approx(profile["op_ms_per_step"])
+    assert profile["busy_vs_untraced"] == pytest.approx(profile["op_ms_per_step"] / case["train_step"]["median_ms"])
     assert list((tmp_path / "profile").rglob("*.xplane.pb"))
     table = format_table(written)
     assert "enet" in table and "pipeline share" in table and "profile: case" in table
+
+
+def test_flops_fall_back_to_a_cpu_lowering():
+    """A backend without a cost analysis of lowered programs (PJRT plugins such as CUDA) still gets the count."""
+    from segmime_jax.bench.suite import flops_with_fallback
+
+    def fn(a, b):
+        return jnp.tanh(a @ b).sum()
+
+    a, b = jnp.ones((16, 32)), jnp.ones((32, 8))
+    lowered = jax.jit(fn).lower(a, b)
+    expected, source = flops_with_fallback(lowered, fn, a, b)
+    assert source == "device lowering" and expected >= 2 * 16 * 32 * 8
+
+    class NoCostAnalysis:
+        def cost_analysis(self):
+            return None
+
+    assert flops_with_fallback(NoCostAnalysis(), fn, a, b) == (expected, "cpu lowering")
+
+
+def test_a_failing_case_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    from experiments import benchmark
+
+    def out_of_memory(case, **kwargs):
+        raise RuntimeError(f"RESOURCE_EXHAUSTED: out of memory allocating the {case.model} state")
+
+    monkeypatch.setattr(benchmark, "build_setup", out_of_memory)
+    report = benchmark.main(["--quick", "--out", str(tmp_path)])
+    assert report["complete"] and report["cases"] == []
+    failed = [(f["case"]["model"], f["what"]) for f in report["failed"]]
+    assert failed == [("enet", "case"), ("residualunet", "case"), ("enet", "epoch timing"),
+                      ("residualunet", "epoch timing")]
+    assert "RESOURCE_EXHAUSTED" in report["failed"][0]["error"]
+    assert "FAILED (case): RuntimeError: RESOURCE_EXHAUSTED" in format_table(report)
+    assert json.loads((tmp_path / "benchmark.json").read_text())["failed"] == report["failed"]
+
+
+def test_device_check_children_find_the_repository():
+    from experiments.device_check import REPO_ROOT, child_environment
+
+    env = child_environment()
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(REPO_ROOT)
+    assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"]
 
 
 def test_device_check_writes_its_files_flat(tmp_path):
@@ -87,15 +136,15 @@ def test_device_check_writes_its_files_flat(tmp_path):
                     "--models", "residualunet", "--quick", "--profile-steps", "1"])
     names = sorted(path.name for path in written)
     # The rbg run is ENet-only, so with --models residualunet it benchmarks nothing and writes no file.
-    assert names == ["benchmark_b128.json", "benchmark_bf16.json", "benchmark_fp32.json", "fixture.json", "log",
-                     "traces.tar.gz"]
+    assert names == ["benchmark_b128.json", "benchmark_bf16.json", "benchmark_fp32_residualunet.json", "fixture.json",
+                     "log", "traces.tar.gz"]
     assert sorted(path.name for path in out.iterdir()) == names  # nothing in subfolders (the device tool's limit)
     assert "no forward_fixture.npz" in json.loads((out / "fixture.json").read_text())["error"]
-    (case,) = json.loads((out / "benchmark_fp32.json").read_text())["cases"]
+    (case,) = json.loads((out / "benchmark_fp32_residualunet.json").read_text())["cases"]
     assert case["case"]["model"] == "residualunet" and case["profile"]["steps"] == 1
     with tarfile.open(out / "traces.tar.gz") as archive:
         members = archive.getnames()
-    assert "fp32/hlo/residualunet_32x32_b2_float32_1dev.hlo.txt" in members
+    assert "fp32_residualunet/hlo/residualunet_32x32_b2_float32_1dev.hlo.txt" in members
     assert any(name.endswith(".xplane.pb") for name in members)
     assert "exit 0" in (out / "log").read_text()
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import jax
 
-_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "jax-cuda12-plugin", "jax-cuda13-plugin", "jax-rocm-plugin")
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "jax-cuda12-plugin", "jax-cuda12-pjrt", "jax-cuda13-plugin",
+             "jax-cuda13-pjrt", "nvidia-cudnn-cu12", "nvidia-cudnn-cu13", "jax-rocm-plugin")
 
 
 def _version(package: str) -> str | None:

@@ -6,8 +6,11 @@ XProf trace that Perfetto also opens: ``*.trace.json.gz``) and :func:`summarize_
 
 - on a GPU, the device plane (``/device:GPU:0``): kernel time from its ``Stream …`` lines (summed over
   streams), grouped by the XLA op each kernel belongs to (the event's ``hlo_op`` stat, else the ``XLA Ops``
-  line, else the kernel name); ``busy_fraction`` = kernel time / wall time, so ``1 − busy_fraction`` is the
-  time the device waited for launches, the host or synchronisation;
+  line, else the kernel name); ``busy_fraction`` = kernel time / traced wall time. Under the profiler XLA:GPU
+  runs its command buffers op by op and the tracer adds a few µs per kernel, so the traced wall time is
+  longer than an untraced step: ``1 − busy_fraction`` over-states launch overhead. The benchmark therefore
+  also reports ``busy_vs_untraced`` (kernel time / the untraced median step), the better estimate of how
+  busy the device is in a real run;
 - on the CPU backend (no device plane), the XLA thunks on the host's thread-pool lines, summed over threads
   (so ``busy_fraction`` can exceed 1 there).
 
@@ -30,7 +33,8 @@ _SUFFIX = re.compile(r"(\.\d+)+$")
 _CATEGORIES = (
     ("collective", ("all-reduce", "all_reduce", "all-gather", "all_gather", "reduce-scatter", "reduce_scatter",
                     "collective", "all-to-all", "nccl")),
-    ("convolution", ("conv",)),
+    # cuDNN kernel names (used when no hlo_op names the XLA op): *_fprop_* / *_dgrad_* / *_wgrad_*
+    ("convolution", ("conv", "cudnn", "fprop", "dgrad", "wgrad")),
     ("matmul", ("gemm", "dot", "cublas", "matmul")),
     ("reduction", ("reduce",)),
     ("copy/transpose", ("copy", "transpose", "memcpy", "memset")),
@@ -44,7 +48,8 @@ def op_group(name: str) -> str:
 
 
 def op_category(name: str) -> str:
-    lowered = name.lower()
+    """The category of an op or kernel name (first matching needle; ``convert`` is not a convolution)."""
+    lowered = name.lower().replace("convert", "cvt")
     for category, needles in _CATEGORIES:
         if any(needle in lowered for needle in needles):
             return category
@@ -137,8 +142,11 @@ def _options() -> Any:
     if options_type is None:
         return None
     options = options_type()
-    options.python_tracer_level = 0
-    options.enable_hlo_proto = False
+    for name, value in (("python_tracer_level", 0), ("enable_hlo_proto", False)):
+        try:  # an option a jax version lacks must not cost the whole profile
+            setattr(options, name, value)
+        except (AttributeError, TypeError):
+            pass
     return options
 
 

@@ -74,8 +74,10 @@ def _launch_level(entry: str, comps: dict[str, list[tuple[str, str]]]) -> list[t
         for opcode, rest in comps[name]:
             out.append((opcode, rest))
             for kind, callee in _CALLED.findall(rest):
+                # a call's callee runs at launch level too: XLA:GPU puts runs of kernels into command buffers,
+                # `call(...), to_apply=%command_buffer`; async-start names its callee with calls=
                 if kind in ("body", "condition", "true_computation", "false_computation") or (
-                        kind == "calls" and opcode in ("call", "async-start")):
+                        kind in ("calls", "to_apply") and opcode in ("call", "async-start")):
                     todo.append(callee)
             for group in _BRANCHES.findall(rest):
                 todo.extend(name.strip().lstrip("%") for name in group.split(","))

@@ -24,8 +24,8 @@ def format_profiles(report: dict[str, Any], *, top: int = 5) -> list[str]:
     profiled = [r for r in report["cases"] if "profile" in r]
     if not profiled:
         return []
-    lines = ["", "| profile: case | wall ms/step | op ms/step | busy | ops/step | by category (ms/step) "
-                 "| top ops (ms/step) |", "|---|---|---|---|---|---|---|"]
+    lines = ["", "| profile: case | traced wall ms/step | op ms/step | busy (traced / untraced) | ops/step "
+                 "| by category (ms/step) | top ops (ms/step) |", "|---|---|---|---|---|---|---|"]
     for r in profiled:
         p = r["profile"]
         if "error" in p:
@@ -34,7 +34,8 @@ def format_profiles(report: dict[str, Any], *, top: int = 5) -> list[str]:
         categories = ", ".join(f"{name} {ms:.2f}" for name, ms in p["by_category_ms"].items())
         ops = ", ".join(f"{op['op']} {op['ms_per_step']:.2f}" for op in p["top_ops"][:top])
         lines.append(f"| {r['label']} | {p['wall_ms_per_step']:.2f} | {p['op_ms_per_step']:.2f} "
-                     f"| {_fmt(p['busy_fraction'], '.0%')} | {p['ops_per_step']:.0f} | {categories} | {ops} |")
+                     f"| {_fmt(p['busy_fraction'], '.0%')} / {_fmt(p.get('busy_vs_untraced'), '.0%')} "
+                     f"| {p['ops_per_step']:.0f} | {categories} | {ops} |")
     lines.append(f"(ops from {profiled[0]['profile'].get('source', 'n/a')})")
     return lines
 
@@ -61,6 +62,9 @@ def format_table(report: dict[str, Any]) -> str:
             f"| {r['train_images_per_s']:.0f} | {r['inference_images_per_s']:.0f} "
             f"| {_fmt(r['train_tflops_per_s'], '.2f')} | {_mib(r['planned_memory_bytes'])} "
             f"| {program['kernels'] if program else 'n/a'} | {_donated(program)} |")
+    for failure in report.get("failed", ()):
+        lines.append(f"| {failure['label']} | FAILED ({failure.get('what', 'case')}): "
+                     f"{failure['error'].splitlines()[0][:160]} |")
     lines += format_profiles(report)
     if report.get("epochs"):
         lines += [

@@ -44,8 +44,16 @@ from segmime_jax.bench.program_audit import audit_compiled
 from segmime_jax.bench.timing import TimingStats, time_call
 from segmime_jax.losses import build_loss
 from segmime_jax.models import build_model
-from segmime_jax.models.analysis import flops_from_cost_analysis
-from segmime_jax.train import TrainState, make_data_mesh, make_optimizer, make_train_step, probabilities, replicate
+from segmime_jax.models.analysis import cpu_lowered_flops, flops_from_cost_analysis
+from segmime_jax.train import (
+    TrainState,
+    make_data_mesh,
+    make_optimizer,
+    make_train_step,
+    probabilities,
+    replicate,
+    train_step_fn,
+)
 from segmime_jax.train.sharding import shard_batch
 
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -96,6 +104,7 @@ class Setup:
     mesh: jax.sharding.Mesh
     flops: float | None  # of the global (unpartitioned) program
     key: jax.Array
+    flops_source: str | None = None  # see flops_with_fallback
 
     def step(self, batch: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
         """One train step on ``batch`` (default: the fixed batch); returns its metrics (not waited for)."""
@@ -130,6 +139,19 @@ def _flops(lowered: Any) -> float | None:
         return None
 
 
+def flops_with_fallback(lowered: Any, fn: Any, *args: Any) -> tuple[float | None, str | None]:
+    """``(FLOPs, source)`` of ``lowered`` (``jax.jit(fn)`` lowered on ``args``): its own cost analysis where the
+    backend gives one (``"device lowering"``), else the same function lowered for the CPU on abstract copies of
+    ``args`` (``"cpu lowering"``; nothing is compiled or run). Backends reached through the PJRT C API, the CUDA
+    plugin among them, give no cost analysis of a lowered program, and XLA:GPU's analysis of the compiled one
+    counts cuDNN convolutions (custom calls) as no FLOPs."""
+    flops = _flops(lowered)
+    if flops is not None:
+        return flops, "device lowering"
+    flops = cpu_lowered_flops(fn, *args)
+    return flops, None if flops is None else "cpu lowering"
+
+
 def build_setup(case: BenchCase, *, seed: int = 0) -> Setup:
     """Model, optimiser, replicated state, sharded batch and the compiled train step of ``case``."""
     model = build_model(case.model, case.num_classes, rngs=nnx.Rngs(seed), dtype=PRECISIONS[case.precision])
@@ -142,7 +164,9 @@ def build_setup(case: BenchCase, *, seed: int = 0) -> Setup:
     lowered = step.lower(state, batch, jax.random.key(seed))
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
-    return Setup(case, state, batch, compiled, compile_s, mesh, _flops(lowered), jax.random.key(seed))
+    flops, source = flops_with_fallback(lowered, train_step_fn(tx, build_loss(case.loss), case.num_classes),
+                                        state, batch, jax.random.key(seed))
+    return Setup(case, state, batch, compiled, compile_s, mesh, flops, jax.random.key(seed), source)
 
 
 def _forward_fn(graphdef: nnx.GraphDef):
@@ -171,7 +195,8 @@ def run_case(setup: Setup, *, warmup: int = 2, repeats: int = 10, profile: int =
     forward_lowered = jax.jit(_forward_fn(state.graphdef)).lower(*args)
     forward = forward_lowered.compile()
     infer: TimingStats = time_call(lambda: forward(*args), warmup=warmup, repeats=repeats)
-    train_flops, forward_flops = setup.flops, _flops(forward_lowered)
+    train_flops = setup.flops
+    forward_flops, _ = flops_with_fallback(forward_lowered, _forward_fn(state.graphdef), *args)
 
     result = {
         "case": dataclasses.asdict(case),
@@ -182,6 +207,7 @@ def run_case(setup: Setup, *, warmup: int = 2, repeats: int = 10, profile: int =
         "inference": infer.to_json(),
         "inference_images_per_s": infer.per_second(case.batch_size),
         "train_step_flops": train_flops,
+        "flops_source": setup.flops_source,
         "train_tflops_per_s": None if train_flops is None else train_flops / train.median_s / 1e12,
         "forward_flops": forward_flops,
         "inference_tflops_per_s": None if forward_flops is None else forward_flops / infer.median_s / 1e12,
@@ -198,6 +224,8 @@ def run_case(setup: Setup, *, warmup: int = 2, repeats: int = 10, profile: int =
         try:
             result["profile"] = profile_steps(setup.step_outputs, steps=profile,
                                               log_dir=pathlib.Path(profile_dir) / case.slug)
+            # kernel time against the untraced step (the traced one is slowed down by the profiler)
+            result["profile"]["busy_vs_untraced"] = result["profile"]["op_ms_per_step"] / train.median_ms
         except Exception as error:  # noqa: BLE001 - a profiler failure must not lose the timings above
             result["profile"] = {"error": f"{type(error).__name__}: {error}"}
     return result
