@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> GridResult:
         data = load_acdc(root, size=config.size, split=config.split, seed=config.data_seed,
                          cache_dir=Path(config.cache_dir) / "preprocessed")
         result = run_grid(config, data, model="enet", data_root=root, synthetic=synthetic, calibration_class="LV")
-    except (DataError, FileExistsError, FileNotFoundError) as err:
+    except (DataError, FileExistsError, FileNotFoundError, ValueError) as err:  # bad data, options or resume
         raise SystemExit(f"error: {err}") from err
     print(format_summary(result), flush=True)
     return result

@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> GridResult:
                               cache_dir=Path(config.cache_dir) / "preprocessed")
         result = run_grid(config, data, model="residualunet", data_root=root, synthetic=synthetic,
                           calibration_class="Prostate")
-    except (DataError, FileExistsError, FileNotFoundError) as err:
+    except (DataError, FileExistsError, FileNotFoundError, ValueError) as err:  # bad data, options or resume
         raise SystemExit(f"error: {err}") from err
     print(format_summary(result), flush=True)
     return result

@@ -38,6 +38,7 @@ from segmime_jax.data import DatasetSplits, write_synthetic_acdc, write_syntheti
 from segmime_jax.losses import build_loss
 from segmime_jax.report import figures, tables
 from segmime_jax.train import RunResult, TrainConfig, load_run_result, train_and_evaluate
+from segmime_jax.train.loop import data_differences, data_fingerprint
 
 OPTIMIZERS = ("adam", "sgd")
 _SYNTHETIC_WRITERS: dict[str, Callable[..., Path]] = {
@@ -273,14 +274,22 @@ def _run_record(run: RunResult) -> dict:
     return record
 
 
-def _finished_run(run_dir: Path, run_config: TrainConfig) -> RunResult | None:
-    """The stored result of a finished run with the same configuration (progress bars aside), else None."""
+def _finished_run(run_dir: Path, run_config: TrainConfig, data: DatasetSplits) -> RunResult | None:
+    """The stored result of a finished run with the same configuration (progress bars aside), else None.
+
+    Raises ValueError when that run was trained on other data (another image size, data root, number of
+    synthetic cases, data seed or split): reusing it would put its numbers next to this data's.
+    """
     if not (run_dir / "result.json").is_file():
         return None
     try:
         stored = load_run_result(run_dir)
     except ValueError:
         return None
+    changed = data_differences(stored.data, data_fingerprint(data))
+    if changed:
+        raise ValueError(f"{run_dir} was trained on other data (different {', '.join(changed)}); use --overwrite "
+                         "to retrain it, or another --out")
     ignore = {"progress"}
     same = {k: v for k, v in config_to_dict(stored.config).items() if k not in ignore} == {
         k: v for k, v in config_to_dict(run_config).items() if k not in ignore}
@@ -290,7 +299,7 @@ def _finished_run(run_dir: Path, run_config: TrainConfig) -> RunResult | None:
 def _train_or_load(run_config: TrainConfig, data: DatasetSplits, run_dir: Path, *, resume: bool,
                    log: Callable[[str], None]) -> RunResult:
     if resume:
-        stored = _finished_run(run_dir, run_config)
+        stored = _finished_run(run_dir, run_config, data)
         if stored is not None:
             log(f"      finished earlier: reusing {run_dir / 'result.json'}")
             return stored

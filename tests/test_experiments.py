@@ -131,3 +131,6 @@ def test_acdc_end_to_end_smoke(tmp_path, capsys):
     again = acdc.main([*argv, "--resume"])
     assert "finished earlier" in capsys.readouterr().out
     np.testing.assert_array_equal(again.runs["adam", "mime"].test_dsc, result.runs["adam", "mime"].test_dsc)
+    # ... but not on other data (here another synthetic seed: other images and split)
+    with pytest.raises(SystemExit, match="trained on other data .*train, val, test"):
+        acdc.main([*argv, "--resume", "--data-seed", "3"])

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from train_support import ExplodingNet, TinyNet, tiny_factory, tiny_splits
 
+from segmime_jax.data.dataset import DatasetSplits
 from segmime_jax.train import (
     CheckpointStore,
     NonFiniteLossError,
@@ -63,6 +64,11 @@ def test_outputs(run, data):
     telemetry = result.history[0]["grad_telemetry"]
     assert len(telemetry["fg_median"]) == 3 and telemetry["dynamic_range_db"] >= 0
     assert all(n <= 2 * CONFIG.batch_size for n in telemetry["fg_distinct"])  # Dice: 2 values per image
+    # per (image, class) ranges, the paper's figure: no wider than the batch-pooled range of the class
+    medians, maxima = telemetry["image_dynamic_range_db_median"], telemetry["image_dynamic_range_db_max"]
+    assert len(medians) == len(maxima) == 3
+    for median, largest, pooled in zip(medians, maxima, telemetry["class_dynamic_range_db"], strict=True):
+        assert 0 <= median <= largest <= pooled + 1e-4
     # metrics.jsonl mirrors the history; result.json reloads to the same result
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert lines == result.history
@@ -113,6 +119,10 @@ def test_resume_equals_uninterrupted(run, data, tmp_path, monkeypatch):
     monkeypatch.setattr(loop_module, "evaluate", real_evaluate)
     with pytest.raises(FileExistsError, match="resume=True"):
         train_and_evaluate(CONFIG, data, tmp_path, model_factory=tiny_factory)
+    with pytest.raises(ValueError, match="other data \\(different train;"):
+        other = tiny_splits(train_volumes=4, slices=3)
+        train_and_evaluate(CONFIG, DatasetSplits(train=other.train, val=data.val, test=data.test, name=data.name),
+                           tmp_path, resume=True, model_factory=tiny_factory)
     with pytest.raises(ValueError, match="configuration changed.*loss"):
         train_and_evaluate(dataclasses.replace(CONFIG, loss="ce"), data, tmp_path, resume=True,
                            model_factory=tiny_factory)

@@ -13,6 +13,8 @@ renumbers its volumes from 0), names (``"patient003_ED"``, ``"Case03"``) are glo
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -185,6 +187,22 @@ class SliceDataset:
         idx = self.slices_of(volume_id)
         return self.images[idx], self.labels[idx]
 
+    def fingerprint(self) -> str:
+        """SHA-256 (hex, first 16 digits) of the slices, labels, their volume/slice positions, the volume names and
+        the class names: two datasets with the same fingerprint hold the same training data. Computed once
+        (the arrays are read-only)."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            digest = hashlib.sha256()
+            header = {"names": [info.name for info in self.volumes], "classes": list(self.class_names),
+                      "shape": list(self.images.shape)}
+            digest.update(json.dumps(header, sort_keys=True).encode())
+            for array in (self.images, self.labels, self.volume_ids, self.slice_indices):
+                digest.update(np.ascontiguousarray(array).data)
+            cached = digest.hexdigest()[:16]
+            object.__setattr__(self, "_fingerprint", cached)
+        return cached
+
     def volume_by_name(self, name: str) -> VolumeInfo:
         for info in self.volumes:
             if info.name == name:
@@ -232,6 +250,11 @@ class DatasetSplits:
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.train.class_names
+
+    def fingerprint(self) -> dict[str, str]:
+        """``{"name", "train", "val", "test"}``: the dataset name and each split's
+        :meth:`SliceDataset.fingerprint` (a run resumed or reused on other data is refused with it)."""
+        return {"name": self.name, **{split: getattr(self, split).fingerprint() for split in ("train", "val", "test")}}
 
     @property
     def num_classes(self) -> int:

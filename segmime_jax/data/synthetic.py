@@ -16,12 +16,13 @@ wall, and patchy pericardial fat. Groups NOR/MINF/DCM/HCM/RV (balanced) change c
 shorter heart (apical slices empty). Sizes, positions, orientation (±20° around 0° or 90°), contours and
 intensities vary per patient; LV, RV and aorta share the blood intensity, myocardium overlaps liver, muscle
 and RV wall, so no class is an intensity threshold. In-plane sizes as ACDC (216×256, 256×232, ...),
-in-plane spacing 1.2-1.6 mm, slices 5-10 mm, 6-16 slices. Image formation: partial-volume blur, smooth
-multiplicative bias field, random gain, Rician noise.
+in-plane spacing 1.2-1.6 mm (real ACDC: about 1.4-1.7 mm), slices 5-10 mm, 6-16 slices. Image formation:
+partial-volume blur, smooth multiplicative bias field, random gain, Rician noise.
 
 **PROMISE12-like** (``write_synthetic_promise12``): ``<out>/CaseNN.mhd`` + ``CaseNN.raw`` (int16) and
 ``CaseNN_segmentation.mhd`` + ``.raw`` (uint8, 0/1), written with SimpleITK; arrays ``(z, y, x)``,
-15-30 slices of 2.2-4 mm, in-plane 256²-320² at 0.4-0.75 mm, some oblique direction cosines. A lobulated
+15-30 slices of 2.2-4 mm, in-plane 256²-320² at 0.375-0.78 mm (field of view 120-200 mm; real PROMISE12
+cases go down to 0.27 mm), some oblique direction cosines. A lobulated
 ellipsoidal prostate (wider at the base) with a bright peripheral zone and a nodular central gland, in
 periprostatic fat, between obturator/levator muscles (as dark as the central gland), the rectum (air,
 fluid or an endorectal-coil balloon) behind, the bladder above, the pubic bones in front. Contrast, gain,

@@ -196,6 +196,7 @@ class RunResult:
     reliability: dict[str, np.ndarray]
     examples: dict[str, np.ndarray]
     wall_time_s: float
+    data: dict[str, str] | None = None  # data_fingerprint() of the data it was trained and tested on
 
     def summary(self) -> dict[str, Any]:
         """Test DSC mean and std over volumes per class and "All" (foreground mean per volume), ClECE means."""
@@ -215,7 +216,7 @@ class RunResult:
             "config": config_to_dict(self.config), "class_names": list(self.class_names), "history": self.history,
             "best_epoch": self.best_epoch, "test_volume_names": list(self.test_volume_names),
             "test_dsc": self.test_dsc, "test_clece": self.test_clece, "reliability": self.reliability,
-            "wall_time_s": self.wall_time_s, "summary": self.summary(),
+            "wall_time_s": self.wall_time_s, "summary": self.summary(), "data": self.data,
         }
         if include_examples:
             out["examples"] = self.examples
@@ -237,7 +238,7 @@ class RunResult:
             test_volume_names=list(data["test_volume_names"]), test_dsc=_array(data["test_dsc"]),
             test_clece=_array(data["test_clece"]),
             reliability={k: _array(v) for k, v in data["reliability"].items()},
-            examples=dict(examples or {}), wall_time_s=float(data["wall_time_s"]),
+            examples=dict(examples or {}), wall_time_s=float(data["wall_time_s"]), data=data.get("data"),
         )
 
 
@@ -336,6 +337,20 @@ def _check_run_dir(run_dir: pathlib.Path, resume: bool) -> None:
                               "it, or use a new run directory")
 
 
+def data_fingerprint(data: Any) -> dict[str, str]:
+    """``{"name", "train", "val", "test"}``: which data a run saw (see ``SliceDataset.fingerprint``); stored in
+    its checkpoints and ``result.json`` so that resuming or reusing it on other data is refused."""
+    return {"name": str(getattr(data, "name", "")),
+            **{split: getattr(data, split).fingerprint() for split in ("train", "val", "test")}}
+
+
+def data_differences(saved: Mapping[str, str] | None, current: Mapping[str, str]) -> list[str]:
+    """The entries of two :func:`data_fingerprint` that differ (none when ``saved`` predates fingerprints)."""
+    if not saved:
+        return []
+    return [key for key in ("name", "train", "val", "test") if saved.get(key) != current.get(key)]
+
+
 def _config_differences(saved: Mapping[str, Any], config: TrainConfig) -> list[str]:
     current = config_to_dict(config)
     return [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items()
@@ -400,6 +415,7 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
         if len(getattr(data, split)) == 0:
             raise ValueError(f"the {split} split of dataset {getattr(data, 'name', '?')!r} is empty")
     num_classes = data.train.num_classes
+    fingerprint = data_fingerprint(data)
     class_names = tuple(data.train.class_names)
     if data.val.num_classes != num_classes or data.test.num_classes != num_classes:
         raise ValueError("train, val and test splits have different class lists")
@@ -443,6 +459,11 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
                 differences = _config_differences(meta["config"], config)
                 if differences:
                     raise ValueError(f"cannot resume {run_dir}: the configuration changed ({'; '.join(differences)})")
+                changed = data_differences(meta.get("data"), fingerprint)
+                if changed:
+                    raise ValueError(f"cannot resume {run_dir}: it was trained on other data (different "
+                                     f"{', '.join(changed)}; did the image size, data root, number of cases, data "
+                                     "seed or split change?)")
                 if start_epoch > config.epochs:
                     raise ValueError(f"cannot resume {run_dir}: its checkpoint is at epoch {start_epoch}, past "
                                      f"epochs={config.epochs}")
@@ -517,7 +538,8 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
             check_state_finite(state.checkpoint_tree(), epoch=epoch, store=store)
             if store is not None:
                 meta = {"epoch": epoch, "history": history, "plateau": plateau.to_json(),
-                        "best_metric": best_metric, "best_epoch": best_epoch, "config": config_to_dict(config)}
+                        "best_metric": best_metric, "best_epoch": best_epoch, "config": config_to_dict(config),
+                        "data": fingerprint}
                 tree = state.checkpoint_tree()
                 if improved:
                     store.save_best(epoch, tree, meta, val_dsc_fg)
@@ -549,6 +571,7 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
         config=config, class_names=class_names, history=history, best_epoch=best_epoch,
         test_volume_names=test_eval.volume_names, test_dsc=test_eval.dsc, test_clece=test_eval.calibration.clece(),
         reliability=reliability, examples=examples, wall_time_s=time.perf_counter() - start_time,
+        data=fingerprint,
     )
     save_run_result(run_result, run_dir)
     return run_result

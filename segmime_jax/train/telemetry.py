@@ -5,9 +5,13 @@ Once per epoch, on a fixed validation batch, the model's eval-mode probabilities
 gradient ``∂L/∂s`` of the training loss is taken (:func:`segmime_jax.gradients.loss_gradient`: paper §2.2,
 Figure 1, looks at the gradient with respect to the probabilities, not the logits). Logged per epoch:
 
-- ``dynamic_range_db``: largest over smallest non-zero gradient magnitude over the batch, in dB
-  (``10·log10``, the ``"power"`` convention of :func:`segmime_jax.gradients.dynamic_range_db`);
-- per class k (background included, index 0): ``class_dynamic_range_db``, and on the pixels labelled k
+- ``dynamic_range_db``: largest over smallest non-zero gradient magnitude over the whole batch (all images and
+  classes pooled), in dB (``10·log10``, the ``"power"`` convention of
+  :func:`segmime_jax.gradients.dynamic_range_db`);
+- ``image_dynamic_range_db_median`` / ``_max``, per class: the range of each (image, class) map, the paper's
+  figure (Figure 1 is one image and one class), as median and maximum over the batch's images;
+- per class k (background included, index 0): ``class_dynamic_range_db`` (the batch's images pooled), and on
+  the pixels labelled k
   (``fg``) and the others (``bg``): the median value, the number of distinct values, min and max.
   For the Dice loss each (image, class) has two distinct values (Eq. 6); for the mime ``−a`` and ``b``;
   for the cross-entropy as many as there are probabilities on the ground truth, and 0 elsewhere.
@@ -49,9 +53,11 @@ def make_gradient_probe(loss_fn: LossFn, num_classes: int) -> Callable[[TrainSta
             dynamic_range_db(grad[..., k], mask=jnp.broadcast_to(real[..., 0], grad.shape[:-1]))
             for k in range(num_classes)
         ])
+        # (B, K): the range of each image's map of each class, as in the paper's Figure 1
+        per_image = jax.vmap(jax.vmap(dynamic_range_db, in_axes=-1), in_axes=0)(grad)
         return {"grad": grad, "onehot": onehot, "mask": mask,
                 "dynamic_range_db": dynamic_range_db(grad, mask=jnp.broadcast_to(real, grad.shape)),
-                "class_dynamic_range_db": per_class}
+                "class_dynamic_range_db": per_class, "image_class_dynamic_range_db": per_image}
 
     return jax.jit(probe)
 
@@ -69,9 +75,13 @@ def summarize_gradient(probe_output: dict[str, Any]) -> dict[str, Any]:
     real = np.asarray(out["mask"]) > 0
     grad = np.asarray(out["grad"], np.float32)[real]
     fg_all = np.asarray(out["onehot"])[real] > 0.5
+    per_image = np.asarray(out["image_class_dynamic_range_db"], np.float64)[real]  # (real images, K)
     summary: dict[str, Any] = {
         "dynamic_range_db": float(out["dynamic_range_db"]),
         "class_dynamic_range_db": [float(v) for v in np.asarray(out["class_dynamic_range_db"])],
+        "image_dynamic_range_db_median": [_finite_or_none(float(np.median(v))) if v.size else None
+                                          for v in per_image.T],
+        "image_dynamic_range_db_max": [_finite_or_none(float(np.max(v))) if v.size else None for v in per_image.T],
     }
     for name in ("fg_median", "bg_median", "fg_distinct", "bg_distinct", "fg_min", "fg_max", "bg_min", "bg_max"):
         summary[name] = []
