@@ -144,11 +144,15 @@ def run(config: BenchmarkConfig) -> dict:
             print(f" compile {result['compile_s']:.1f} s, {result['train_step']['median_ms']:.2f} ms/step, "
                   f"{result['train_images_per_s']:.0f} img/s, {result['program']['kernels']} kernels", flush=True)
             report["cases"].append(result)
-            if epoch_cases.get(case.model) == case:  # reuse the compiled step for the epoch timing
-                report["epochs"].extend(run_epoch(setup, steps=config.epoch_steps))
-                del epoch_cases[case.model]
         except Exception as error:  # noqa: BLE001 - e.g. out of device memory at batch 128: keep the other cases
             _record_failure(report, case, error)
+            setup = None
+        if setup is not None and epoch_cases.get(case.model) == case:  # reuse the compiled step for the epoch
+            del epoch_cases[case.model]
+            try:
+                report["epochs"].extend(run_epoch(setup, steps=config.epoch_steps))
+            except Exception as error:  # noqa: BLE001
+                _record_failure(report, case, error, what="epoch timing")
         setup = None  # free the state and compiled step before the next case
         write_text_atomic(path, json.dumps(report, indent=2))
     for case in epoch_cases.values():

@@ -59,7 +59,7 @@ class DeviceCheckConfig:
     fp32_residualunet_timeout_s: int = dataclasses.field(
         default=100, metadata={"help": "time limit of the float32 ResidualUNet benchmark"})
     bf16_timeout_s: int = dataclasses.field(default=110, metadata={"help": "time limit of the bfloat16 benchmark"})
-    fixture_timeout_s: int = dataclasses.field(default=35, metadata={"help": "time limit of each fixture run"})
+    fixture_timeout_s: int = dataclasses.field(default=45, metadata={"help": "time limit of each fixture run"})
     b128_timeout_s: int = dataclasses.field(default=70, metadata={"help": "time limit of the batch 128 benchmark"})
     rbg_timeout_s: int = dataclasses.field(default=45, metadata={"help": "time limit of the rbg PRNG benchmark"})
     profile_steps: int = dataclasses.field(default=3, metadata={"help": "profiled steps per benchmark case"})

@@ -87,6 +87,12 @@ def test_audit_counts_kernels_inside_command_buffers():
     assert audit["top_level_ops"] == {"call": 1, "fusion": 1, "custom-call": 1}
     assert audit["custom_call_targets"] == {"__cudnn$convForward": 1}
 
+    # XLA:CPU's small calls are compiled into one kernel each: not followed, counted once
+    small = COMMAND_BUFFER_HLO.replace("to_apply=%command_buffer",
+                                       'to_apply=%command_buffer, frontend_attributes={xla_cpu_small_call="true"}')
+    audit = audit_hlo_text(small)
+    assert audit["kernels"] == 1 and audit["top_level_ops"] == {"call": 1}
+
 
 def test_audit_of_compiled_functions_sees_donation_and_callbacks():
     x = jnp.arange(256.0)

@@ -119,6 +119,27 @@ def test_a_failing_case_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "benchmark.json").read_text())["failed"] == report["failed"]
 
 
+def test_a_failing_epoch_timing_is_recorded_once(tmp_path, monkeypatch):
+    from experiments import benchmark
+
+    builds = []
+    real_build = benchmark.build_setup
+
+    def counting_build(case, **kwargs):
+        builds.append(case.model)
+        return real_build(case, **kwargs)
+
+    def broken_epoch(setup, **kwargs):
+        raise RuntimeError("pipeline broke")
+
+    monkeypatch.setattr(benchmark, "build_setup", counting_build)
+    monkeypatch.setattr(benchmark, "run_epoch", broken_epoch)
+    report = benchmark.main(["--quick", "--models", "residualunet", "--out", str(tmp_path)])
+    assert builds == ["residualunet"]  # the case's compiled step, not a second build for the epoch timing
+    assert len(report["cases"]) == 1 and report["epochs"] == []
+    assert [(f["what"], f["error"]) for f in report["failed"]] == [("epoch timing", "RuntimeError: pipeline broke")]
+
+
 def test_device_check_children_find_the_repository():
     from experiments.device_check import REPO_ROOT, child_environment
 

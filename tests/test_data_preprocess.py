@@ -9,6 +9,7 @@ import pytest
 
 from segmime_jax.data import DataError, SliceDataset, VolumeInfo
 from segmime_jax.data.preprocess import (
+    check_same_geometry,
     normalize_volume,
     resize_bilinear,
     resize_nearest,
@@ -78,6 +79,19 @@ def test_validate_pair_errors_name_the_file(case, pattern):
     with pytest.raises(DataError, match=pattern) as info:
         validate_pair(image, label, image_path="/data/img.nii.gz", label_path="/data/gt.nii.gz", num_classes=4)
     assert "/data/" in str(info.value)
+
+
+def test_geometry_check_tolerates_header_rounding_and_either_form():
+    affine = np.array([[-1.4, 0.01, 0, 120.0], [0.02, -1.4, 0, 98.5], [0, 0, 10.0, -40.0], [0, 0, 0, 1]])
+    check_same_geometry(affine, affine + 1e-3, image_path="img", label_path="gt")  # float32 quaternion rounding
+    sform_only_in_image = np.diag([-1.0, -1.0, 1.0, 1.0])  # ACDC-style inconsistent sform beside a good qform
+    check_same_geometry([sform_only_in_image, affine], [affine], image_path="img", label_path="gt")
+    with pytest.raises(DataError, match="gt: geometry .* differs .*0.5.*img"):
+        check_same_geometry(affine, affine + np.diag([0, 0, 0.5, 0]), image_path="img", label_path="gt")
+    shifted = affine.copy()
+    shifted[:3, 3] += 2.0  # another scan of the same size: 2 mm away
+    with pytest.raises(DataError, match="differs"):
+        check_same_geometry([affine, sform_only_in_image], [shifted], image_path="img", label_path="gt")
 
 
 def test_split_sizes_and_fixed_lists():

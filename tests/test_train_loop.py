@@ -152,6 +152,12 @@ def test_resume_after_halving_and_between_best_and_latest_saves(data, tmp_path, 
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
+    def killed_in_epoch_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
     monkeypatch.setattr(loop_module, "evaluate", killed_in_epoch_5)
     with pytest.raises(KeyboardInterrupt):
         train_and_evaluate(config, data, tmp_path / "a", model_factory=tiny_factory)
@@ -175,6 +181,24 @@ def test_resume_after_halving_and_between_best_and_latest_saves(data, tmp_path, 
     resumed = train_and_evaluate(config, data, tmp_path / "b", resume=True, model_factory=tiny_factory)
     assert _without_time(resumed.history) == _without_time(uninterrupted.history)
     assert resumed.best_epoch == uninterrupted.best_epoch == 2
+    np.testing.assert_array_equal(resumed.test_dsc, uninterrupted.test_dsc)
+
+    # The two writes are asynchronous: the latest checkpoint of epoch 2 may land without its best copy.
+    real_save_best, calls["n"] = CheckpointStore.save_best, 0
+
+    def best_of_epoch_2_lost(self, epoch, tree, meta, metric):
+        if epoch != 2:
+            real_save_best(self, epoch, tree, meta, metric)
+
+    monkeypatch.setattr(CheckpointStore, "save_best", best_of_epoch_2_lost)
+    monkeypatch.setattr(loop_module, "evaluate", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(config, data, tmp_path / "c", model_factory=tiny_factory)
+    assert sorted(p.name for p in (tmp_path / "c" / "checkpoints" / "best").iterdir()) == ["1"]
+    monkeypatch.setattr(CheckpointStore, "save_best", real_save_best)
+    monkeypatch.setattr(loop_module, "evaluate", real_evaluate)
+    resumed = train_and_evaluate(config, data, tmp_path / "c", resume=True, model_factory=tiny_factory)
+    assert resumed.best_epoch == 2
     np.testing.assert_array_equal(resumed.test_dsc, uninterrupted.test_dsc)
 
 

@@ -3,8 +3,9 @@
 The figures come from the *optimised* HLO (``compiled.as_text()``) and ``compiled.memory_analysis()``, so
 they describe the program the backend will run, not the traced one:
 
-- ``kernels``: instructions of the entry computation (and of the bodies of its loops and conditionals) that
-  do work, i.e. not ``parameter``, ``constant``, ``tuple``, ``get-tuple-element`` or ``bitcast``. On a GPU
+- ``kernels``: instructions of the entry computation (and of the bodies of its loops, conditionals and calls,
+  e.g. XLA:GPU's command buffers; an XLA:CPU "small call" is one kernel) that do work, i.e. not
+  ``parameter``, ``constant``, ``tuple``, ``get-tuple-element`` or ``bitcast``. On a GPU
   each is roughly one kernel launch (a fusion, a cuDNN/cuBLAS custom call, a copy), so this is the number to
   hold against a step's time when launch overhead is suspected (the PyTorch reference spent ~75 % of its
   ENet step launching kernels). Loop bodies are counted once, not per iteration.
@@ -62,6 +63,10 @@ def _computations(hlo_text: str) -> tuple[str | None, dict[str, list[tuple[str, 
     return entry, comps
 
 
+def _is_small_call(rest: str) -> bool:
+    return 'xla_cpu_small_call="true"' in rest
+
+
 def _launch_level(entry: str, comps: dict[str, list[tuple[str, str]]]) -> list[tuple[str, str]]:
     """Instructions of the entry computation and of the control-flow computations it reaches (loop bodies
     and conditions, conditional branches, plain calls), not of fusion bodies or reduction lambdas."""
@@ -75,9 +80,11 @@ def _launch_level(entry: str, comps: dict[str, list[tuple[str, str]]]) -> list[t
             out.append((opcode, rest))
             for kind, callee in _CALLED.findall(rest):
                 # a call's callee runs at launch level too: XLA:GPU puts runs of kernels into command buffers,
-                # `call(...), to_apply=%command_buffer`; async-start names its callee with calls=
+                # `call(...), to_apply=%command_buffer`; async-start names its callee with calls=. Not XLA:CPU's
+                # small calls (xla_cpu_small_call="true"): each is compiled into one kernel.
                 if kind in ("body", "condition", "true_computation", "false_computation") or (
-                        kind in ("calls", "to_apply") and opcode in ("call", "async-start")):
+                        kind in ("calls", "to_apply") and opcode in ("call", "async-start")
+                        and not _is_small_call(rest)):
                     todo.append(callee)
             for group in _BRANCHES.findall(rest):
                 todo.extend(name.strip().lstrip("%") for name in group.split(","))
@@ -95,7 +102,8 @@ def audit_hlo_text(hlo_text: str) -> dict[str, Any]:
     everything = collections.Counter(op for body in comps.values() for op, _ in body)
     host = sum(top[op] for op in _HOST_TRANSFER) + sum(n for t, n in targets.items() if "callback" in t.lower())
     return {
-        "kernels": sum(n for op, n in top.items() if op not in ("while", "conditional", "call")),
+        "kernels": sum(n for op, n in top.items() if op not in ("while", "conditional", "call"))
+        + sum(1 for op, rest in launched if op == "call" and _is_small_call(rest)),
         "top_level_ops": dict(top.most_common()),
         "custom_call_targets": dict(targets.most_common()),
         "all_ops": {op: everything[op] for op in _TRACKED},

@@ -146,7 +146,7 @@ def flops_with_fallback(lowered: Any, fn: Any, *args: Any) -> tuple[float | None
     plugin among them, give no cost analysis of a lowered program, and XLA:GPU's analysis of the compiled one
     counts cuDNN convolutions (custom calls) as no FLOPs."""
     flops = _flops(lowered)
-    if flops is not None:
+    if flops:  # None, or 0.0 from an analysis without a "flops" entry: try the CPU
         return flops, "device lowering"
     flops = cpu_lowered_flops(fn, *args)
     return flops, None if flops is None else "cpu lowering"

@@ -169,14 +169,26 @@ def read_nifti(path: str | os.PathLike, *, labels: bool = False) -> tuple[np.nda
     return data, affine, zooms
 
 
+def nifti_affines(path: str | os.PathLike) -> list[np.ndarray]:
+    """Every voxel-to-world affine a NIfTI header states: nibabel's ``affine`` (sform if set, else qform),
+    and the sform and qform when their codes are set (ACDC files are known to carry inconsistent ones)."""
+    header = import_nibabel().load(os.fspath(path)).header
+    forms = [header.get_best_affine()]
+    for form, code in (header.get_sform(coded=True), header.get_qform(coded=True)):
+        if form is not None and code:
+            forms.append(np.asarray(form, np.float64))
+    return forms
+
+
 def _load_frames(frames: Sequence[_Frame], size: tuple[int, int]) -> SliceDataset:
     volumes = []
     for volume_id, frame in enumerate(frames):
         image, affine, zooms = read_nifti(frame.image_path)
-        label, label_affine, _ = read_nifti(frame.label_path, labels=True)
+        label, _, _ = read_nifti(frame.label_path, labels=True)
         label = validate_pair(image, label, image_path=frame.image_path, label_path=frame.label_path,
                               num_classes=len(ACDC_CLASSES))
-        check_same_geometry(affine, label_affine, image_path=frame.image_path, label_path=frame.label_path)
+        check_same_geometry(nifti_affines(frame.image_path), nifti_affines(frame.label_path),
+                            image_path=frame.image_path, label_path=frame.label_path)
         slice_images, slice_labels = slices_to_working_size(image, label, slice_axis=2, size=size)
         extra = dict(frame.info, phase=frame.phase, frame=frame.frame, axes="xyz", slice_axis=2, subset=frame.subset)
         volumes.append((slice_images, slice_labels, VolumeInfo(

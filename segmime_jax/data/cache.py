@@ -125,12 +125,23 @@ def _save_npz(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> None:
                 np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
 
 
-def _replace_entry(new: pathlib.Path, path: pathlib.Path) -> None:
-    """Move the entry folder at ``path`` aside, rename ``new`` into its place, then delete the old one."""
+def _replace_entry(new: pathlib.Path, path: pathlib.Path, description: Mapping) -> None:
+    """Move the entry folder at ``path`` aside, rename ``new`` into its place, then delete the old one. Another
+    writer may put its (valid) entry there in between: then ours is dropped."""
     trash = pathlib.Path(tempfile.mkdtemp(prefix=".trash-" + path.name + "-", dir=path.parent))
-    os.rename(path, trash / "entry")
-    os.rename(new, path)
-    shutil.rmtree(trash, ignore_errors=True)
+    try:
+        try:
+            os.rename(path, trash / "entry")
+        except FileNotFoundError:
+            pass  # another writer moved it already
+        try:
+            os.rename(new, path)
+        except OSError:
+            if _read_entry(path, description, quiet=True) is None:
+                raise
+            shutil.rmtree(new, ignore_errors=True)  # another writer's valid entry won the race
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _write_entry(path: pathlib.Path, description: Mapping, dataset: SliceDataset) -> None:
@@ -152,7 +163,7 @@ def _write_entry(path: pathlib.Path, description: Mapping, dataset: SliceDataset
                 raise
             if _read_entry(path, description, quiet=True) is not None:
                 return  # another writer stored the same entry first
-            _replace_entry(tmp, path)  # a corrupt or foreign entry sits there: put ours in its place
+            _replace_entry(tmp, path, description)  # a corrupt or foreign entry sits there: put ours in its place
         tmp = None  # type: ignore[assignment]
     finally:
         if tmp is not None and tmp.exists():

@@ -15,6 +15,7 @@ and ``jax.image.resize``):
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -123,16 +124,32 @@ def validate_pair(image: np.ndarray, label: np.ndarray, *, image_path: str | os.
     return label.astype(np.uint8)
 
 
-def check_same_geometry(image_affine: np.ndarray, label_affine: np.ndarray, *, image_path: str | os.PathLike,
-                        label_path: str | os.PathLike, atol_mm: float = 1e-3) -> None:
+def check_same_geometry(image_affines: np.ndarray | Sequence[np.ndarray],
+                        label_affines: np.ndarray | Sequence[np.ndarray], *, image_path: str | os.PathLike,
+                        label_path: str | os.PathLike, voxel_fraction: float = 0.02) -> None:
     """Raise :class:`DataError` naming the label file when its voxel-to-world affine (spacing, orientation,
-    origin) differs from the image's by more than ``atol_mm``: a label of the same shape but another
-    geometry is almost always a mismatched pair of files."""
-    image_affine, label_affine = np.asarray(image_affine, np.float64), np.asarray(label_affine, np.float64)
-    if not np.allclose(image_affine, label_affine, rtol=0.0, atol=atol_mm):
-        worst = float(np.max(np.abs(image_affine - label_affine)))
+    origin) is not the image's: a label of the same shape but another geometry is almost always a
+    mismatched pair of files.
+
+    Each side may give several candidate affines (a NIfTI file's ``affine``, ``sform`` and ``qform``, which
+    some tools set inconsistently); the pair is accepted when any image candidate matches any label
+    candidate to within ``voxel_fraction`` of the smallest voxel size (at least 1e-3), in every entry, so
+    that float rounding of headers (e.g. a float32 quaternion) is never an error.
+    """
+    images = [np.asarray(a, np.float64) for a in _as_list(image_affines)]
+    labels = [np.asarray(a, np.float64) for a in _as_list(label_affines)]
+    voxel = min(float(np.min(np.linalg.norm(a[:3, :3], axis=0))) for a in images)
+    tolerance = max(1e-3, voxel_fraction * voxel)
+    worst = min(float(np.max(np.abs(a - b))) for a in images for b in labels)
+    if worst > tolerance:
         raise DataError(label_path, f"geometry (voxel-to-world affine) differs from the image's by up to {worst:.4g} "
-                                    f"mm ({os.fspath(image_path)})")
+                                    f"(tolerance {tolerance:.2g}; {os.fspath(image_path)})")
+
+
+def _as_list(affines: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    if isinstance(affines, np.ndarray) and affines.ndim == 2:
+        return [affines]
+    return [a for a in affines if a is not None]
 
 
 def normalize_volume(image: np.ndarray) -> np.ndarray:

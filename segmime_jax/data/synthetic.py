@@ -498,6 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m segmime_jax.data.synthetic",
         description="Write a synthetic ACDC-like or PROMISE12-like dataset in the real layout and formats.",
+        allow_abbrev=False,
     )
     parser.add_argument("dataset", choices=("acdc", "promise12"))
     parser.add_argument("out_dir", type=pathlib.Path, help="output folder (must not exist or be empty)")

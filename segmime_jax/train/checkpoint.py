@@ -53,7 +53,8 @@ def _raise_non_finite(value: float, *, epoch: int, step: int | None, store: Chec
 def check_finite(value: float, *, epoch: int, step: int, store: CheckpointStore | None = None,
                  grad_norm: float | None = None) -> None:
     """Raise :class:`NonFiniteLossError` when the loss ``value`` (or the gradient norm ``grad_norm``, when
-    given) is NaN or infinite: a finite loss with a NaN gradient would poison the parameters silently."""
+    given) is NaN or infinite: a finite loss with a NaN gradient would poison the parameters silently. (A
+    norm also overflows for gradient elements of ~1e19 and more: a divergence, stopped as well.)"""
     if not math.isfinite(float(value)):
         _raise_non_finite(value, epoch=epoch, step=step, store=store, what=f"training loss ({float(value)})")
     if grad_norm is not None and not math.isfinite(float(grad_norm)):

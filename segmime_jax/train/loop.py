@@ -472,6 +472,10 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
                 plateau = PlateauState.from_json(meta["plateau"])
                 best_metric, best_epoch = float(meta["best_metric"]), int(meta["best_epoch"])
             store.discard_best_after(start_epoch)
+            if restored is not None and best_epoch == start_epoch and store.best_epoch() != start_epoch:
+                # the latest checkpoint is the best one, but the best copy of it was lost (the two are written
+                # asynchronously, in no set order): write it again from the restored state
+                store.save_best(start_epoch, tree, meta, best_metric)
         # metrics.jsonl always mirrors the history of the state we continue from.
         _write_atomic(metrics_path, lambda f: f.writelines(json.dumps(h) + "\n" for h in history))
 
@@ -489,8 +493,8 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
             state = state.replace(opt_state=set_learning_rate(state.opt_state, learning_rate))
 
             # ---- train
-            # (loss, gradient norm, step, size) of the last step, checked one step later
-            pending: tuple[jax.Array, jax.Array, int, int] | None = None
+            # (metrics, step, size) of the last step, checked one step later
+            pending: tuple[dict[str, jax.Array], int, int] | None = None
             loss_sum, loss_count = 0.0, 0
             batches = _progress(train_batches(train_data, config.batch_size, seed=config.seed, epoch=epoch,
                                               sharding=sharding),
@@ -504,13 +508,13 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
                 state, out = train_step(state, batch, jax.random.fold_in(step_root, step))  # = step_key(seed, step)
                 if pending is not None:  # fetch the previous loss: keeps one step in flight
                     value = _check_pending(pending, epoch, store)
-                    loss_sum, loss_count = loss_sum + value * pending[3], loss_count + pending[3]
+                    loss_sum, loss_count = loss_sum + value * pending[2], loss_count + pending[2]
                     batches.set_postfix(loss=f"{value:.4f}", refresh=False)
-                pending = (out["loss"], out["grad_norm"], step, size)
+                pending = (out, step, size)
                 step += 1
             if pending is not None:
                 value = _check_pending(pending, epoch, store)
-                loss_sum, loss_count = loss_sum + value * pending[3], loss_count + pending[3]
+                loss_sum, loss_count = loss_sum + value * pending[2], loss_count + pending[2]
             batches.close()
 
             # ---- validate
@@ -577,10 +581,11 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
     return run_result
 
 
-def _check_pending(pending: tuple[jax.Array, jax.Array, int, int], epoch: int, store: CheckpointStore | None) -> float:
+def _check_pending(pending: tuple[dict[str, jax.Array], int, int], epoch: int, store: CheckpointStore | None) -> float:
     """Fetch a step's loss and gradient norm; raise if either is NaN/inf. Returns the loss."""
-    loss, grad_norm = (float(v) for v in jax.device_get(pending[:2]))
-    check_finite(loss, epoch=epoch, step=pending[2], store=store, grad_norm=grad_norm)
+    metrics = jax.device_get({k: pending[0][k] for k in ("loss", "grad_norm")})
+    loss = float(metrics["loss"])
+    check_finite(loss, epoch=epoch, step=pending[1], store=store, grad_norm=float(metrics["grad_norm"]))
     return loss
 
 

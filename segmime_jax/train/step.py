@@ -76,6 +76,9 @@ def train_step_fn(tx: optax.GradientTransformation, loss_fn: LossFn, num_classes
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state, step=state.step + 1)
+        # The loop stops the run when grad_norm is NaN/inf: a NaN gradient, or one so large (elements ~1e19) that
+        # its norm overflows float32, i.e. a divergence. No separate isfinite pass: on a GPU each gradient
+        # leaf's reduction would be a kernel of its own (~600 more launches per ENet step).
         return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return train_step
