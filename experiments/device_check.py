@@ -50,7 +50,9 @@ class DeviceCheckConfig:
     out: pathlib.Path = dataclasses.field(
         default=pathlib.Path("results/device-out"), metadata={"help": "folder for the (at most 8) result files"})
     work: pathlib.Path = dataclasses.field(
-        default=pathlib.Path("results/device-work"), metadata={"help": "folder for traces and HLO before packing"})
+        default=pathlib.Path("results/device-work"),
+        metadata={"help": "folder for traces and HLO before packing (emptied at start; only a folder this tool "
+                          "made, or an empty one, is accepted)"})
     reference: pathlib.Path = dataclasses.field(
         default=REPO_ROOT.parent / "shared" / "reference",
         metadata={"help": "the PyTorch reference fixtures (../shared/reference; copy it along to a device)"})
@@ -155,11 +157,27 @@ def _benchmark(config: DeviceCheckConfig, out: pathlib.Path, args: list[str], ti
     _run(command, timeout_s=timeout_s, log=log)
 
 
+WORK_MARKER = ".device_check_work"
+
+
+def _fresh_work_folder(work: pathlib.Path) -> None:
+    """Empty ``work`` for this run, but only a folder this tool made (it holds WORK_MARKER) or an empty one:
+    ``--work`` pointing at anything else is refused, never wiped."""
+    if work.exists():
+        if (work / WORK_MARKER).is_file():
+            shutil.rmtree(work)
+        elif work.is_dir() and not any(work.iterdir()):
+            work.rmdir()
+        else:
+            raise SystemExit(f"error: --work {work} holds files this tool did not write; give an empty or new folder")
+    work.mkdir(parents=True)
+    (work / WORK_MARKER).write_text("intermediate files of python -m experiments.device_check; emptied on each run\n")
+
+
 def run(config: DeviceCheckConfig) -> list[pathlib.Path]:
     """Run every step of the check; returns the files written to ``config.out``."""
     config.out.mkdir(parents=True, exist_ok=True)
-    if config.work.exists():
-        shutil.rmtree(config.work)
+    _fresh_work_folder(config.work)
     log: list[str] = []
     written: list[pathlib.Path] = []
 

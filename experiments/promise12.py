@@ -26,7 +26,8 @@ from pathlib import Path
 
 from segmime_jax.cli import parse_config
 from segmime_jax.data import DataError, load_promise12
-from segmime_jax.experiment import GridConfig, GridResult, dataset_root, format_summary, run_grid
+from segmime_jax.experiment import GridConfig, GridResult, check_grid, dataset_root, format_summary, run_grid
+from segmime_jax.train import NonFiniteLossError
 
 DESCRIPTION = __doc__.split("\n\n")[0] + (
     " Mime/NM on the foreground channel; NM is left out by default as in the paper: in the binary case -y^T s "
@@ -61,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> GridResult:
         print("warning: NM in a binary task has no term against false positives and is expected to collapse "
               "to all-foreground (paper §2.4); the paper has no PROMISE12 NM row.", file=sys.stderr, flush=True)
     try:
+        check_grid(config, "residualunet")  # before any data is prepared or run folder made
         root, synthetic = dataset_root("promise12", config)
         data = load_promise12(root, size=config.size, seed=config.data_seed,
                               cache_dir=Path(config.cache_dir) / "preprocessed")
@@ -68,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> GridResult:
                           calibration_class="Prostate")
     except (DataError, FileExistsError, FileNotFoundError, ValueError) as err:  # bad data, options or resume
         raise SystemExit(f"error: {err}") from err
+    except NonFiniteLossError as err:
+        raise SystemExit(f"error: {err} Rerun with --overwrite (and e.g. a lower learning rate).") from err
     print(format_summary(result), flush=True)
     return result
 

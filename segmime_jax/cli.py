@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import pathlib
+import sys
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -128,7 +129,10 @@ def parse_config(
     default_preset: str | None = None,
     prog: str | None = None,
 ) -> C:
-    """Parse ``argv`` into a frozen ``config_cls``: the preset (or the class defaults) plus overrides."""
+    """Parse ``argv`` into a frozen ``config_cls``: the preset (or the class defaults) plus overrides. The
+    ``--help`` text shows the defaults of the preset named on the command line."""
+    if presets:
+        default_preset = _preset_in(argv, presets) or default_preset
     parser = build_parser(config_cls, description=description, presets=presets,
                           default_preset=default_preset, prog=prog)
     namespace = vars(parser.parse_args(argv))
@@ -141,6 +145,18 @@ def parse_config(
     except (TypeError, ValueError) as err:  # a config's __post_init__ validation
         parser.error(str(err))
         raise  # unreachable: parser.error exits
+
+
+def _preset_in(argv: Sequence[str] | None, presets: Mapping[str, Any]) -> str | None:
+    """The valid preset named by ``--preset NAME`` or ``--preset=NAME`` in ``argv`` (the last one), if any."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    found = None
+    for i, arg in enumerate(args):
+        if arg == "--preset" and i + 1 < len(args):
+            found = args[i + 1]
+        elif arg.startswith("--preset="):
+            found = arg.split("=", 1)[1]
+    return found if found in presets else None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

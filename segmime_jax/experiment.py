@@ -35,7 +35,8 @@ import numpy as np
 from segmime_jax.atomic_files import write_text_atomic
 from segmime_jax.cli import config_to_dict
 from segmime_jax.data import DatasetSplits, write_synthetic_acdc, write_synthetic_promise12
-from segmime_jax.losses import build_loss
+from segmime_jax.losses import LOSS_ALIASES, build_loss
+from segmime_jax.models import check_input_size
 from segmime_jax.report import figures, tables
 from segmime_jax.train import RunResult, TrainConfig, load_run_result, train_and_evaluate
 from segmime_jax.train.loop import data_differences, data_fingerprint
@@ -62,7 +63,8 @@ class GridConfig:
         "losses of --losses computed on the foreground classes only (1..K-1, TrainConfig.loss_classes); the "
         "binary mime of the paper acts on the foreground channel (§2.4: its b > 0 is what stops the all-foreground "
         "solution), while with the background channel too, the far more numerous background pixels dominate and "
-        "the network can collapse to background everywhere; '' for none", metavar="LOSS,..."))
+        "the network can collapse to background everywhere; names not in --losses are ignored (aliases such as "
+        "dice = dsc match); '' for none", metavar="LOSS,..."))
     optimizers: tuple[str, ...] = field(default=("adam",), metadata=_help(
         "comma-separated optimisers: adam, sgd", metavar="OPT,..."))
     data_root: Path | None = field(default=None, metadata=_help(
@@ -96,7 +98,8 @@ class GridConfig:
         "keep compiled programs in <cache-dir>/jax-compilation/ so that later runs skip most compilation"))
     resume: bool = field(default=False, metadata=_help(
         "continue the runs found in --out from their latest checkpoints (finished runs are not retrained)"))
-    overwrite: bool = field(default=False, metadata=_help("delete the runs already in --out and start over"))
+    overwrite: bool = field(default=False, metadata=_help(
+        "delete this grid's runs already in --out and start over (other runs there are left alone)"))
 
     def __post_init__(self) -> None:
         if not self.losses:
@@ -105,6 +108,7 @@ class GridConfig:
             raise ValueError(f"--losses: repeated loss in {','.join(self.losses)}")
         for spec in self.losses + self.foreground_only:
             build_loss(spec)  # ValueError naming the valid losses
+
         unknown = [o for o in self.optimizers if o not in OPTIMIZERS]
         if unknown or not self.optimizers:
             raise ValueError(f"--optimizers: expected a comma-separated subset of {','.join(OPTIMIZERS)}, "
@@ -146,6 +150,21 @@ def run_name(optimizer: str, loss: str) -> str:
     """Folder name of one run: ``<optimizer>-<loss>`` with characters other than ``[A-Za-z0-9._-]`` → ``_``."""
     safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in loss)
     return f"{optimizer}-{safe}"
+
+
+def _canonical(spec: str) -> str:
+    return LOSS_ALIASES.get(spec.strip().lower(), spec.strip().lower())
+
+
+def foreground_only(config: GridConfig, loss: str) -> bool:
+    """Whether ``loss`` (a spec of ``config.losses``) is computed on the foreground classes only: named in
+    ``config.foreground_only``, aliases resolved (``dice`` = ``dsc``)."""
+    return _canonical(loss) in {_canonical(name) for name in config.foreground_only}
+
+
+def check_grid(config: GridConfig, model: str) -> None:
+    """Checks that need to know the model, made before any data is loaded or run folder made (ValueError)."""
+    check_input_size(model, config.image_size)
 
 
 def dataset_root(dataset: str, config: GridConfig, *, log: Callable[[str], None] = print) -> tuple[Path, bool]:
@@ -199,7 +218,7 @@ def train_config(config: GridConfig, *, model: str, optimizer: str, loss: str, n
     """The :class:`TrainConfig` of one run of the grid (``num_classes`` K, background included)."""
     return TrainConfig(
         model=model, loss=loss, optimizer=optimizer,
-        loss_classes=tuple(range(1, num_classes)) if loss in config.foreground_only else None,
+        loss_classes=tuple(range(1, num_classes)) if foreground_only(config, loss) else None,
         learning_rate=config.adam_lr if optimizer == "adam" else config.sgd_lr,
         epochs=config.epochs, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
         plateau_patience=config.plateau_patience, augment=config.augment, precision=config.precision,
@@ -346,6 +365,7 @@ def run_grid(
       FileExistsError: when ``config.out`` already holds runs and neither ``resume`` nor ``overwrite`` is set
         (checked before anything is trained).
     """
+    check_grid(config, model)
     start = time.perf_counter()
     if config.compilation_cache:
         enable_compilation_cache(Path(config.cache_dir) / "jax-compilation")
@@ -360,7 +380,7 @@ def run_grid(
 
     runs: dict[tuple[str, str], RunResult] = {}
     for i, (optimizer, loss) in enumerate(grid, start=1):
-        where = " (foreground classes only)" if loss in config.foreground_only else ""
+        where = " (foreground classes only)" if foreground_only(config, loss) else ""
         log(f"[{i}/{len(grid)}] {model} {optimizer} {loss}{where}: {config.epochs} epochs -> "
             f"{run_dirs[optimizer, loss]}")
         run_config = train_config(config, model=model, optimizer=optimizer, loss=loss, num_classes=data.num_classes)

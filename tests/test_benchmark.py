@@ -170,6 +170,22 @@ def test_device_check_writes_its_files_flat(tmp_path):
     assert "exit 0" in (out / "log").read_text()
 
 
+def test_device_check_empties_only_its_own_work_folder(tmp_path):
+    from experiments.device_check import WORK_MARKER, _fresh_work_folder
+
+    work = tmp_path / "work"
+    _fresh_work_folder(work)  # new
+    (work / "old.json").write_text("{}")
+    _fresh_work_folder(work)  # its own: emptied
+    assert sorted(p.name for p in work.iterdir()) == [WORK_MARKER]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit, match="did not write"):
+        _fresh_work_folder(mine)
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
 def test_pack_traces_keeps_the_most_useful_files_within_budget(tmp_path):
     from experiments.device_check import pack_traces
 

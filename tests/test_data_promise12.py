@@ -163,6 +163,10 @@ def test_nested_parts_are_found(promise_root, tmp_path):
         for case in cases:
             for path in promise_root.glob(f"Case{case:02d}*"):
                 shutil.copy(path, root / part / path.name)
+    # the download's TestData/: same case names, no segmentations; skipped
+    (root / "TestData").mkdir()
+    for path in promise_root.glob("Case00.*"):
+        shutil.copy(path, root / "TestData" / path.name)
     data = load_promise12(root, size=SIZE, cache_dir=False)
     flat = load_promise12(promise_root, size=SIZE, cache_dir=False)
     assert data.test.patients == flat.test.patients

@@ -56,6 +56,17 @@ def test_acdc_rejects_bad_options(argv, capsys):
     assert "error" in capsys.readouterr().err
 
 
+def test_foreground_only_matches_aliases_and_image_size_is_checked_early():
+    config = acdc.parse_args(["--losses", "dice,ce", "--foreground-only", "dsc"])
+    assert experiment.train_config(config, model="enet", optimizer="adam", loss="dice", num_classes=4).loss_classes \
+        == (1, 2, 3)
+    assert experiment.train_config(config, model="enet", optimizer="adam", loss="ce", num_classes=4).loss_classes \
+        is None
+    with pytest.raises(ValueError, match="multiple of 16"):
+        experiment.check_grid(acdc.parse_args(["--image-size", "40"]), "residualunet")
+    experiment.check_grid(acdc.parse_args(["--image-size", "40"]), "enet")
+
+
 def test_promise12_presets():
     demo = promise12.parse_args([])
     assert demo.losses == ("ce", "dsc", "mime") and demo.augment
@@ -134,3 +145,5 @@ def test_acdc_end_to_end_smoke(tmp_path, capsys):
     # ... but not on other data (here another synthetic seed: other images and split)
     with pytest.raises(SystemExit, match="trained on other data .*train, val, test"):
         acdc.main([*argv, "--resume", "--data-seed", "3"])
+    with pytest.raises(SystemExit, match="image size 32x32 -> 48x48"):
+        acdc.main([*argv, "--resume", "--image-size", "48"])

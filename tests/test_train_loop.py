@@ -128,6 +128,8 @@ def test_resume_equals_uninterrupted(run, data, tmp_path, monkeypatch):
                            model_factory=tiny_factory)
     resumed = train_and_evaluate(CONFIG, data, tmp_path, resume=True, model_factory=tiny_factory)
     assert _without_time(resumed.history) == _without_time(uninterrupted.history)
+    # the wall time counts the interrupted call's epochs too
+    assert resumed.wall_time_s >= sum(h["time_s"] for h in resumed.history)
     assert resumed.best_epoch == uninterrupted.best_epoch
     np.testing.assert_array_equal(resumed.test_dsc, uninterrupted.test_dsc)
     np.testing.assert_array_equal(resumed.test_clece, uninterrupted.test_clece)

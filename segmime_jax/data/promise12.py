@@ -68,13 +68,17 @@ def _metaimage_data_file(header: pathlib.Path) -> pathlib.Path | None:
 
 
 def find_promise12_cases(root: str | os.PathLike) -> list[tuple[str, pathlib.Path, pathlib.Path]]:
-    """``(name, image.mhd, segmentation.mhd)`` of every case under ``root``, sorted by name."""
+    """``(name, image.mhd, segmentation.mhd)`` of every case under ``root``, sorted by name.
+
+    Sub-folders whose name starts with ``test`` (the download's ``TestData/``: cases without segmentations,
+    named Case00... like the training ones) are skipped, so ``root`` may be the whole download folder.
+    """
     root = pathlib.Path(root)
     if not root.is_dir():
         raise DataError(root, "PROMISE12 folder does not exist")
     cases: dict[str, tuple[str, pathlib.Path, pathlib.Path]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not d.lower().startswith("test"))
         for filename in sorted(filenames):
             if not _CASE.match(filename):
                 continue

@@ -19,7 +19,7 @@ Public API::
 from segmime_jax.models.analysis import conv_flops, count_params, flops_from_cost_analysis, forward_flops
 from segmime_jax.models.enet import ENet, ENetEncoding
 from segmime_jax.models.pooling import max_pool, max_pool_with_argmax, max_unpool
-from segmime_jax.models.registry import MODELS, build_model
+from segmime_jax.models.registry import MODELS, SIZE_MULTIPLES, build_model, check_input_size
 from segmime_jax.models.residualunet import ResidualUNet
 from segmime_jax.models.torch_weights import export_torch_state_dict, load_torch_state_dict
 
@@ -28,7 +28,9 @@ __all__ = [
     "ENetEncoding",
     "MODELS",
     "ResidualUNet",
+    "SIZE_MULTIPLES",
     "build_model",
+    "check_input_size",
     "conv_flops",
     "count_params",
     "export_torch_state_dict",

@@ -21,6 +21,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=256, help="image height and width (default 256)")
     parser.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
     args = parser.parse_args(argv)
+    if args.size < 16 or args.size % 16:
+        parser.error(f"--size must be a multiple of 16 (ENet needs 8, ResidualUNet 16), got {args.size}")
+    if args.batch < 1:
+        parser.error(f"--batch must be at least 1, got {args.batch}")
 
     shape = (args.batch, args.size, args.size, 1)
     print(f"input {shape} (B, H, W, C); FLOPs per forward pass of the batch")

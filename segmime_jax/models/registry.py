@@ -12,7 +12,7 @@ from flax import nnx
 from segmime_jax.models.enet import ENet
 from segmime_jax.models.residualunet import ResidualUNet
 
-__all__ = ["MODELS", "build_model"]
+__all__ = ["MODELS", "SIZE_MULTIPLES", "build_model", "check_input_size"]
 
 
 def _enet(num_classes: int, *, rngs: nnx.Rngs, dtype: Any, param_dtype: Any, in_channels: int) -> ENet:
@@ -28,6 +28,17 @@ def _residualunet(num_classes: int, *, rngs: nnx.Rngs, dtype: Any, param_dtype: 
 
 
 MODELS: Mapping[str, Callable[..., nnx.Module]] = MappingProxyType({"enet": _enet, "residualunet": _residualunet})
+#: Input height and width must be multiples of these (ENet pools 3 times, the U-Net 4 times).
+SIZE_MULTIPLES: Mapping[str, int] = MappingProxyType({"enet": 8, "residualunet": 16})
+
+
+def check_input_size(name: str, size: int | tuple[int, int]) -> None:
+    """Raise ValueError unless ``size`` (``H`` or ``(H, W)``) suits model ``name`` (see SIZE_MULTIPLES)."""
+    multiple = SIZE_MULTIPLES[name.lower()]
+    sizes = (size, size) if isinstance(size, int) else tuple(size)
+    if any(s < multiple or s % multiple for s in sizes):
+        shown = "x".join(map(str, sizes))
+        raise ValueError(f"{name} needs an image size that is a multiple of {multiple}, got {shown}")
 
 
 def build_model(

@@ -340,15 +340,22 @@ def _check_run_dir(run_dir: pathlib.Path, resume: bool) -> None:
 def data_fingerprint(data: Any) -> dict[str, str]:
     """``{"name", "train", "val", "test"}``: which data a run saw (see ``SliceDataset.fingerprint``); stored in
     its checkpoints and ``result.json`` so that resuming or reusing it on other data is refused."""
-    return {"name": str(getattr(data, "name", "")),
+    size = "x".join(str(n) for n in data.train.image_size)
+    return {"name": str(getattr(data, "name", "")), "image_size": size,
             **{split: getattr(data, split).fingerprint() for split in ("train", "val", "test")}}
 
 
 def data_differences(saved: Mapping[str, str] | None, current: Mapping[str, str]) -> list[str]:
-    """The entries of two :func:`data_fingerprint` that differ (none when ``saved`` predates fingerprints)."""
+    """The entries of two :func:`data_fingerprint` that differ, described (none when ``saved`` predates
+    fingerprints)."""
     if not saved:
         return []
-    return [key for key in ("name", "train", "val", "test") if saved.get(key) != current.get(key)]
+    changed = []
+    for key in ("name", "image_size", "train", "val", "test"):
+        if key in saved and saved.get(key) != current.get(key):
+            changed.append(f"{key.replace('_', ' ')} {saved[key]} -> {current.get(key)}"
+                           if key in ("name", "image_size") else key)
+    return changed
 
 
 def _config_differences(saved: Mapping[str, Any], config: TrainConfig) -> list[str]:
@@ -448,6 +455,7 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
     history: list[dict] = []
     plateau = PlateauState()
     best_metric, best_epoch, start_epoch = -math.inf, 0, 0
+    elapsed_before = 0.0  # seconds spent on this run by earlier (interrupted) calls
     best_tree = None  # in-memory copy of the best state when there are no checkpoints
     store = CheckpointStore(run_dir / "checkpoints") if config.checkpoints else None
     metrics_path = run_dir / METRICS_FILE
@@ -471,6 +479,7 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
                 history = list(meta["history"])
                 plateau = PlateauState.from_json(meta["plateau"])
                 best_metric, best_epoch = float(meta["best_metric"]), int(meta["best_epoch"])
+                elapsed_before = float(meta.get("elapsed_s", sum(h.get("time_s", 0.0) for h in history)))
             store.discard_best_after(start_epoch)
             if restored is not None and best_epoch == start_epoch and store.best_epoch() != start_epoch:
                 # the latest checkpoint is the best one, but the best copy of it was lost (the two are written
@@ -543,7 +552,7 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
             if store is not None:
                 meta = {"epoch": epoch, "history": history, "plateau": plateau.to_json(),
                         "best_metric": best_metric, "best_epoch": best_epoch, "config": config_to_dict(config),
-                        "data": fingerprint}
+                        "data": fingerprint, "elapsed_s": elapsed_before + time.perf_counter() - start_time}
                 tree = state.checkpoint_tree()
                 if improved:
                     store.save_best(epoch, tree, meta, val_dsc_fg)
@@ -574,7 +583,8 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
     run_result = RunResult(
         config=config, class_names=class_names, history=history, best_epoch=best_epoch,
         test_volume_names=test_eval.volume_names, test_dsc=test_eval.dsc, test_clece=test_eval.calibration.clece(),
-        reliability=reliability, examples=examples, wall_time_s=time.perf_counter() - start_time,
+        reliability=reliability, examples=examples,
+        wall_time_s=elapsed_before + time.perf_counter() - start_time,  # earlier interrupted calls included
         data=fingerprint,
     )
     save_run_result(run_result, run_dir)
