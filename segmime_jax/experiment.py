@@ -108,7 +108,6 @@ class GridConfig:
             raise ValueError(f"--losses: repeated loss in {','.join(self.losses)}")
         for spec in self.losses + self.foreground_only:
             build_loss(spec)  # ValueError naming the valid losses
-
         unknown = [o for o in self.optimizers if o not in OPTIMIZERS]
         if unknown or not self.optimizers:
             raise ValueError(f"--optimizers: expected a comma-separated subset of {','.join(OPTIMIZERS)}, "

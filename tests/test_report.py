@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from segmime_jax import atomic_files
 from segmime_jax.report import figures, tables
 
 ACDC_CLASSES = ("background", "right_ventricle", "myocardium", "left_ventricle")
@@ -150,9 +151,9 @@ def test_written_files_have_the_usual_permissions(tmp_path):
 
     umask = os.umask(0)
     os.umask(umask)
-    path = tables.write_text_atomic(tmp_path / "a.txt", "x")
+    path = atomic_files.write_text_atomic(tmp_path / "a.txt", "x")
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
-    with pytest.raises(RuntimeError), tables.atomic_output(tmp_path / "b.txt") as tmp:
+    with pytest.raises(RuntimeError), atomic_files.atomic_output(tmp_path / "b.txt") as tmp:
         tmp.write_text("half")
         raise RuntimeError("interrupted")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]

@@ -116,11 +116,12 @@ def tree_bytes(tree: Any) -> int:
     return sum(int(leaf.nbytes) for leaf in jax.tree.leaves(tree) if hasattr(leaf, "nbytes"))
 
 
-def audit_compiled(compiled: Any, *, donated: Any = None) -> dict[str, Any]:
+def audit_compiled(compiled: Any, *, donated: Any = None, hlo_text: str | None = None) -> dict[str, Any]:
     """:func:`audit_hlo_text` of a ``jax.stages.Compiled``, plus donation: ``donated_bytes`` (XLA's aliased
     bytes) against ``donatable_bytes`` (the bytes of ``donated``, the arguments passed with donation) and
-    ``fully_donated``. Per device: with a replicated state, both are one replica's bytes."""
-    audit = audit_hlo_text(compiled.as_text())
+    ``fully_donated``. Per device: with a replicated state, both are one replica's bytes. ``hlo_text``: the
+    program's ``compiled.as_text()`` when the caller already has it."""
+    audit = audit_hlo_text(compiled.as_text() if hlo_text is None else hlo_text)
     donated_bytes = aliased_bytes(compiled)
     donatable = None if donated is None else tree_bytes(donated)
     audit.update(donated_bytes=donated_bytes, donatable_bytes=donatable,

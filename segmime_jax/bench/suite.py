@@ -196,6 +196,7 @@ def run_case(setup: Setup, *, warmup: int = 2, repeats: int = 10, profile: int =
     forward = forward_lowered.compile()
     infer: TimingStats = time_call(lambda: forward(*args), warmup=warmup, repeats=repeats)
     train_flops = setup.flops
+    hlo_text = setup.compiled.as_text()
     forward_flops, _ = flops_with_fallback(forward_lowered, _forward_fn(state.graphdef), *args)
 
     result = {
@@ -214,10 +215,10 @@ def run_case(setup: Setup, *, warmup: int = 2, repeats: int = 10, profile: int =
         "planned_memory_bytes": compiled_memory_bytes(setup.compiled),
         "peak_memory_bytes_so_far": peak_memory_bytes(),
         "final_loss": loss,
-        "program": audit_compiled(setup.compiled, donated=setup.state),
+        "program": audit_compiled(setup.compiled, donated=setup.state, hlo_text=hlo_text),
     }
     if hlo_dir is not None:
-        write_text_atomic(pathlib.Path(hlo_dir) / f"{case.slug}.hlo.txt", setup.compiled.as_text())
+        write_text_atomic(pathlib.Path(hlo_dir) / f"{case.slug}.hlo.txt", hlo_text)
     if profile > 0:
         if profile_dir is None:
             raise ValueError("profile > 0 needs a profile_dir")

@@ -151,49 +151,44 @@ def import_nibabel():
     return nibabel
 
 
-def read_nifti(path: str | os.PathLike, *, labels: bool = False) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    """``(array, affine, zooms)`` of a NIfTI file; :class:`DataError` naming the file if it cannot be read.
+def read_nifti(path: str | os.PathLike, *,
+               labels: bool = False) -> tuple[np.ndarray, list[np.ndarray], tuple[float, ...]]:
+    """``(array, affines, zooms)`` of a NIfTI file; :class:`DataError` naming the file if it cannot be read.
 
     Images come back as float32, labels with their stored dtype. A trailing singleton 4th axis is dropped.
+    ``affines`` are every voxel-to-world affine the header states: nibabel's ``affine`` first (sform if set,
+    else qform), then the sform and the qform when their codes are set (ACDC files are known to carry
+    inconsistent ones).
     """
     nib = import_nibabel()
     try:
         img = nib.load(os.fspath(path))
         data = np.asanyarray(img.dataobj) if labels else img.get_fdata(dtype=np.float32)
-        affine = np.asarray(img.affine, dtype=np.float64)
+        affines = [np.asarray(img.affine, dtype=np.float64)]
+        for form, code in (img.header.get_sform(coded=True), img.header.get_qform(coded=True)):
+            if form is not None and code:
+                affines.append(np.asarray(form, np.float64))
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     except Exception as err:
         raise DataError(path, f"cannot read NIfTI file ({type(err).__name__}: {err})") from err
     if data.ndim == 4 and data.shape[-1] == 1:
         data = data[..., 0]
-    return data, affine, zooms
-
-
-def nifti_affines(path: str | os.PathLike) -> list[np.ndarray]:
-    """Every voxel-to-world affine a NIfTI header states: nibabel's ``affine`` (sform if set, else qform),
-    and the sform and qform when their codes are set (ACDC files are known to carry inconsistent ones)."""
-    header = import_nibabel().load(os.fspath(path)).header
-    forms = [header.get_best_affine()]
-    for form, code in (header.get_sform(coded=True), header.get_qform(coded=True)):
-        if form is not None and code:
-            forms.append(np.asarray(form, np.float64))
-    return forms
+    return data, affines, zooms
 
 
 def _load_frames(frames: Sequence[_Frame], size: tuple[int, int]) -> SliceDataset:
     volumes = []
     for volume_id, frame in enumerate(frames):
-        image, affine, zooms = read_nifti(frame.image_path)
-        label, _, _ = read_nifti(frame.label_path, labels=True)
+        image, image_affines, zooms = read_nifti(frame.image_path)
+        label, label_affines, _ = read_nifti(frame.label_path, labels=True)
         label = validate_pair(image, label, image_path=frame.image_path, label_path=frame.label_path,
                               num_classes=len(ACDC_CLASSES))
-        check_same_geometry(nifti_affines(frame.image_path), nifti_affines(frame.label_path),
-                            image_path=frame.image_path, label_path=frame.label_path)
+        check_same_geometry(image_affines, label_affines, image_path=frame.image_path, label_path=frame.label_path)
         slice_images, slice_labels = slices_to_working_size(image, label, slice_axis=2, size=size)
         extra = dict(frame.info, phase=frame.phase, frame=frame.frame, axes="xyz", slice_axis=2, subset=frame.subset)
         volumes.append((slice_images, slice_labels, VolumeInfo(
             volume_id=volume_id, name=frame.name, patient=frame.patient, image_path=os.fspath(frame.image_path),
-            label_path=os.fspath(frame.label_path), original_shape=image.shape, affine=affine,
+            label_path=os.fspath(frame.label_path), original_shape=image.shape, affine=image_affines[0],
             spacing=zooms, num_slices=slice_images.shape[0], extra=extra,
         )))
     return SliceDataset.from_volumes(volumes, ACDC_CLASSES)

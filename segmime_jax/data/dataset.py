@@ -251,11 +251,6 @@ class DatasetSplits:
     def class_names(self) -> tuple[str, ...]:
         return self.train.class_names
 
-    def fingerprint(self) -> dict[str, str]:
-        """``{"name", "train", "val", "test"}``: the dataset name and each split's
-        :meth:`SliceDataset.fingerprint` (a run resumed or reused on other data is refused with it)."""
-        return {"name": self.name, **{split: getattr(self, split).fingerprint() for split in ("train", "val", "test")}}
-
     @property
     def num_classes(self) -> int:
         return self.train.num_classes

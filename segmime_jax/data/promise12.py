@@ -123,15 +123,15 @@ def _load_cases(cases: Sequence[tuple[str, pathlib.Path, pathlib.Path]], size: t
         label = validate_pair(image, label, image_path=image_path, label_path=label_path,
                               num_classes=len(PROMISE12_CLASSES))
         origin, spacing, direction = itk_image.GetOrigin(), itk_image.GetSpacing(), itk_image.GetDirection()
+        affine = affine_from_itk(origin, spacing, direction)
         label_affine = affine_from_itk(itk_label.GetOrigin(), itk_label.GetSpacing(), itk_label.GetDirection())
-        check_same_geometry(affine_from_itk(origin, spacing, direction), label_affine, image_path=image_path,
-                            label_path=label_path)
+        check_same_geometry(affine, label_affine, image_path=image_path, label_path=label_path)
         slice_images, slice_labels = slices_to_working_size(image, label, slice_axis=0, size=size)
         extra = {"axes": "zyx", "slice_axis": 0, "origin": list(origin), "direction": list(direction)}
         volumes.append((slice_images, slice_labels, VolumeInfo(
             volume_id=volume_id, name=name, patient=name, image_path=os.fspath(image_path),
             label_path=os.fspath(label_path), original_shape=image.shape,
-            affine=affine_from_itk(origin, spacing, direction), spacing=spacing,
+            affine=affine, spacing=spacing,
             num_slices=slice_images.shape[0], extra=extra,
         )))
     return SliceDataset.from_volumes(volumes, PROMISE12_CLASSES)

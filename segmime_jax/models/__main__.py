@@ -12,7 +12,7 @@ import argparse
 from flax import nnx
 
 from segmime_jax.models.analysis import conv_flops, count_params, forward_flops
-from segmime_jax.models.registry import build_model
+from segmime_jax.models.registry import MODELS, build_model, check_input_size
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,8 +21,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=256, help="image height and width (default 256)")
     parser.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
     args = parser.parse_args(argv)
-    if args.size < 16 or args.size % 16:
-        parser.error(f"--size must be a multiple of 16 (ENet needs 8, ResidualUNet 16), got {args.size}")
+    for name in MODELS:  # every model is shown, so the size must suit each
+        try:
+            check_input_size(name, args.size)
+        except ValueError as err:
+            parser.error(f"--size: {err}")
     if args.batch < 1:
         parser.error(f"--batch must be at least 1, got {args.batch}")
 

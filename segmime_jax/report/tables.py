@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segmime_jax.atomic_files import atomic_output, write_text_atomic  # noqa: F401 (re-exported)
+from segmime_jax.atomic_files import write_text_atomic
 
 ALL = "All"
 

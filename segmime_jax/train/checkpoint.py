@@ -2,9 +2,10 @@
 
 Layout: ``<dir>/latest/<epoch>/`` (the last completed epoch, kept for ``resume``) and ``<dir>/best/<epoch>/``
 (the epoch with the best validation metric, used for the test evaluation). ``latest`` keeps one checkpoint;
-``best`` keeps the two most recent improvements, because an epoch's best checkpoint is written before its
-latest one: a run killed in between resumes from the previous epoch, drops the orphaned best
-(:meth:`CheckpointStore.discard_best_after`) and still has the previous best.
+``best`` keeps the two most recent improvements: an epoch's two checkpoints are written asynchronously, so a
+run killed in between may have either. Resumed from the previous epoch, it drops the orphaned best
+(:meth:`CheckpointStore.discard_best_after`) and still has the previous best; resumed from this epoch, the
+training loop writes a lost best copy again from the latest checkpoint.
 Each checkpoint holds two items: ``state`` (parameters, BatchNorm statistics, optimiser state, step; see
 :meth:`~segmime_jax.train.state.TrainState.checkpoint_tree`) and ``meta`` (JSON: epoch, history, plateau
 state, ...). Orbax writes into a temporary directory and renames it when complete, so a killed run leaves
@@ -149,7 +150,7 @@ class CheckpointStore:
         self._latest.save(epoch, args=self._args(tree, meta), force=True)
 
     def save_best(self, epoch: int, tree: Any, meta: Mapping[str, Any], metric: float) -> None:
-        """Save as the best checkpoint (call it when ``metric`` improved; the previous best is removed)."""
+        """Save as the best checkpoint (call it when ``metric`` improved; the two best are kept)."""
         self._best.save(epoch, args=self._args(tree, meta), metrics={"metric": float(metric)}, force=True)
 
     def discard_best_after(self, epoch: int) -> list[int]:

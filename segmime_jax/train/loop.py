@@ -338,8 +338,9 @@ def _check_run_dir(run_dir: pathlib.Path, resume: bool) -> None:
 
 
 def data_fingerprint(data: Any) -> dict[str, str]:
-    """``{"name", "train", "val", "test"}``: which data a run saw (see ``SliceDataset.fingerprint``); stored in
-    its checkpoints and ``result.json`` so that resuming or reusing it on other data is refused."""
+    """``{"name", "image_size", "train", "val", "test"}``: which data a run saw (see
+    ``SliceDataset.fingerprint``); stored in its checkpoints and ``result.json`` so that resuming or reusing it
+    on other data is refused."""
     size = "x".join(str(n) for n in data.train.image_size)
     return {"name": str(getattr(data, "name", "")), "image_size": size,
             **{split: getattr(data, split).fingerprint() for split in ("train", "val", "test")}}
@@ -548,17 +549,17 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
             history.append(_json_ready(record))
 
             # ---- checkpoint, then log (a resumed run rewrites the log from the checkpoint)
-            check_state_finite(state.checkpoint_tree(), epoch=epoch, store=store)
+            tree = state.checkpoint_tree()
+            check_state_finite(tree, epoch=epoch, store=store)
             if store is not None:
                 meta = {"epoch": epoch, "history": history, "plateau": plateau.to_json(),
                         "best_metric": best_metric, "best_epoch": best_epoch, "config": config_to_dict(config),
                         "data": fingerprint, "elapsed_s": elapsed_before + time.perf_counter() - start_time}
-                tree = state.checkpoint_tree()
                 if improved:
                     store.save_best(epoch, tree, meta, val_dsc_fg)
                 store.save_latest(epoch, tree, meta)
             elif improved:
-                best_tree = _copy_tree(state.checkpoint_tree())
+                best_tree = _copy_tree(tree)
             with metrics_path.open("a") as handle:
                 handle.write(json.dumps(history[-1]) + "\n")
             epochs.set_postfix(loss=f"{record['train_loss']:.4f}", val_dsc=f"{val_dsc_fg:.4f}",
