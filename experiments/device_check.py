@@ -3,18 +3,20 @@
 One command for a session that is lent a GPU for a few minutes (``make device-check``; README, "Measuring on
 a GPU"). It needs only what such a machine has (jax, flax, optax, orbax, chex; nibabel is not imported) and
 writes at most 8 files, none in subfolders, to ``--out``. In order of importance, each step in its own
-process with its own time limit (defaults: 9 minutes in all, within one device call's 10):
+process with its own time limit (defaults: 8 3/4 minutes in all, within one device call's 10):
 
 1. ``benchmark_fp32_enet.json`` and ``benchmark_fp32_residualunet.json``: ``experiments.benchmark`` in float32
    at batches 8 and 32 (the issue's targets), one process per model so that a slow compile of one cannot
    starve the other, with a profile of each case, each step's HLO and the epoch timing;
 2. ``benchmark_bf16.json``: both models in bfloat16 (ResidualUNet first: its ≥ 4× target);
-3. ``fixture.json``: both models' logits and input gradients against the PyTorch fixtures (``--reference``)
+3. ``benchmark_enet_cmdbuf.json``: ENet in float32 at batches 8 and 32 again, with XLA:GPU's cuDNN
+   convolutions captured in its command buffers (CUDA graphs) as well
+   (``XLA_FLAGS=--xla_gpu_enable_command_buffer=+CONVOLUTION``, not XLA's default): against step 1, what
+   launching ENet's ~270 convolutions one by one costs;
+4. ``fixture.json``: both models' logits and input gradients against the PyTorch fixtures (``--reference``)
    in true float32 (``highest``) and at ``default`` precision (TF32 convolutions on recent GPUs);
-4. ``benchmark_b128.json``: batch 128, both precisions (no profile, no epoch timing; a case that runs out
-   of memory is recorded as failed and the others go on);
-5. ``benchmark_rbg.json``: ENet in float32 at batches 8 and 32 with the ``rbg`` PRNG for its dropout masks
-   (against step 1's threefry, what the random bits cost);
+5. optional (``--b128-timeout-s 70``): ``benchmark_b128.json``, batch 128, both precisions (no profile, no
+   epoch timing; a case that runs out of memory is recorded as failed and the others go on);
 
 plus ``traces.tar.gz`` (the profiles and HLO of steps 1-2, at most 15 MiB: what would not fit is named in
 the log) and ``log`` (everything the steps printed): 8 files at most.
@@ -57,13 +59,15 @@ class DeviceCheckConfig:
         default=REPO_ROOT.parent / "shared" / "reference",
         metadata={"help": "the PyTorch reference fixtures (../shared/reference; copy it along to a device)"})
     fp32_enet_timeout_s: int = dataclasses.field(
-        default=120, metadata={"help": "time limit of the float32 ENet benchmark"})
+        default=130, metadata={"help": "time limit of the float32 ENet benchmark"})
     fp32_residualunet_timeout_s: int = dataclasses.field(
-        default=100, metadata={"help": "time limit of the float32 ResidualUNet benchmark"})
-    bf16_timeout_s: int = dataclasses.field(default=110, metadata={"help": "time limit of the bfloat16 benchmark"})
-    fixture_timeout_s: int = dataclasses.field(default=45, metadata={"help": "time limit of each fixture run"})
-    b128_timeout_s: int = dataclasses.field(default=70, metadata={"help": "time limit of the batch 128 benchmark"})
-    rbg_timeout_s: int = dataclasses.field(default=45, metadata={"help": "time limit of the rbg PRNG benchmark"})
+        default=90, metadata={"help": "time limit of the float32 ResidualUNet benchmark"})
+    bf16_timeout_s: int = dataclasses.field(default=130, metadata={"help": "time limit of the bfloat16 benchmark"})
+    cmdbuf_timeout_s: int = dataclasses.field(
+        default=100, metadata={"help": "time limit of the ENet benchmark with convolutions in command buffers"})
+    fixture_timeout_s: int = dataclasses.field(default=40, metadata={"help": "time limit of each fixture run"})
+    b128_timeout_s: int = dataclasses.field(
+        default=0, metadata={"help": "time limit of the batch 128 benchmark (0 = skip it)"})
     profile_steps: int = dataclasses.field(default=3, metadata={"help": "profiled steps per benchmark case"})
     models: tuple[str, ...] = dataclasses.field(
         default=("enet", "residualunet"), metadata={"help": "models to benchmark"})
@@ -80,13 +84,21 @@ def child_environment() -> dict[str, str]:
     return env
 
 
-def _run(command: list[str], *, timeout_s: int, log: list[str]) -> str:
-    """Run ``command`` from the repository root; append its output to ``log``; return its stdout."""
-    log.append(f"$ {' '.join(command)}  (limit {timeout_s} s)")
+CONVOLUTION_COMMAND_BUFFERS = "--xla_gpu_enable_command_buffer=+CONVOLUTION"
+
+
+def _run(command: list[str], *, timeout_s: int, log: list[str], xla_flags: str = "") -> str:
+    """Run ``command`` from the repository root (``xla_flags`` appended to its ``XLA_FLAGS``); append its
+    output to ``log``; return its stdout."""
+    env = child_environment()
+    if xla_flags:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
+    log.append(f"$ {'XLA_FLAGS=' + repr(env['XLA_FLAGS']) + ' ' if xla_flags else ''}{' '.join(command)}"
+               f"  (limit {timeout_s} s)")
     start = time.perf_counter()
     try:
         done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s,
-                              check=False, env=child_environment())
+                              check=False, env=env)
         stdout, stderr, status = done.stdout, done.stderr, f"exit {done.returncode}"
     except subprocess.TimeoutExpired as expired:
         stdout = expired.stdout.decode() if isinstance(expired.stdout, bytes) else (expired.stdout or "")
@@ -147,14 +159,17 @@ def pack_traces(archive_path: pathlib.Path, work: pathlib.Path, runs: Sequence[s
 
 
 def _benchmark(config: DeviceCheckConfig, out: pathlib.Path, args: list[str], timeout_s: int, log: list[str],
-               *, models: Sequence[str] | None = None) -> None:
+               *, models: Sequence[str] | None = None, xla_flags: str = "") -> None:
     models = [m for m in (models or config.models) if m in config.models]
     if not models:
         log.append(f"(skipped the benchmark into {out}: none of its models is in --models)")
         return
+    if timeout_s <= 0:
+        log.append(f"(skipped the benchmark into {out}: its time limit is 0)")
+        return
     command = [sys.executable, "-m", "experiments.benchmark", "--out", str(out), "--models", ",".join(models),
                *args, *(["--quick"] if config.quick else [])]
-    _run(command, timeout_s=timeout_s, log=log)
+    _run(command, timeout_s=timeout_s, log=log, xla_flags=xla_flags)
 
 
 WORK_MARKER = ".device_check_work"
@@ -208,15 +223,18 @@ def run(config: DeviceCheckConfig) -> list[pathlib.Path]:
     if pack_traces(config.out / "traces.tar.gz", config.work, [name for name, *_ in runs], log):
         written.append(config.out / "traces.tar.gz")
 
+    _benchmark(config, config.work / "enet_cmdbuf", ["--precisions", "float32", "--batches", "8,32", "--epoch-steps",
+                                                     "0"], config.cmdbuf_timeout_s, log, models=("enet",),
+               xla_flags=CONVOLUTION_COMMAND_BUFFERS)
+    keep(config.work / "enet_cmdbuf" / "benchmark.json", "benchmark_enet_cmdbuf.json")
+
     save("fixture.json", json.dumps(_fixture_errors(config, log), indent=2))
     save("log", "\n".join(log) + "\n")
 
-    _benchmark(config, config.work / "b128", ["--batches", "128", "--epoch-steps", "0"], config.b128_timeout_s, log)
-    keep(config.work / "b128" / "benchmark.json", "benchmark_b128.json")
-
-    _benchmark(config, config.work / "rbg", ["--precisions", "float32", "--batches", "8,32", "--epoch-steps", "0",
-                                             "--prng", "rbg"], config.rbg_timeout_s, log, models=("enet",))
-    keep(config.work / "rbg" / "benchmark.json", "benchmark_rbg.json")
+    if config.b128_timeout_s > 0:
+        _benchmark(config, config.work / "b128", ["--batches", "128", "--epoch-steps", "0"], config.b128_timeout_s,
+                   log)
+        keep(config.work / "b128" / "benchmark.json", "benchmark_b128.json")
     return sorted(set(written))
 
 

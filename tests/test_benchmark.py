@@ -81,6 +81,10 @@ def test_quick_mode_writes_report(tmp_path):
     assert list((tmp_path / "profile").rglob("*.xplane.pb"))
     table = format_table(written)
     assert "enet" in table and "pipeline share" in table and "profile: case" in table
+    # The compiler flags a figure was measured under are part of its record and of its table's heading.
+    assert written["environment"]["xla_flags"] == os.environ.get("XLA_FLAGS")
+    flagged = {**written, "environment": {**written["environment"], "xla_flags": "--xla_gpu_enable_command_buffer=+X"}}
+    assert "XLA_FLAGS=--xla_gpu_enable_command_buffer=+X" in format_table(flagged).splitlines()[0]
 
 
 def test_flops_fall_back_to_a_cpu_lowering():
@@ -148,6 +152,26 @@ def test_device_check_children_find_the_repository():
     assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"]
 
 
+def test_device_check_step_gets_its_xla_flags(monkeypatch):
+    """The command-buffer step's flag reaches the child (appended to any XLA_FLAGS already set), and the
+    flag itself parses in this jaxlib (an unknown XLA flag or command type aborts the process)."""
+    import subprocess
+    import sys
+
+    from experiments.device_check import CONVOLUTION_COMMAND_BUFFERS, _run
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    log: list[str] = []
+    code = "import os, jax; print(os.environ['XLA_FLAGS']); print(jax.device_count())"
+    stdout = _run([sys.executable, "-c", code], timeout_s=120, log=log, xla_flags=CONVOLUTION_COMMAND_BUFFERS)
+    assert stdout.split("\n")[:2] == [f"--xla_force_host_platform_device_count=2 {CONVOLUTION_COMMAND_BUFFERS}", "2"]
+    assert "exit 0" in log[-2]
+    monkeypatch.delenv("XLA_FLAGS")
+    bad = subprocess.run([sys.executable, "-c", "import jax; jax.numpy.ones(1).block_until_ready()"], check=False,
+                         capture_output=True, env={**os.environ, "XLA_FLAGS": "--xla_gpu_enable_command_buffer=+NOPE"})
+    assert bad.returncode != 0  # so the step above would have failed had the flag not parsed
+
+
 def test_device_check_writes_its_files_flat(tmp_path):
     """The prepared GPU check, at the CPU smoke size: flat files only, and a missing reference is reported."""
     from experiments.device_check import main
@@ -156,9 +180,9 @@ def test_device_check_writes_its_files_flat(tmp_path):
     written = main(["--out", str(out), "--work", str(tmp_path / "work"), "--reference", str(tmp_path / "none"),
                     "--models", "residualunet", "--quick", "--profile-steps", "1"])
     names = sorted(path.name for path in written)
-    # The rbg run is ENet-only, so with --models residualunet it benchmarks nothing and writes no file.
-    assert names == ["benchmark_b128.json", "benchmark_bf16.json", "benchmark_fp32_residualunet.json", "fixture.json",
-                     "log", "traces.tar.gz"]
+    # The command-buffer run is ENet-only, so with --models residualunet it benchmarks nothing and writes no
+    # file; batch 128 is off by default.
+    assert names == ["benchmark_bf16.json", "benchmark_fp32_residualunet.json", "fixture.json", "log", "traces.tar.gz"]
     assert sorted(path.name for path in out.iterdir()) == names  # nothing in subfolders (the device tool's limit)
     assert "no forward_fixture.npz" in json.loads((out / "fixture.json").read_text())["error"]
     (case,) = json.loads((out / "benchmark_fp32_residualunet.json").read_text())["cases"]

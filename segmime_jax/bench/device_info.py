@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 from typing import Any
 
@@ -20,7 +21,8 @@ def _version(package: str) -> str | None:
 
 
 def environment() -> dict[str, Any]:
-    """Backend, device kind and count, host, and versions of the libraries a result depends on."""
+    """Backend, device kind and count, host, versions of the libraries a result depends on, and the
+    ``XLA_FLAGS`` it ran under (``None`` where unset): a figure measured with compiler flags says so."""
     devices = jax.local_devices()
     return {
         "backend": jax.default_backend(),
@@ -29,6 +31,7 @@ def environment() -> dict[str, Any]:
         "host": platform.node(),
         "python": platform.python_version(),
         "versions": {name: version for name in _PACKAGES if (version := _version(name)) is not None},
+        "xla_flags": os.environ.get("XLA_FLAGS"),
     }
 
 

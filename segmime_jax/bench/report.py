@@ -47,6 +47,7 @@ def format_table(report: dict[str, Any]) -> str:
         f"Device: {env['local_device_count']} x {env['device_kind']} ({env['backend']}); "
         f"jax {env['versions']['jax']}, flax {env['versions']['flax']}; "
         f"matmul precision {env.get('matmul_precision', 'default')}, PRNG {env.get('prng', 'threefry2x32')}"
+        + (f"; XLA_FLAGS={env['xla_flags']}" if env.get("xla_flags") else "")
         + ("" if report.get("complete", True) else " (INCOMPLETE: the run stopped early)"),
         "",
         "| model | size | batch | precision | devices | compile s | train ms/step (min/med/max) | train img/s "
