@@ -17,7 +17,8 @@ gradient in a form XLA maps onto cuDNN or cuBLAS:
   strided convolution ``A(∂L/∂y)`` at cotangent ``x``: the ordinary backward-filter pattern;
 * kernel dilation ``d`` (stride 1, no input dilation): ``∂L/∂K[a, b] = Σ x_pad[n, h + d·a, w + d·b, :]ᵀ
   ∂L/∂y[n, h, w, :]`` is one matrix product of the ``kh·kw`` shifted copies of the padded input (an
-  im2col of a small feature map) with the output gradient; the input gradient is JAX's own.
+  im2col, ``kh·kw`` times the output's size in input channels: 9 × 4 MiB for ENet's 32×32×32 maps at batch
+  32) with the output gradient; the input gradient is JAX's own.
 
 Everything else (no dilation, strides with dilation, feature groups, layouts other than NHWC/HWIO,
 string padding) goes to ``lax.conv_general_dilated`` unchanged. Forward values are bit-identical to
