@@ -70,7 +70,7 @@ def test_forward_identical_and_gradients_agree_with_lax(case):
     np.testing.assert_array_equal(_conv(conv_general_dilated, case)(x, k), _conv(lax.conv_general_dilated, case)(x, k))
     ours = jax.jit(jax.grad(_loss(conv_general_dilated, case), (0, 1)))(x, k)
     reference = jax.jit(jax.grad(_loss(lax.conv_general_dilated, case), (0, 1)))(x, k)
-    for got, want in zip(ours, reference):
+    for got, want in zip(ours, reference, strict=True):
         chex.assert_equal_shape((got, want))
         assert float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want))) < 1e-5
 
@@ -83,7 +83,7 @@ class TestVariants(chex.TestCase):
             x, k = _inputs(case, jnp.bfloat16, seed=1)
             ours = self.variant(jax.grad(_loss(conv_general_dilated, case), (0, 1)))(x, k)
             reference = jax.grad(_loss(lax.conv_general_dilated, case), (0, 1))(x, k)
-            for got, want in zip(ours, reference):
+            for got, want in zip(ours, reference, strict=True):
                 chex.assert_type(got, jnp.bfloat16)
                 got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
                 assert np.abs(got - want).max() / np.abs(want).max() < 2e-2
@@ -131,8 +131,11 @@ def test_atrous_kernel_gradient_is_a_matrix_product():
 def test_other_convolutions_are_lax_unchanged(kwargs):
     kwargs = {"window_strides": (1, 1), **kwargs}
     x, k = _inputs(CASES[0])
-    ours = jax.jit(jax.grad(lambda x, k: conv_general_dilated(x, k, dimension_numbers=NHWC, **kwargs).sum(), (0, 1)))
-    plain = jax.jit(jax.grad(lambda x, k: lax.conv_general_dilated(x, k, dimension_numbers=NHWC, **kwargs).sum(), (0, 1)))
+
+    def summed(conv):
+        return jax.jit(jax.grad(lambda x, k: conv(x, k, dimension_numbers=NHWC, **kwargs).sum(), (0, 1)))
+
+    ours, plain = summed(conv_general_dilated), summed(lax.conv_general_dilated)
     assert "custom_vjp" not in str(jax.make_jaxpr(ours)(x, k))
     chex.assert_trees_all_equal(ours(x, k), plain(x, k))
 
@@ -142,7 +145,8 @@ def test_grouped_convolution_is_lax_unchanged():
     k = jax.random.normal(jax.random.key(1), (3, 3, 2, 4))
     args = ((1, 1), ((2, 2), (2, 2)))
     kwargs = {"rhs_dilation": (2, 2), "dimension_numbers": NHWC, "feature_group_count": 2}
-    chex.assert_trees_all_equal(conv_general_dilated(x, k, *args, **kwargs), lax.conv_general_dilated(x, k, *args, **kwargs))
+    chex.assert_trees_all_equal(conv_general_dilated(x, k, *args, **kwargs),
+                                lax.conv_general_dilated(x, k, *args, **kwargs))
     assert "custom_vjp" not in str(jax.make_jaxpr(lambda x, k: conv_general_dilated(x, k, *args, **kwargs))(x, k))
 
 
