@@ -90,11 +90,11 @@ CONVOLUTION_COMMAND_BUFFERS = "--xla_gpu_enable_command_buffer=+CONVOLUTION"
 def _run(command: list[str], *, timeout_s: int, log: list[str], xla_flags: str = "") -> str:
     """Run ``command`` from the repository root (``xla_flags`` appended to its ``XLA_FLAGS``); append its
     output to ``log``; return its stdout."""
-    env = child_environment()
+    env, shown = child_environment(), ""
     if xla_flags:
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
-    log.append(f"$ {'XLA_FLAGS=' + repr(env['XLA_FLAGS']) + ' ' if xla_flags else ''}{' '.join(command)}"
-               f"  (limit {timeout_s} s)")
+        shown = f"XLA_FLAGS={env['XLA_FLAGS']!r} "
+    log.append(f"$ {shown}{' '.join(command)}  (limit {timeout_s} s)")
     start = time.perf_counter()
     try:
         done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s,

@@ -90,9 +90,33 @@ def conv_general_dilated(
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
     if strides != (1, 1) or (in_dil == (1, 1)) == (k_dil == (1, 1)):
         return plain()  # strided, undilated, or both dilations at once: nothing to gain
+    return _dilated_conv(lhs, rhs, in_dil, k_dil, pads, precision, preferred_element_type)
+
+
+def _forward(x, kernel, in_dil, k_dil, pads, precision, preferred_element_type):
+    return lax.conv_general_dilated(x, kernel, (1, 1), pads, lhs_dilation=in_dil, rhs_dilation=k_dil,
+                                    dimension_numbers=_NHWC, precision=precision,
+                                    preferred_element_type=preferred_element_type)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _dilated_conv(x, kernel, in_dil, k_dil, pads, precision, preferred_element_type):
+    """A stride-1 convolution with either input dilation ``in_dil`` or kernel dilation ``k_dil`` (not both)."""
+    return _forward(x, kernel, in_dil, k_dil, pads, precision, preferred_element_type)
+
+
+def _dilated_conv_fwd(x, kernel, in_dil, k_dil, pads, precision, preferred_element_type):
+    return _forward(x, kernel, in_dil, k_dil, pads, precision, preferred_element_type), (x, kernel)
+
+
+def _dilated_conv_bwd(in_dil, k_dil, pads, precision, preferred_element_type, residuals, dy):
+    x, kernel = residuals
     if in_dil != (1, 1):
-        return _transposed_conv(lhs, rhs, in_dil, pads, precision, preferred_element_type)
-    return _atrous_conv(lhs, rhs, k_dil, pads, precision, preferred_element_type)
+        return _transposed_grads(x, kernel, dy, in_dil, pads, precision, preferred_element_type)
+    return _atrous_grads(x, kernel, dy, k_dil, pads, precision, preferred_element_type)
+
+
+_dilated_conv.defvjp(_dilated_conv_fwd, _dilated_conv_bwd)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -113,22 +137,7 @@ def _adjoint_conv(z, kernel, strides, pads, precision, preferred_element_type):
                                     preferred_element_type=preferred_element_type)
 
 
-def _transposed_forward(x, kernel, dilation, pads, precision, preferred_element_type):
-    return lax.conv_general_dilated(x, kernel, (1, 1), pads, lhs_dilation=dilation, dimension_numbers=_NHWC,
-                                    precision=precision, preferred_element_type=preferred_element_type)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _transposed_conv(x, kernel, dilation, pads, precision, preferred_element_type):
-    return _transposed_forward(x, kernel, dilation, pads, precision, preferred_element_type)
-
-
-def _transposed_conv_fwd(x, kernel, dilation, pads, precision, preferred_element_type):
-    return _transposed_forward(x, kernel, dilation, pads, precision, preferred_element_type), (x, kernel)
-
-
-def _transposed_conv_bwd(dilation, pads, precision, preferred_element_type, residuals, dy):
-    x, kernel = residuals
+def _transposed_grads(x, kernel, dy, dilation, pads, precision, preferred_element_type):
     adjoint_pads = tuple(
         _adjoint_padding(x.shape[1 + i], dy.shape[1 + i], kernel.shape[i], dilation[i], pads[i][0]) for i in range(2))
     dy = dy.astype(jnp.promote_types(x.dtype, kernel.dtype))
@@ -141,28 +150,10 @@ def _transposed_conv_bwd(dilation, pads, precision, preferred_element_type, resi
     return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
-_transposed_conv.defvjp(_transposed_conv_fwd, _transposed_conv_bwd)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Kernel dilation: an atrous convolution, its kernel gradient as one im2col matrix product.
-def _atrous_forward(x, kernel, dilation, pads, precision, preferred_element_type):
-    return lax.conv_general_dilated(x, kernel, (1, 1), pads, rhs_dilation=dilation, dimension_numbers=_NHWC,
-                                    precision=precision, preferred_element_type=preferred_element_type)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _atrous_conv(x, kernel, dilation, pads, precision, preferred_element_type):
-    return _atrous_forward(x, kernel, dilation, pads, precision, preferred_element_type)
-
-
-def _atrous_conv_fwd(x, kernel, dilation, pads, precision, preferred_element_type):
-    return _atrous_forward(x, kernel, dilation, pads, precision, preferred_element_type), (x, kernel)
-
-
-def _atrous_conv_bwd(dilation, pads, precision, preferred_element_type, residuals, dy):
-    x, kernel = residuals
-    _, x_vjp = jax.vjp(lambda v: _atrous_forward(v, kernel, dilation, pads, precision, preferred_element_type), x)
+def _atrous_grads(x, kernel, dy, dilation, pads, precision, preferred_element_type):
+    _, x_vjp = jax.vjp(lambda v: _forward(v, kernel, (1, 1), dilation, pads, precision, preferred_element_type), x)
     (dx,) = x_vjp(dy)
     kh, kw, _, _ = kernel.shape
     out_h, out_w = dy.shape[1], dy.shape[2]
@@ -175,6 +166,3 @@ def _atrous_conv_bwd(dilation, pads, precision, preferred_element_type, residual
     dkernel = jnp.einsum("tnhwi,nhwo->tio", columns, dy.astype(columns.dtype), precision=precision,
                          preferred_element_type=jnp.float32)
     return dx.astype(x.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
-
-
-_atrous_conv.defvjp(_atrous_conv_fwd, _atrous_conv_bwd)
