@@ -160,6 +160,93 @@ def _per_class_weight(value: Any, name: str, num_classes: int, idx: tuple[int, .
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The losses' arithmetic on prepared arrays, with a per-class weight vector ``c``.
+#
+# Every public loss below prepares ``(s, y, m)`` (float32, masked images zeroed, its ``classes`` sliced out) and
+# calls one of these with ``c = 1`` on each kept class. :mod:`segmime_jax.loss_params` calls the same functions
+# on all ``K`` channels with ``c`` a 0/1 class mask, so that the class selection is data instead of a static
+# slice. Multiplying by 1 and adding 0 are exact, so both ways give the same numbers up to float summation order.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _all_selected(s: jax.Array) -> jax.Array:
+    """``c = 1`` for every channel of ``s`` (its classes are already the selected ones)."""
+    return jnp.ones(s.shape[-1:], jnp.float32)
+
+
+def _image_axis(m: jax.Array, ndim: int) -> jax.Array:
+    """``(B,)`` image weights shaped to broadcast against ``(B, *spatial, K)``."""
+    return m.reshape((-1,) + (1,) * (ndim - 1))
+
+
+def cross_entropy_terms(s: jax.Array, y: jax.Array, m: jax.Array, c: jax.Array) -> jax.Array:
+    """:func:`cross_entropy` of prepared ``s, y`` ``(B, *spatial, K)``, image weights ``m`` ``(B,)`` and class
+    weights ``c`` ``(K,)`` (1 selected, 0 not)."""
+    weighted = _image_axis(m, s.ndim) * c * y
+    return -jnp.sum(weighted * jnp.log(s + CE_EPSILON)) / (jnp.sum(weighted) + CE_EPSILON)
+
+
+def dice_terms(s: jax.Array, y: jax.Array, m: jax.Array, c: jax.Array, *, epsilon: float, batch: bool) -> jax.Array:
+    """:func:`dice_loss` of prepared arrays (see :func:`cross_entropy_terms`): the ``c``-weighted class mean."""
+    inter, sum_y, sum_s = _per_image_class_sums(s, y)
+    union = sum_y + sum_s
+    if batch:
+        inter_k = jnp.sum(m[:, None] * inter, axis=0)
+        union_k = jnp.sum(m[:, None] * union, axis=0)
+        per_class = 1.0 - (2.0 * inter_k + epsilon) / (union_k + epsilon)
+        # Every image masked: I_k = U_k = 0 gives per_class = 0, the documented "all masked" loss.
+        return _safe_div(jnp.sum(c * per_class), jnp.sum(c))
+    per_image_class = 1.0 - (2.0 * inter + epsilon) / (union + epsilon)
+    return _safe_div(jnp.sum(m[:, None] * c * per_image_class), jnp.sum(m) * jnp.sum(c))
+
+
+GDL_ABSENT = ("reference", "max")
+
+
+def generalized_dice_terms(s: jax.Array, y: jax.Array, m: jax.Array, c: jax.Array, *, epsilon: float,
+                           absent: str = "reference") -> jax.Array:
+    """:func:`generalized_dice_loss` of prepared arrays (see :func:`cross_entropy_terms`)."""
+    if absent not in GDL_ABSENT:
+        raise ValueError(f"absent must be one of {GDL_ABSENT}, got {absent!r}")
+    inter, sum_y, sum_s = _per_image_class_sums(s, y)
+    w = c / (sum_y + epsilon) ** 2
+    present = (sum_y > 0) & (c > 0)
+    if absent == "max":
+        w_present = jnp.where(present, w, 0.0)
+        w = jnp.where(present, w_present, c * jnp.max(w_present, axis=-1, keepdims=True))
+    numerator = 2.0 * (jnp.sum(w * inter, axis=-1) + epsilon)
+    denominator = jnp.sum(w * (sum_y + sum_s), axis=-1) + epsilon
+    per_image = 1.0 - numerator / denominator
+    if absent == "max":  # nothing present: MONAI's 1 - smooth_nr/smooth_dr = 0, no gradient
+        per_image = jnp.where(jnp.any(present, axis=-1), per_image, 0.0)
+    return _safe_div(jnp.sum(m * per_image), jnp.sum(m))
+
+
+def linear_terms(s: jax.Array, y: jax.Array, m: jax.Array, c: jax.Array, a: jax.Array, b: jax.Array, *,
+                 normalize: bool) -> jax.Array:
+    """:func:`mime_loss` of prepared arrays (see :func:`cross_entropy_terms`), ``a``, ``b`` scalars or ``(K,)``;
+    normalised by ``Σ_b m_b · |Ω| · Σ_k c_k``."""
+    omega = c * (-a * y + b * (1.0 - y))
+    total = jnp.sum(m * jnp.sum(omega * s, axis=tuple(range(1, s.ndim))))
+    if not normalize:
+        return total
+    return _safe_div(total, jnp.sum(m) * (math.prod(s.shape[1:-1]) * jnp.sum(c)))
+
+
+def dice_surrogate_terms(s: jax.Array, y: jax.Array, m: jax.Array, c: jax.Array, *, epsilon: float) -> jax.Array:
+    """:func:`dice_surrogate_loss` of prepared arrays (see :func:`cross_entropy_terms`)."""
+    inter, sum_y, sum_s = _per_image_class_sums(s, y)
+    union = jax.lax.stop_gradient(sum_y + sum_s)
+    inter = jax.lax.stop_gradient(inter)
+    alpha = 2.0 / (union + epsilon)
+    beta = (2.0 * inter + epsilon) / (union + epsilon) ** 2
+    spatial_shape = (s.shape[0],) + (1,) * (s.ndim - 2) + (s.shape[-1],)
+    omega = c * (-alpha.reshape(spatial_shape) * y + beta.reshape(spatial_shape))
+    per_image = jnp.sum(omega * s, axis=tuple(range(1, s.ndim)))
+    return _safe_div(jnp.sum(m * per_image), jnp.sum(m) * jnp.sum(c))
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Losses.
 # ----------------------------------------------------------------------------------------------------------
 
@@ -185,10 +272,7 @@ def cross_entropy(
     Gradient: ``∂L/∂s = −y / (s + 1e-10) / normaliser`` (zero where ``y = 0``).
     """
     s, y, m, _ = _prepare_masked(probs, target, classes, mask)
-    m_b = m.reshape((-1,) + (1,) * (s.ndim - 1))
-    numerator = -jnp.sum(m_b * y * jnp.log(s + CE_EPSILON))
-    labelled = jnp.sum(m_b * y)
-    return numerator / (labelled + CE_EPSILON)
+    return cross_entropy_terms(s, y, m, _all_selected(s))
 
 
 def dice_loss(
@@ -218,17 +302,7 @@ def dice_loss(
     ``m_b/(|K| Σ_b m_b)``; see :func:`segmime_jax.gradients.dice_gradient`.
     """
     s, y, m, _ = _prepare_masked(probs, target, classes, mask)
-    inter, sum_y, sum_s = _per_image_class_sums(s, y)
-    union = sum_y + sum_s
-    if batch:
-        inter_k = jnp.sum(m[:, None] * inter, axis=0)
-        union_k = jnp.sum(m[:, None] * union, axis=0)
-        per_class = 1.0 - (2.0 * inter_k + epsilon) / (union_k + epsilon)
-        # Every image masked: I_k = U_k = 0 gives per_class = 0, the documented "all masked" loss.
-        return jnp.mean(per_class)
-    per_image_class = 1.0 - (2.0 * inter + epsilon) / (union + epsilon)
-    total = jnp.sum(m[:, None] * per_image_class)
-    return _safe_div(total, jnp.sum(m) * per_image_class.shape[-1])
+    return dice_terms(s, y, m, _all_selected(s), epsilon=epsilon, batch=batch)
 
 
 def generalized_dice_loss(
@@ -237,6 +311,7 @@ def generalized_dice_loss(
     *,
     classes: Sequence[int] | None = None,
     epsilon: float = 1e-10,
+    absent: str = "reference",
     mask: jax.Array | None = None,
 ) -> jax.Array:
     r"""Generalised Dice loss (Sudre et al. 2017, paper ref. [15]; SPEC §1), as in the reference code.
@@ -248,16 +323,20 @@ def generalized_dice_loss(
         \mathcal{L}_{GDL} = \frac{\sum_b m_b\, g_b}{\sum_b m_b}
 
     Note the ``2`` multiplies ``ε`` too (reference code), so an image where every selected class is absent from
-    both ``y`` and ``s`` gives ``1 − 2ε/ε = −1``. A class absent from ``y`` gets the huge weight ``1/ε²``
-    (``1e20``), so any probability mass on it dominates the image's loss: that is the reference behaviour.
+    both ``y`` and ``s`` gives ``1 − 2ε/ε = −1``.
+
+    Absent classes (``absent``). ``"reference"`` (the author's code, the default): a class absent from ``y`` gets
+    the weight ``1/ε² = 1e20``, so any probability mass on it dominates the image's loss. In particular an image
+    whose only selected class is absent (e.g. ``classes=(k,)`` on a slice without class ``k``) scores
+    ``1 − 2ε/(1e20·Σs + ε) ≈ 1`` whatever the prediction, with a gradient of about ``1e-26``: such images teach
+    nothing. ``"max"`` is MONAI's ``GeneralizedDiceLoss`` convention: the infinite weight of an absent class is
+    replaced by the largest weight of the image's present selected classes, so predicting an absent class costs
+    as much as missing the rarest present one; an image with no selected class present scores 0, with no
+    gradient (MONAI: ``1 − smooth_nr/smooth_dr``). MONAI's own ``smooth_nr = smooth_dr = 1e-5`` (not doubled)
+    are not copied: ``ε`` stays as above.
     """
     s, y, m, _ = _prepare_masked(probs, target, classes, mask)
-    inter, sum_y, sum_s = _per_image_class_sums(s, y)
-    w = 1.0 / (sum_y + epsilon) ** 2
-    numerator = 2.0 * (jnp.sum(w * inter, axis=-1) + epsilon)
-    denominator = jnp.sum(w * (sum_y + sum_s), axis=-1) + epsilon
-    per_image = 1.0 - numerator / denominator
-    return _safe_div(jnp.sum(m * per_image), jnp.sum(m))
+    return generalized_dice_terms(s, y, m, _all_selected(s), epsilon=epsilon, absent=absent)
 
 
 def mime_loss(
@@ -290,13 +369,7 @@ def mime_loss(
     s, y, m, idx = _prepare_masked(probs, target, classes, mask)
     a_k = _per_class_weight(a, "a", jnp.shape(probs)[-1], idx)
     b_k = _per_class_weight(b, "b", jnp.shape(probs)[-1], idx)
-    omega = -a_k * y + b_k * (1.0 - y)
-    per_image = jnp.sum(omega * s, axis=tuple(range(1, s.ndim)))
-    total = jnp.sum(m * per_image)
-    if not normalize:
-        return total
-    elements_per_image = math.prod(s.shape[1:])
-    return _safe_div(total, jnp.sum(m) * elements_per_image)
+    return linear_terms(s, y, m, _all_selected(s), a_k, b_k, normalize=normalize)
 
 
 def negative_mime_loss(
@@ -350,15 +423,7 @@ def dice_surrogate_loss(
     prediction.
     """
     s, y, m, _ = _prepare_masked(probs, target, classes, mask)
-    inter, sum_y, sum_s = _per_image_class_sums(s, y)
-    union = jax.lax.stop_gradient(sum_y + sum_s)
-    inter = jax.lax.stop_gradient(inter)
-    alpha = 2.0 / (union + epsilon)
-    beta = (2.0 * inter + epsilon) / (union + epsilon) ** 2
-    spatial_shape = (s.shape[0],) + (1,) * (s.ndim - 2) + (s.shape[-1],)
-    omega = -alpha.reshape(spatial_shape) * y + beta.reshape(spatial_shape)
-    per_image = jnp.sum(omega * s, axis=tuple(range(1, s.ndim)))
-    return _safe_div(jnp.sum(m * per_image), jnp.sum(m) * s.shape[-1])
+    return dice_surrogate_terms(s, y, m, _all_selected(s), epsilon=epsilon)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -278,3 +278,32 @@ def test_mime_weights_from_frequencies():
         L.mime_weights_from_frequencies([0.5, -0.1])
     with pytest.raises(ValueError, match="1-D"):
         L.mime_weights_from_frequencies([[0.5, 0.5]])
+
+
+def test_generalized_dice_absent_class_conventions():
+    """Image 0 has classes 1 and 2, image 1 only class 1. The reference weight of an absent class is 1/ε² (its
+    predicted mass dominates; alone, the image scores ≈1 with no useful gradient); MONAI's ("max") is the largest
+    weight of the image's present classes; an image with no selected class present scores 0 (MONAI)."""
+    y = jax.nn.one_hot(jnp.array([[[1, 1, 2, 0]], [[1, 1, 0, 0]]]), 3)
+    s = jnp.array([[[[0.2, 0.7, 0.1], [0.2, 0.6, 0.2], [0.1, 0.2, 0.7], [0.8, 0.1, 0.1]]],
+                   [[[0.1, 0.8, 0.1], [0.3, 0.5, 0.2], [0.6, 0.1, 0.3], [0.7, 0.1, 0.2]]]])
+    sy, ss = y.sum((1, 2)), s.sum((1, 2))
+    inter = (y * s).sum((1, 2))
+    eps = 1e-10
+
+    def gdl(w):
+        return 1 - 2 * ((w * inter[:, 1:]).sum(-1) + eps) / ((w * (sy + ss)[:, 1:]).sum(-1) + eps)
+
+    w_ref = 1 / (sy[:, 1:] + eps) ** 2
+    w_max = jnp.where(sy[:, 1:] > 0, w_ref, jnp.max(jnp.where(sy[:, 1:] > 0, w_ref, 0), -1, keepdims=True))
+    np.testing.assert_allclose(L.generalized_dice_loss(s, y, classes=(1, 2)), gdl(w_ref).mean(), rtol=1e-6)
+    np.testing.assert_allclose(L.generalized_dice_loss(s, y, classes=(1, 2), absent="max"), gdl(w_max).mean(),
+                               rtol=1e-6)
+    assert float(gdl(w_ref)[1]) == pytest.approx(1.0, abs=1e-6)  # the absent class's mass dominates image 1
+    # classes=(2,): image 1 has no class 2 at all
+    only_2 = L.generalized_dice_loss(s[1:], y[1:], classes=(2,))
+    grad = jax.grad(lambda p: L.generalized_dice_loss(p, y[1:], classes=(2,)))(s[1:])
+    assert float(only_2) == pytest.approx(1.0, abs=1e-6) and float(jnp.max(jnp.abs(grad))) < 1e-20
+    assert float(L.generalized_dice_loss(s[1:], y[1:], classes=(2,), absent="max")) == 0.0
+    with pytest.raises(ValueError, match="absent"):
+        L.generalized_dice_loss(s, y, absent="monai")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -49,6 +51,30 @@ def test_dice_is_3d_per_volume_and_ignores_padding():
 def test_bin_index_edges():
     p = jnp.array([0.0, 1e-9, 0.05, 0.1, 0.5, 0.9, 0.99, 1.0])
     np.testing.assert_array_equal(bin_index(p), [0, 0, 0, 1, 7, 13, 14, 14])
+
+
+def test_bin_index_is_exact_at_float32_edges():
+    """Bin j is (j/15, (j+1)/15] for the float32 value itself: float32(j/15) lies above j/15 for some j (then
+    it is in bin j) and below it for others (bin j-1); a float32 product p·15 would round them all to j."""
+    from fractions import Fraction
+
+    edges = np.array([np.float32(j / 15) for j in range(1, 15)])
+    expected = [j if Fraction(float(e)) > Fraction(j, 15) else j - 1 for j, e in zip(range(1, 15), edges, strict=True)]
+    np.testing.assert_array_equal(bin_index(jnp.asarray(edges)), expected)
+    neighbours = np.concatenate([np.nextafter(edges, 0), np.nextafter(edges, 1)]).astype(np.float32)
+    exact = [min(14, max(0, math.ceil(Fraction(float(p)) * 15) - 1)) for p in neighbours]
+    np.testing.assert_array_equal(bin_index(jnp.asarray(neighbours)), exact)
+
+
+def test_clece_of_a_probability_on_a_bin_edge():
+    """Class-0 probabilities [float32(1/15), 0.05] with labels [0, 1]: the first is above 1/15 (bin 1), the
+    second in bin 0, so ClECE_0 = (|0.0667 − 1| + |0.05 − 0|) / 2 = 0.49167 (0.44167 with both in bin 0)."""
+    p0 = jnp.array([np.float32(1 / 15), 0.05], jnp.float32)
+    probs = jnp.stack([p0, 1.0 - p0], -1)[None, None]
+    onehot = jax.nn.one_hot(jnp.array([[[0, 1]]]), 2)
+    stats = CalibrationStats.zeros(2)
+    stats.add(jax.device_get(calibration_counts(probs, onehot)))
+    assert stats.clece()[0] == pytest.approx((1 - float(np.float32(1 / 15)) + 0.05) / 2, rel=1e-6)
 
 
 def test_clece_hand_case():

@@ -20,6 +20,8 @@ Conventions (SPEC §5):
 from __future__ import annotations
 
 import dataclasses
+import fractions
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -55,10 +57,31 @@ def dice_counts(prediction: jax.Array, label: jax.Array, num_classes: int,
     return out
 
 
+@functools.cache
+def bin_thresholds(num_bins: int = NUM_BINS) -> np.ndarray:
+    """For each inner edge ``j/n`` (j = 1..n-1), the smallest float32 strictly greater than it (float32 ``(n-1,)``).
+
+    A float32 probability ``p`` lies in ``(j/n, 1]`` exactly when ``p >= thresholds[j-1]``: comparing with these
+    bins every float32 exactly, where ``ceil(p·n)`` in float32 rounds (``float32(1/15)`` is above 1/15, yet
+    ``float32(1/15)·15`` rounds to 1 and would land in the first bin).
+    """
+    thresholds = []
+    for j in range(1, num_bins):
+        edge = fractions.Fraction(j, num_bins)
+        t = np.float32(j / num_bins)
+        while fractions.Fraction(float(t)) > edge:  # step down to the largest float32 <= edge ...
+            t = np.nextafter(t, np.float32(0))
+        while fractions.Fraction(float(t)) <= edge:  # ... then up to the smallest float32 > edge
+            t = np.nextafter(t, np.float32(1))
+        thresholds.append(t)
+    return np.asarray(thresholds, np.float32)
+
+
 def bin_index(probs: jax.Array, num_bins: int = NUM_BINS) -> jax.Array:
-    """Bin of each probability: j for p in (j/n, (j+1)/n], and 0 for p = 0 (int32, same shape)."""
-    j = jnp.ceil(probs.astype(jnp.float32) * num_bins).astype(jnp.int32) - 1
-    return jnp.clip(j, 0, num_bins - 1)
+    """Bin of each probability: j for p in (j/n, (j+1)/n] (exactly, see :func:`bin_thresholds`), and 0 for p = 0
+    (int32, same shape)."""
+    thresholds = jnp.asarray(bin_thresholds(num_bins))
+    return jnp.searchsorted(thresholds, probs.astype(jnp.float32), side="right", method="compare_all").astype(jnp.int32)
 
 
 def calibration_counts(probs: jax.Array, onehot: jax.Array, *, num_bins: int = NUM_BINS,
