@@ -4,15 +4,17 @@
 * :func:`compare_with_fixture` runs a loaded model in eval mode on the fixture inputs and returns the
   relative errors of the logits and of the input gradient d sum(logits·R)/d input, where
   relative error = max|ours − reference| / max|reference|.
-* :func:`ynn_convolutions_active` tells whether XLA:CPU lowers convolutions to YNNPACK here. Its
-  summation order differs from PyTorch's (and from XLA's default Eigen path); in the reference
-  ResidualUNet case 0 that moves ONE pre-ReLU activation of 262,144 (value ~1e-6) across zero, which
-  changes the input gradient by ~1e-2 relative. The fixture comparison therefore runs with
-  ``--xla_cpu_experimental_ynn_fusion_type=`` (YNN fusions off), in a subprocess when needed.
+* In float32, the ResidualUNet fixtures hold pre-ReLU activations of ~1e-6 that another summation order (XLA:CPU's
+  YNNPACK convolutions, some CPUs' own vector code, cuDNN) moves across zero, which changes the input gradient by
+  ~1e-2 relative although both orders are right. :func:`fixture_errors_float64` therefore compares the models
+  computed in float64 (a subprocess with ``jax_enable_x64``): the architecture check, independent of the machine.
+* :func:`ynn_convolutions_active` tells whether XLA:CPU lowers convolutions to YNNPACK here; the float32
+  comparison (the device check's) runs with ``--xla_cpu_experimental_ynn_fusion_type=`` (YNN fusions off), in a
+  subprocess when needed.
 
 Run as a script (``python tests/models_reference.py [REFERENCE_DIR [PRECISION]]``) it prints the errors of all
-four cases as JSON (with YNN fusions off, in a subprocess where needed); PRECISION is the jax default matmul
-precision (default ``highest``, as in the tests; on a GPU, ``default`` shows what TF32 convolutions cost).
+four cases as JSON; PRECISION is the jax default matmul precision of a float32 comparison (default ``highest``;
+on a GPU, ``default`` shows what TF32 convolutions cost), or ``float64`` for the comparison in float64.
 """
 
 from __future__ import annotations
@@ -68,9 +70,11 @@ def reference_state_dict(path: pathlib.Path) -> dict[str, np.ndarray]:
     return state
 
 
-def reference_model(name: str, reference_dir: pathlib.Path) -> nnx.Module:
-    """ENet(4 classes) or ResidualUNet(2 classes) with the rebuilt reference weights, in eval mode."""
-    model = ENet(4, rngs=nnx.Rngs(0)) if name == "enet" else ResidualUNet(2, rngs=nnx.Rngs(0))
+def reference_model(name: str, reference_dir: pathlib.Path, dtype=jnp.float32) -> nnx.Module:
+    """ENet(4 classes) or ResidualUNet(2 classes) with the rebuilt reference weights, in eval mode, computing in
+    ``dtype``."""
+    model = (ENet(4, rngs=nnx.Rngs(0), dtype=dtype) if name == "enet"
+             else ResidualUNet(2, rngs=nnx.Rngs(0), dtype=dtype))
     load_torch_state_dict(model, reference_state_dict(reference_dir / TSV[name]))
     model.eval()
     return model
@@ -96,7 +100,9 @@ def compare_with_fixture(model: nnx.Module, name: str, case: int, reference_dir:
         y, vjp = jax.vjp(lambda x: nnx.merge(graphdef, state)(x), x)
         return y, vjp(r)[0]
 
-    y, g = forward_and_vjp(state, jnp.asarray(x), jnp.asarray(cotangent))
+    compute = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    state = jax.tree.map(lambda v: v.astype(compute) if jnp.issubdtype(v.dtype, jnp.floating) else v, state)
+    y, g = forward_and_vjp(state, jnp.asarray(x, compute), jnp.asarray(cotangent, jnp.float32))
     return {"logits": relative_error(y, logits), "input_grad": relative_error(g, grad)}
 
 
@@ -117,9 +123,11 @@ def ynn_convolutions_active() -> bool:
 
 
 def all_cases(reference_dir: pathlib.Path) -> dict[str, dict[str, float]]:
+    """The errors of the four cases, computed in float64 when jax_enable_x64 is on, else in float32."""
+    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
     results = {}
     for name in ("enet", "residualunet"):
-        model = reference_model(name, reference_dir)
+        model = reference_model(name, reference_dir, dtype)
         for case in (0, 1):
             results[f"{name}_{case}"] = compare_with_fixture(model, name, case, reference_dir)
     return results
@@ -153,10 +161,24 @@ def all_cases_without_ynn(reference_dir: pathlib.Path, timeout: float = 600, *,
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def fixture_errors_float64(reference_dir: pathlib.Path, timeout: float = 600) -> dict[str, dict[str, float]]:
+    """:func:`all_cases` with the models computing in float64, in a subprocess (x64 is process-wide)."""
+    here = pathlib.Path(__file__).resolve()
+    done = subprocess.run([sys.executable, str(here), str(reference_dir), "float64"], cwd=here.parents[1],
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"fixture comparison subprocess failed:\n{done.stdout}\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 if __name__ == "__main__":
     # The tests' jax configuration (conftest.py), without importing pytest: a device machine has none.
-    jax.config.update("jax_enable_x64", False)
     reference = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else SHARED_REFERENCE
     precision = sys.argv[2] if len(sys.argv) > 2 else "highest"
-    jax.config.update("jax_default_matmul_precision", precision)
-    print(json.dumps(all_cases_without_ynn(reference, precision=precision)))
+    if precision == "float64":
+        jax.config.update("jax_enable_x64", True)
+        print(json.dumps(all_cases(reference)))
+    else:
+        jax.config.update("jax_enable_x64", False)
+        jax.config.update("jax_default_matmul_precision", precision)
+        print(json.dumps(all_cases_without_ynn(reference, precision=precision)))

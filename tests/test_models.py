@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from models_reference import TSV, all_cases_without_ynn, read_tsv, reference_state_dict, relative_error
+from models_reference import TSV, fixture_errors_float64, read_tsv, reference_state_dict, relative_error
 
 from segmime_jax.models import (
     MODELS,
@@ -33,7 +33,7 @@ from segmime_jax.models.enet import enet_dead_torch_keys
 from segmime_jax.models.layers import ConvTranspose, LayerFactory, dropout_stream, normal_init, xavier_normal_init
 from segmime_jax.models.torch_weights import CONV_TRANSPOSE, _from_torch
 
-TOLERANCE = 1e-4  # relative error vs the PyTorch fixture (README: "about 1e-4 relative")
+FLOAT64_TOLERANCE = 1e-5  # our float64 models against the PyTorch float32 fixture: its own rounding (~1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -141,15 +141,18 @@ def re_shape(shape: tuple[int, ...]) -> str:
 # ------------------------------------------------------------------------------- reference fixture
 @pytest.fixture(scope="module")
 def fixture_errors(shared_reference) -> dict[str, dict[str, float]]:
-    return all_cases_without_ynn(shared_reference)
+    return fixture_errors_float64(shared_reference)
 
 
 @pytest.mark.parametrize("case", ["enet_0", "enet_1", "residualunet_0", "residualunet_1"])
 def test_matches_pytorch_fixture(fixture_errors, case):
+    """Our models computed in float64 against PyTorch's float32 outputs: equal to PyTorch's own rounding. (In
+    float32 a near-zero ReLU input of the ResidualUNet cases may cross zero under another summation order: see
+    models_reference.)"""
     errors = fixture_errors[case]
     print(f"{case}: relative error logits {errors['logits']:.2e}, input gradient {errors['input_grad']:.2e}")
-    assert errors["logits"] <= TOLERANCE
-    assert errors["input_grad"] <= TOLERANCE
+    assert errors["logits"] <= FLOAT64_TOLERANCE
+    assert errors["input_grad"] <= FLOAT64_TOLERANCE
 
 
 def test_export_round_trip(shared_reference, enet, unet):
