@@ -18,17 +18,18 @@ test: $(VENV)
 lint: $(VENV)
 	$(PY) -m ruff check segmime_jax experiments tests
 
+# Options go through ARGS, e.g. make acdc ARGS="--seeds 3 --epochs 30"
 acdc: $(VENV)
-	$(PY) -m experiments.acdc
+	$(PY) -m experiments.acdc $(ARGS)
 
 promise12: $(VENV)
-	$(PY) -m experiments.promise12
+	$(PY) -m experiments.promise12 $(ARGS)
 
 gradients: $(VENV)
-	$(PY) -m experiments.gradients
+	$(PY) -m experiments.gradients $(ARGS)
 
 benchmark: $(VENV)
-	$(PY) -m experiments.benchmark
+	$(PY) -m experiments.benchmark $(ARGS)
 
 # The one prepared GPU check (README, "Measuring on a GPU"): python -m experiments.device_check with the
 # machine's own python3 and its jax (no .venv, nothing fetched, nibabel not needed).

@@ -27,10 +27,10 @@ from collections.abc import Sequence
 import jax
 
 from segmime_jax.atomic_files import write_text_atomic
-from segmime_jax.bench.device_info import environment
 from segmime_jax.bench.report import format_table
 from segmime_jax.bench.suite import PRECISIONS, BenchCase, build_setup, run_case, run_epoch
 from segmime_jax.cli import config_to_dict, parse_config
+from segmime_jax.environment import environment
 
 NUM_CLASSES = {"enet": 4, "residualunet": 2}
 MATMUL_PRECISIONS = ("default", "high", "highest")

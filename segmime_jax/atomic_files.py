@@ -1,12 +1,22 @@
-"""Whole-or-nothing file writes: write next to the target, then rename (used by data, train and report)."""
+"""Whole-or-nothing writes: a file or a folder is written under a temporary name next to its target, then renamed
+into place, so that a reader (or a rerun after a crash) sees all of it or none of it. Also the JSON writer of the
+package (:func:`write_json_atomic`, with :func:`json_ready` for arrays, NaN and dataclasses).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
+import math
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePath
+from typing import Any
+
+import numpy as np
 
 
 def _process_umask() -> int:
@@ -57,3 +67,77 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, *, exists: str = "error") -> Iterator[Path]:
+    """Yield a new, empty temporary folder next to ``path``; on success it is renamed to ``path``, on error
+    deleted with what it holds.
+
+    Args:
+      path: the folder to create.
+      exists: what happens when ``path`` exists at the end: ``"error"`` (FileExistsError, unless it is an empty
+        folder, which is replaced), ``"replace"`` (the old folder is moved aside, ours renamed in, the old one
+        deleted), ``"keep"`` (another writer got there first: ours is deleted and theirs kept).
+    """
+    if exists not in ("error", "replace", "keep"):
+        raise ValueError(f"exists must be 'error', 'replace' or 'keep', got {exists!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_process_umask())  # mkdtemp makes it private; the result is an ordinary folder
+    try:
+        yield tmp
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not path.exists() or exists == "error":
+                raise FileExistsError(f"{path}: exists and is not an empty folder") from None
+            if exists == "replace":
+                trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+                try:
+                    os.rename(path, trash / path.name)
+                    os.rename(tmp, path)
+                finally:
+                    shutil.rmtree(trash, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with arrays (numpy, jax) as nested lists, NaN and infinities as ``None``, numpy scalars as
+    Python numbers, paths as strings, tuples as lists and dataclasses as dicts of their fields, recursively."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: json_ready(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if isinstance(value, PurePath):
+        return str(value)
+    if hasattr(value, "__array__") and not isinstance(value, str | bytes | np.generic):
+        return json_ready(np.asarray(value).tolist())
+    if isinstance(value, np.generic):
+        return json_ready(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value
+
+
+def array_from_json(value: Any, dtype: Any = np.float64) -> np.ndarray:
+    """Inverse of :func:`json_ready` for numeric arrays: nested lists to an array, ``None`` back to NaN."""
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return np.nan if v is None else v
+
+    return np.asarray(fix(value), dtype=dtype)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``json_ready(data)`` as indented JSON to ``path`` through :func:`atomic_output`."""
+    return write_text_atomic(path, json.dumps(json_ready(data), indent=1) + "\n")

@@ -1,10 +1,17 @@
 """Command-line interfaces built from frozen dataclass configs.
 
-Every experiment describes its options as a frozen :func:`dataclasses.dataclass`; :func:`parse_config`
-turns the fields into ``--kebab-case`` options (help text from ``field(metadata={"help": ...})``), starts
-from a named preset when the experiment has presets, and returns a new frozen config. Values are parsed
+Every experiment describes its options as a frozen :func:`dataclasses.dataclass` whose fields are declared with
+:func:`option` (default and help text); :func:`parse_config` turns the fields into ``--kebab-case`` options,
+starts from a named preset when the experiment has presets, and returns a new frozen config. Values are parsed
 by type, never evaluated: ``int``, ``float``, ``str``, ``bool`` (``--flag`` / ``--no-flag``),
 ``pathlib.Path``, ``X | None`` (the word ``none`` gives ``None``) and ``tuple[X, ...]`` (comma-separated).
+
+A field whose value is itself a dataclass config (declared with :func:`nested`, e.g. a grid's ``train``
+:class:`~segmime_jax.train.TrainConfig`) contributes its own fields as options of the same parser, except the
+ones it names as set elsewhere; the result is built with :func:`dataclasses.replace`, so each config validates
+itself once.
+
+Errors in the options end the program with ``error: <message>`` on one line, after a one-line usage.
 """
 
 from __future__ import annotations
@@ -21,6 +28,55 @@ from typing import Any, TypeVar
 C = TypeVar("C")
 
 _SCALARS: dict[type, Callable[[str], Any]] = {int: int, float: float, str: str, pathlib.Path: pathlib.Path}
+
+
+def option(default: Any, help: str, *, choices: Sequence[Any] | None = None, metavar: str | None = None) -> Any:
+    """A dataclass field with a default and the help text of its command-line option.
+
+    ``choices`` restricts the values (also checked by the config itself where it matters); ``metavar`` names
+    the value in ``--help``. The default must be immutable (a tuple, not a list).
+    """
+    if isinstance(default, list | dict | set):
+        raise TypeError(f"option defaults must be immutable, got {default!r}")
+    metadata: dict[str, Any] = {"help": help}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if metavar is not None:
+        metadata["metavar"] = metavar
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def nested(default: Any, *, exclude: Sequence[str] = ()) -> Any:
+    """A dataclass field holding another config (``default``) whose fields become options of the same parser,
+    except those in ``exclude`` (set by the outer config's own logic)."""
+    return dataclasses.field(default=default, metadata={"nested": True, "exclude": tuple(exclude)})
+
+
+def _option_fields(config_cls: type, reference: Any) -> list[tuple[str | None, dataclasses.Field, Any, Any]]:
+    """``(outer field name or None, field, its type, its reference value)`` of every option of ``config_cls``,
+    nested configs expanded; ``reference`` is an instance whose values are shown as defaults (or None)."""
+    hints = typing.get_type_hints(config_cls)
+    found = []
+    for f in dataclasses.fields(config_cls):
+        if not f.init:
+            continue
+        if f.metadata.get("nested"):
+            inner_reference = getattr(reference, f.name) if reference is not None else f.default
+            inner_hints = typing.get_type_hints(type(inner_reference))
+            for g in dataclasses.fields(inner_reference):
+                if g.init and g.name not in f.metadata["exclude"]:
+                    found.append((f.name, g, inner_hints[g.name], getattr(inner_reference, g.name)))
+            continue
+        if reference is not None:
+            value = getattr(reference, f.name)
+        else:
+            value = f.default if f.default is not dataclasses.MISSING else dataclasses.MISSING
+        found.append((None, f, hints[f.name], value))
+    names = [g.name for _, g, _, _ in found]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise TypeError(f"{config_cls.__name__}: option(s) {repeated} defined twice (outer and nested config)")
+    return found
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -73,14 +129,14 @@ def build_parser(
     default_preset: str | None = None,
     prog: str | None = None,
 ) -> argparse.ArgumentParser:
-    """An :class:`argparse.ArgumentParser` with one option per field of ``config_cls``.
+    """An :class:`argparse.ArgumentParser` with one option per field of ``config_cls`` (nested configs expanded).
 
-    Options default to ``argparse.SUPPRESS`` so that only what the user typed overrides the preset.
+    Options default to ``argparse.SUPPRESS`` so that only what the user typed overrides the preset; the help
+    shows the preset's values.
     """
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"{config_cls!r} is not a dataclass")
-    hints = typing.get_type_hints(config_cls)
-    parser = argparse.ArgumentParser(  # no abbreviations: a typo such as --over must not mean --overwrite
+    parser = _Parser(  # no abbreviations: a typo such as --over must not mean --overwrite
         prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,
     )
@@ -92,32 +148,30 @@ def build_parser(
             help="named starting configuration; options given on the command line override its fields",
         )
     reference = presets[default_preset or next(iter(presets))] if presets else None
-    for f in dataclasses.fields(config_cls):
-        if not f.init:
-            continue
+    for outer, f, tp, value in _option_fields(config_cls, reference):
         flag = "--" + f.name.replace("_", "-")
+        dest = f.name if outer is None else f"{outer}.{f.name}"
         help_text = f.metadata.get("help", "")
-        if reference is not None:
-            shown = _describe(getattr(reference, f.name))
-        elif f.default is not dataclasses.MISSING:
-            shown = _describe(f.default)
-        else:
-            shown = None
-        if shown is not None:
-            help_text = f"{help_text} (default: {shown})".strip()
-        tp = hints[f.name]
+        if value is not dataclasses.MISSING:
+            help_text = f"{help_text} (default: {_describe(value)})".strip()
         if tp is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=help_text)
         else:
             inner, _ = _unwrap_optional(tp)
-            choices = f.metadata.get("choices")
             parser.add_argument(
-                flag, dest=f.name, type=_parser_for(tp, f.name), default=argparse.SUPPRESS,
-                choices=choices, help=help_text,
+                flag, dest=dest, type=_parser_for(tp, f.name), default=argparse.SUPPRESS,
+                choices=f.metadata.get("choices"), help=help_text,
                 metavar=f.metadata.get("metavar", getattr(inner, "__name__", "VALUE").upper()),
             )
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors as one short usage line and one ``error:`` line (not the whole option list)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"usage: {self.prog} [options] (see --help)\nerror: {message}\n")
 
 
 def parse_config(
@@ -130,7 +184,8 @@ def parse_config(
     prog: str | None = None,
 ) -> C:
     """Parse ``argv`` into a frozen ``config_cls``: the preset (or the class defaults) plus overrides. The
-    ``--help`` text shows the defaults of the preset named on the command line."""
+    ``--help`` text shows the defaults of the preset named on the command line. A value the config refuses
+    (its ``__post_init__`` raises ValueError or TypeError) ends the program like any other option error."""
     if presets:
         default_preset = _preset_in(argv, presets) or default_preset
     parser = build_parser(config_cls, description=description, presets=presets,
@@ -138,10 +193,18 @@ def parse_config(
     namespace = vars(parser.parse_args(argv))
     preset_name = namespace.pop("preset", None)
     base = presets[preset_name] if presets and preset_name else None
+    outer = {k: v for k, v in namespace.items() if "." not in k}
+    inner: dict[str, dict[str, Any]] = {}
+    for key, value in namespace.items():
+        if "." in key:
+            name, field_name = key.split(".", 1)
+            inner.setdefault(name, {})[field_name] = value
     try:
-        if base is not None:
-            return dataclasses.replace(base, **namespace)
-        return config_cls(**namespace)
+        if base is None:
+            base = config_cls()
+        for name, values in inner.items():
+            outer[name] = dataclasses.replace(getattr(base, name), **values)
+        return dataclasses.replace(base, **outer)
     except (TypeError, ValueError) as err:  # a config's __post_init__ validation
         parser.error(str(err))
         raise  # unreachable: parser.error exits

@@ -16,11 +16,10 @@ import pytest
 from segmime_jax.data import (
     SliceDataset,
     VolumeInfo,
-    assemble_volume,
+    eval_batches,
     num_batches,
     to_device,
     train_batches,
-    volume_batches,
 )
 
 
@@ -89,26 +88,20 @@ def test_shuffle_depends_on_seed_and_epoch_only():
     assert order(0, 0) != order(1, 0)
 
 
-def test_volume_batches_reassemble_volumes():
+def test_eval_batches_pack_volumes_in_order():
     ds = make_dataset(slices=(5, 1, 3))
-    seen = []
-    for info, batches in volume_batches(ds, 2):
-        seen.append(info.name)
-        assert len(batches) == -(-info.num_slices // 2)
-        images = assemble_volume(batches, [b["image"][..., 0] for b in batches])
-        labels = assemble_volume(batches, [b["label"] for b in batches])
-        slice_index = assemble_volume(batches, [b["slice_index"] for b in batches])
-        ref_images, ref_labels = ds.volume(info.volume_id)
-        np.testing.assert_allclose(images, ref_images / 255.0, rtol=1e-6)
-        np.testing.assert_array_equal(labels, ref_labels)
-        np.testing.assert_array_equal(slice_index, np.arange(info.num_slices))
-        for b in batches:
-            chex.assert_shape(b["image"], (2, 6, 5, 1))
-    assert seen == ["vol0", "vol1", "vol2"]
-    resident = [(i.name, assemble_volume(b, [x["label"] for x in b])) for i, b in volume_batches(to_device(ds), 2)]
-    for (name, labels), info in zip(resident, ds.volumes, strict=True):
-        assert name == info.name
-        np.testing.assert_array_equal(labels, ds.volume(info.volume_id)[1])
+    for source in (ds, to_device(ds)):
+        batches = list(eval_batches(source, 4, prefetch=0))
+        assert len(batches) == 3  # 9 slices in batches of 4, the last one padded
+        index = np.concatenate([i for i, _ in batches])
+        np.testing.assert_array_equal(index, np.concatenate([ds.slices_of(v.volume_id) for v in ds.volumes]))
+        for i, b in batches:
+            chex.assert_shape(b["image"], (4, 6, 5, 1))
+            real = np.asarray(b["mask"])
+            assert real.sum() == len(i) and not real[len(i):].any()
+            np.testing.assert_allclose(np.asarray(b["image"])[: len(i), ..., 0], ds.images[i] / 255.0, rtol=1e-6)
+            np.testing.assert_array_equal(np.asarray(b["label"])[: len(i)], ds.labels[i])
+            np.testing.assert_array_equal(np.asarray(b["volume_id"])[: len(i)], ds.volume_ids[i])
 
 
 @pytest.mark.parametrize("axis_type", ["Explicit", "Auto"])

@@ -113,3 +113,19 @@ def test_command_line(tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["mnist", str(tmp_path / "x")])
+
+
+def test_acdc_zoom_magnifies_the_heart_around_it(tmp_path):
+    """zoom halves the pixel spacing (same matrix), keeps the patient, and moves the view towards the heart."""
+    plain = write_synthetic_acdc(tmp_path / "z1", cases=2, seed=3, scale=0.25)
+    zoomed = write_synthetic_acdc(tmp_path / "z2", cases=2, seed=3, scale=0.25, zoom=2.0)
+    info = "training/patient001/Info.cfg"
+    assert (zoomed / info).read_text() == (plain / info).read_text()
+    name = sorted((plain / "training/patient001").glob("*_gt.nii.gz"))[0].relative_to(plain)
+    a, b = nib.load(plain / name), nib.load(zoomed / name)
+    assert a.shape == b.shape
+    np.testing.assert_allclose(np.asarray(b.header.get_zooms()[:2]), np.asarray(a.header.get_zooms()[:2]) / 2)
+    heart_a, heart_b = (np.asanyarray(x.dataobj) > 0 for x in (a, b))
+    assert 3.0 < heart_b.sum() / heart_a.sum() < 5.0  # twice as many pixels across
+    with pytest.raises(ValueError, match="zoom >= 1"):
+        write_synthetic_acdc(tmp_path / "z3", cases=1, zoom=0.5)

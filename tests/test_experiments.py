@@ -1,4 +1,4 @@
-"""The experiment CLIs (presets, overrides, validation) and an end-to-end smoke run of experiments.acdc."""
+"""The experiment CLIs (presets, overrides, validation) and an end-to-end run of experiments.acdc."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import acdc, promise12
-from segmime_jax import experiment
+from segmime_jax.paper import grid
 
 
 def test_acdc_demo_is_the_default_preset():
@@ -17,133 +17,157 @@ def test_acdc_demo_is_the_default_preset():
     assert config == acdc.PRESETS["demo"]
     assert config.losses == ("ce", "dsc", "mime", "nm")
     assert config.optimizers == ("adam",)
-    assert config.data_root is None
+    assert config.data_root is None and config.synthetic_zoom == 2.0
     assert config.out == Path("results/acdc/demo")
-    assert not config.augment
+    assert not config.train.augment
 
 
 def test_acdc_paper_preset_has_the_paper_settings():
     config = acdc.parse_args(["--preset", "paper"])
-    assert config.image_size == 256 and config.batch_size == 8 and config.epochs == 100
-    assert config.optimizers == ("adam", "sgd")
-    assert (config.adam_lr, config.sgd_lr, config.plateau_patience) == (5e-4, 1e-2, 20)
+    assert (config.image_size, config.train.batch_size, config.train.epochs) == (256, 8, 100)
+    assert config.optimizers == ("adam", "sgd") and config.synthetic_zoom == 1.0
+    assert (config.adam_lr, config.sgd_lr, config.train.plateau_patience) == (5e-4, 1e-2, 20)
     assert config.out == Path("results/acdc/paper")
 
 
-def test_acdc_overrides():
+def test_acdc_overrides_reach_the_runs():
     config = acdc.parse_args(["--preset", "paper", "--losses", "ce,mime", "--optimizers", "sgd",
                               "--data-root", "/data/ACDC", "--out", "/tmp/x", "--epochs", "3", "--image-size", "96",
-                              "--batch-size", "2", "--seed", "7", "--resume", "--split", "seeded",
+                              "--batch-size", "2", "--seed", "7", "--seeds", "2", "--split", "seeded",
                               "--no-write-predictions", "--sgd-lr", "0.05"])
     assert config.losses == ("ce", "mime") and config.optimizers == ("sgd",)
     assert config.data_root == Path("/data/ACDC") and config.out == Path("/tmp/x")
-    assert (config.epochs, config.image_size, config.batch_size, config.seed) == (3, 96, 2, 7)
-    assert config.resume and not config.write_predictions and config.split == "seeded"
-    assert config.size == (96, 96)
-    run = experiment.train_config(config, model="enet", optimizer="sgd", loss="mime", num_classes=4)
-    assert (run.model, run.loss, run.optimizer, run.learning_rate) == ("enet", "mime", "sgd", 0.05)
-    assert run.loss_classes is None
+    assert (config.train.epochs, config.image_size, config.train.batch_size, config.train.seed) == (3, 96, 2, 7)
+    assert not config.train.write_predictions and config.split == "seeded" and config.size == (96, 96)
+    runs = grid.grid_runs(config, model="enet", num_classes=4)
+    assert [(r.optimizer, r.loss, r.seed, r.name) for r in runs] == [
+        ("sgd", "ce", 7, "sgd-ce-seed7"), ("sgd", "ce", 8, "sgd-ce-seed8"),
+        ("sgd", "mime", 7, "sgd-mime-seed7"), ("sgd", "mime", 8, "sgd-mime-seed8")]
+    run = runs[2].config
+    assert (run.model, run.loss, run.optimizer, run.learning_rate, run.loss_classes) == ("enet", "mime", "sgd", 0.05,
+                                                                                       None)
     assert (run.epochs, run.batch_size, run.seed, run.write_predictions, run.augment) == (3, 2, 7, False, False)
+    assert runs[2].directory == Path("/tmp/x/runs/sgd-mime-seed7")
+    assert grid.loss_terms(runs, 4) == ("ce", "mime")  # the one compiled loss of the grid
 
 
 @pytest.mark.parametrize("argv", [["--optimizers", "rmsprop"], ["--losses", "ce,bogus"], ["--losses", "ce,ce"],
-                                  ["--resume", "--overwrite"],
-                                  ["--resume", "--no-checkpoints"], ["--epochs", "0"], ["--split", "random"],
-                                  ["--plateau-patience", "0"], ["--over"], ["--epoch", "3"]])  # no abbreviations
-def test_acdc_rejects_bad_options(argv, capsys):
+                                  ["--epochs", "0"], ["--split", "random"], ["--seeds", "0"],
+                                  ["--plateau-patience", "0"], ["--over"], ["--epoch", "3"],  # no abbreviations
+                                  ["--loss", "ce"], ["--synthetic-zoom", "0.5"]])  # --loss is set per run
+def test_acdc_rejects_bad_options_in_two_lines(argv, capsys):
     with pytest.raises(SystemExit):
         acdc.parse_args(argv)
-    assert "error" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0].startswith("usage:") and err[1].startswith("error:"), err
 
 
 def test_foreground_only_matches_aliases_and_image_size_is_checked_early():
     config = acdc.parse_args(["--losses", "dice,ce", "--foreground-only", "dsc"])
-    assert experiment.train_config(config, model="enet", optimizer="adam", loss="dice", num_classes=4).loss_classes \
-        == (1, 2, 3)
-    assert experiment.train_config(config, model="enet", optimizer="adam", loss="ce", num_classes=4).loss_classes \
-        is None
+    classes = {r.loss: r.config.loss_classes for r in grid.grid_runs(config, model="enet", num_classes=4)}
+    assert classes == {"dice": (1, 2, 3), "ce": None}
     with pytest.raises(ValueError, match="multiple of 16"):
-        experiment.check_grid(acdc.parse_args(["--image-size", "40"]), "residualunet")
-    experiment.check_grid(acdc.parse_args(["--image-size", "40"]), "enet")
+        grid.check_grid(acdc.parse_args(["--image-size", "40"]), "residualunet")
+    grid.check_grid(acdc.parse_args(["--image-size", "40"]), "enet")
 
 
 def test_promise12_presets():
     demo = promise12.parse_args([])
-    assert demo.losses == ("ce", "dsc", "mime") and demo.augment
+    assert demo.losses == ("ce", "dsc", "mime") and demo.train.augment
     paper = promise12.parse_args(["--preset", "paper"])
-    assert (paper.image_size, paper.batch_size, paper.epochs) == (256, 4, 200)
-    assert paper.optimizers == ("adam", "sgd") and paper.augment and "nm" not in paper.losses
-    assert promise12.parse_args(["--no-augment"]).augment is False
+    assert (paper.image_size, paper.train.batch_size, paper.train.epochs) == (256, 4, 200)
+    assert paper.optimizers == ("adam", "sgd") and paper.train.augment and "nm" not in paper.losses
+    assert promise12.parse_args(["--no-augment"]).train.augment is False
     assert demo.foreground_only == ("mime", "nm")
-    mime = experiment.train_config(demo, model="residualunet", optimizer="adam", loss="mime", num_classes=2)
-    dsc = experiment.train_config(demo, model="residualunet", optimizer="adam", loss="dsc", num_classes=2)
-    assert (mime.loss_classes, dsc.loss_classes) == ((1,), None)
+    classes = {r.loss: r.config.loss_classes for r in grid.grid_runs(demo, model="residualunet", num_classes=2)}
+    assert classes == {"ce": None, "dsc": None, "mime": (1,)}
     assert promise12.parse_args(["--foreground-only", ""]).foreground_only == ()
 
 
 def test_run_name_is_a_safe_folder_name():
-    assert experiment.run_name("adam", "mime") == "adam-mime"
-    assert experiment.run_name("sgd", "1*ce+0.5*dsc") == "sgd-1_ce_0.5_dsc"
+    assert grid.run_name("adam", "mime", 0) == "adam-mime-seed0"
+    assert grid.run_name("sgd", "1*ce+0.5*dsc", 3) == "sgd-1_ce_0.5_dsc-seed3"
 
 
-def test_existing_runs_need_resume_or_overwrite(tmp_path):
-    run_dir = tmp_path / "runs" / "adam-ce"
-    run_dir.mkdir(parents=True)
-    (run_dir / "metrics.jsonl").write_text("{}\n")
-    config = acdc.parse_args(["--out", str(tmp_path)])
-    with pytest.raises(FileExistsError, match="--resume"):
-        experiment._check_run_dirs([run_dir], config)
-    experiment._check_run_dirs([run_dir], acdc.parse_args(["--out", str(tmp_path), "--resume"]))
-    assert run_dir.exists()
-    experiment._check_run_dirs([run_dir], acdc.parse_args(["--out", str(tmp_path), "--overwrite"]))
-    assert not run_dir.exists()
-
-
-def test_missing_data_root_is_a_clear_error(tmp_path):
+def test_bad_paths_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit, match="no such folder"):
         acdc.main(["--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(SystemExit, match="is a file; give the folder"):
+        acdc.main(["--data-root", str(a_file), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit):
+        acdc.main(["--out", str(a_file)])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: --out {a_file}: is a file, not a folder"
 
 
-def test_acdc_end_to_end_smoke(tmp_path, capsys):
+def test_acdc_end_to_end(tmp_path, capsys):
+    """Two losses share one compiled train step; the report pairs them; a rerun reuses the finished runs."""
     out = tmp_path / "out"
-    # One loss (each loss compiles its own train step), 32x32, one epoch; conftest's compilation cache.
-    argv = ["--synthetic-cases", "5", "--image-size", "32", "--epochs", "1", "--losses", "mime",
-            "--batch-size", "8", "--num-examples", "2", "--no-progress", "--no-compilation-cache",
-            "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    argv = ["--synthetic-cases", "5", "--synthetic-zoom", "1", "--image-size", "32", "--epochs", "2",
+            "--losses", "dsc,mime", "--batch-size", "8", "--num-examples", "2",
+            "--no-compilation-cache", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
     result = acdc.main(argv)
     printed = capsys.readouterr().out
-    for name in ("table1.md", "table1.csv", "results.json", "fig2.png", "fig3.png", "fig4.png"):
+    # one compilation per program for the whole grid (the last batch is trimmed: a second train step shape)
+    assert printed.count("compiling the train step (batches of 8)") == 1
+    assert printed.count("compiling the train step (the last batch") == 1
+    assert printed.count("compiling the evaluation step") == 1 and printed.count("compiling the gradient probe") == 1
+    assert printed.count("epoch 2/2") == 2  # plain lines when not on a terminal
+    for name in ("table1.md", "table1.csv", "results.json", "fig2.png", "fig3.png", "fig4.png", "train_loss.png",
+                 "gradient_range.png"):
         assert (out / name).is_file(), name
-    run_dir = out / "runs" / "adam-mime"
+    run_dir = out / "runs" / "adam-mime-seed0"
     for name in ("metrics.jsonl", "result.json", "checkpoints", "predictions"):
         assert (run_dir / name).exists(), name
-    assert len(list((run_dir / "predictions").glob("*.nii.gz"))) == len(result.runs["adam", "mime"].test_dsc)
+    mime = result.runs["adam-mime-seed0"]
+    assert len(list((run_dir / "predictions").glob("*.nii.gz"))) == len(mime.test_dsc)
     assert not (tmp_path / "cache" / "jax-compilation").exists()
     assert (tmp_path / "cache" / "synthetic" / "acdc-5-0").is_dir()
+    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert all(record[k] >= 0 for k in ("train_s", "val_s", "telemetry_s", "checkpoint_s"))
 
     results = json.loads((out / "results.json").read_text())
     assert results["dataset"] == "acdc" and results["model"] == "enet"
-    assert set(results["runs"]) == {"adam-mime"}
-    assert results["environment"]["versions"]["jax"]
-    assert results["data"]["synthetic"] is True
+    assert set(results["runs"]) == {"adam-dsc-seed0", "adam-mime-seed0"}
+    assert results["environment"]["versions"]["jax"] and results["data"]["synthetic"] is True
     # The table is computed from the per-volume DSC stored next to it.
-    dsc = np.asarray(results["runs"]["adam-mime"]["test_dsc"], dtype=float)
+    dsc = np.asarray(results["runs"]["adam-mime-seed0"]["test_dsc"], dtype=float)
     assert dsc.shape[1] == 4
     mime_row = next(r for r in results["table1"]["rows"] if r["loss"] == "Mime")
     np.testing.assert_allclose(mime_row["LV"], [100 * dsc[:, 3].mean(), 100 * dsc[:, 3].std()], rtol=1e-6)
     np.testing.assert_allclose(mime_row["All"], [100 * dsc[:, 1:].mean(), 100 * dsc[:, 1:].std()], rtol=1e-6)
-    assert result.table.cell("adam", "mime", "LV") == pytest.approx(tuple(mime_row["LV"]))
-    assert "ours / paper" in printed and "table1.md" in printed
+    # ... and the comparison from the same values, paired by volume
+    reference = np.asarray(results["runs"]["adam-dsc-seed0"]["test_dsc"], dtype=float)
+    comparison = results["comparisons"]["adam/mime"]["test_all_dsc"]
+    assert comparison["mean"] == pytest.approx((dsc[:, 1:].mean(1) - reference[:, 1:].mean(1)).mean())
+    assert comparison["n_units"] == len(dsc) and comparison["n_seeds"] == 1
+    assert "Mime − DSC: test All-DSC" in printed and "ours / paper" in printed
+    assert "Mime − DSC" in (out / "table1.md").read_text()
 
-    # A second run into the same folder refuses to clobber it; --resume reuses the finished run.
-    with pytest.raises(SystemExit, match="--resume"):
-        acdc.main(argv)
-    again = acdc.main([*argv, "--resume"])
-    assert "finished earlier" in capsys.readouterr().out
-    np.testing.assert_array_equal(again.runs["adam", "mime"].test_dsc, result.runs["adam", "mime"].test_dsc)
-    # ... but not on other data (here another synthetic seed: other images and split)
-    with pytest.raises(SystemExit, match="trained on other data .*train, val, test"):
-        acdc.main([*argv, "--resume", "--data-seed", "3"])
+    # Rerunning the same command reuses the finished runs (and compiles nothing) ...
+    again = acdc.main(argv)
+    printed = capsys.readouterr().out
+    assert printed.count("finished earlier") == 2 and "compiling" not in printed
+    np.testing.assert_array_equal(again.runs["adam-mime-seed0"].test_dsc, mime.test_dsc)
+    # ... more epochs continue them from their checkpoints (with the programs compiled above) ...
+    longer = acdc.main([*argv, "--epochs", "3"])
+    printed = capsys.readouterr().out
+    assert printed.count("resuming") == 2 and "compiling" not in printed
+    assert [h["epoch"] for h in longer.runs["adam-mime-seed0"].history] == [1, 2, 3]
+    argv = [*argv, "--epochs", "3"]
+    # ... but other data or settings are refused, naming the fix
+    with pytest.raises(SystemExit, match="trained on other data .*train, val, test.*--overwrite"):
+        acdc.main([*argv, "--data-seed", "3"])
     with pytest.raises(SystemExit, match="image size 32x32 -> 48x48"):
-        acdc.main([*argv, "--resume", "--image-size", "48"])
+        acdc.main([*argv, "--image-size", "48"])
+    with pytest.raises(SystemExit, match="another configuration \\(different batch_size\\)"):
+        acdc.main([*argv, "--batch-size", "4"])
+    with pytest.raises(SystemExit, match="another configuration \\(different adam_b1\\)"):
+        acdc.main([*argv, "--adam-b1", "0.9"])
+    capsys.readouterr()
+    retrained = acdc.main([*argv, "--adam-b1", "0.9", "--overwrite", "--epochs", "1"])
+    printed = capsys.readouterr().out
+    assert printed.count("--overwrite: training it again") == 2 and "compiling" not in printed  # betas are state
+    assert len(retrained.runs["adam-dsc-seed0"].history) == 1

@@ -106,7 +106,15 @@ def test_figures_are_written(tmp_path):
     rng = np.random.default_rng(0)
     histories = {("adam", "ce"): _history(0.3), ("adam", "dsc"): _history(0.2),
                  ("sgd", "ce"): _history(0.1), ("sgd", "dsc"): _history(0.0, epochs=3)}
-    fig2 = figures.plot_validation_curves(histories, tmp_path / "fig2.png")
+    fig2 = figures.plot_validation_curves({k: [h] for k, h in histories.items()}, tmp_path / "fig2.png")
+    seeds = {("adam", "ce"): [_history(0.3), _history(0.25)], ("adam", "dsc"): [_history(0.2), _history(0.1)]}
+    for runs in seeds.values():
+        for history in runs:
+            for record in history:
+                record["grad_telemetry"] = {"image_dynamic_range_db_median": [None, 1.5, 2.0, 12.0]}
+    curves = [figures.plot_validation_curves(seeds, tmp_path / "curves" / "fig2.png"),
+              figures.plot_training_loss(seeds, tmp_path / "curves" / "loss.png"),
+              figures.plot_gradient_range(seeds, tmp_path / "curves" / "range.png")]
 
     bins = 15
     confidence = np.tile((np.arange(bins) + 0.5) / bins, (4, 1))
@@ -122,9 +130,9 @@ def test_figures_are_written(tmp_path):
                 for loss in ("ce", "dsc")}
     fig4 = figures.plot_examples(examples, ACDC_CLASSES, tmp_path / "fig4.png")
 
-    for path in (fig2, fig3, fig4):
+    for path in (fig2, fig3, fig4, *curves):
         assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig2.png", "fig3.png", "fig4.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves", "fig2.png", "fig3.png", "fig4.png"]
 
 
 def test_label_overlay_tints_only_foreground():
@@ -157,3 +165,26 @@ def test_written_files_have_the_usual_permissions(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("interrupted")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_atomic_directory_is_all_or_nothing(tmp_path):
+    from segmime_jax.atomic_files import atomic_directory
+
+    target = tmp_path / "out"
+    with atomic_directory(target) as staging:
+        (staging / "a.txt").write_text("1")
+        assert not target.exists()
+    assert (target / "a.txt").read_text() == "1" and oct(target.stat().st_mode & 0o777) != "0o700"
+    with pytest.raises(RuntimeError), atomic_directory(tmp_path / "failed") as staging:
+        (staging / "a.txt").write_text("1")
+        raise RuntimeError
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing left of the failed one
+    with pytest.raises(FileExistsError), atomic_directory(target) as staging:
+        (staging / "b.txt").write_text("2")
+    with atomic_directory(target, exists="replace") as staging:
+        (staging / "b.txt").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    with atomic_directory(target, exists="keep") as staging:
+        (staging / "c.txt").write_text("3")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

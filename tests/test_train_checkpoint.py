@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 from train_support import TinyNet
 
-from segmime_jax.losses import build_loss
+from segmime_jax.loss_params import loss_from_spec
 from segmime_jax.train import (
     CheckpointStore,
     NonFiniteLossError,
@@ -22,7 +22,7 @@ from segmime_jax.train import (
     make_train_step,
     set_learning_rate,
 )
-from segmime_jax.train.checkpoint import from_named_tree, to_named_tree
+from segmime_jax.train.checkpoint import leaf_names, pack, packing_table, unpack
 
 
 def _state(seed: int, tx) -> TrainState:
@@ -34,56 +34,61 @@ def test_round_trip_and_continuation(tmp_path):
     batch = {"image": rng.random((2, 16, 16, 1), dtype=np.float32),
              "label": rng.integers(0, 2, (2, 16, 16)).astype(np.int32), "mask": np.ones(2, bool)}
     tx = make_optimizer("sgd", learning_rate=0.05)
-    step = make_train_step(tx, build_loss("dsc"), 2)
+    program, params = loss_from_spec("dsc", 2)
+    step = make_train_step(tx, program, 2)
     state = _state(0, tx)
     for i in range(2):
-        state, _ = step(state, batch, jax.random.key(i))
+        state, _ = step(state, batch, jax.random.key(i), params)
     state = state.replace(opt_state=set_learning_rate(state.opt_state, 0.025))
     saved = jax.tree.map(np.asarray, state.checkpoint_tree())
     meta = {"epoch": 2, "history": [{"loss": 0.5}, {"loss": 0.25}]}
     with CheckpointStore(tmp_path / "ckpt") as store:
-        store.save_latest(2, state.checkpoint_tree(), meta)
+        store.save(2, state.checkpoint_tree(), meta, improved=True)
     with CheckpointStore(tmp_path / "ckpt") as store:  # a new process would do this
-        epoch, tree, restored_meta = store.restore_latest(_state(5, tx).checkpoint_tree())
-    assert epoch == 2 and restored_meta == meta
+        epoch, tree, restored_meta = store.restore(_state(5, tx).checkpoint_tree())
+    assert epoch == 2 and {k: restored_meta[k] for k in meta} == meta
+    assert [entry["name"] for entry in restored_meta["packing"]] == leaf_names(state.checkpoint_tree())
     restored = _state(5, tx).replace_from_checkpoint(tree)
     chex.assert_trees_all_equal(jax.tree.map(np.asarray, restored.checkpoint_tree()), saved)
     assert get_learning_rate(restored.opt_state) == pytest.approx(0.025)
     assert int(restored.step) == 2
     # one more step from the original and from the restored state: identical
-    cont_a, out_a = step(state, batch, jax.random.key(2))
-    cont_b, out_b = step(restored, batch, jax.random.key(2))
+    cont_a, out_a = step(state, batch, jax.random.key(2), params)
+    cont_b, out_b = step(restored, batch, jax.random.key(2), params)
     assert float(out_a["loss"]) == float(out_b["loss"])
     chex.assert_trees_all_equal(cont_a.params, cont_b.params)
 
 
-def test_best_checkpoint_tracking(tmp_path):
+def test_orbax_keeps_the_latest_and_the_best(tmp_path):
     tx = make_optimizer("adam")
-    states = {e: _state(e, tx) for e in (1, 2, 3)}
+    states = {e: _state(e, tx) for e in (1, 2, 3, 4, 5)}
+    improved = {1: True, 2: True, 3: False, 4: True, 5: False}
     with CheckpointStore(tmp_path, async_save=False) as store:
-        assert store.restore_latest(states[1].checkpoint_tree()) is None
-        assert store.restore_best(states[1].checkpoint_tree()) is None
-        store.save_best(1, states[1].checkpoint_tree(), {"epoch": 1}, 0.5)
-        store.save_best(2, states[2].checkpoint_tree(), {"epoch": 2}, 0.6)
-        store.save_best(3, states[3].checkpoint_tree(), {"epoch": 3}, 0.7)
-        store.save_latest(4, states[1].checkpoint_tree(), {"epoch": 4})
-        assert store.best_epoch() == 3 and store.latest_epoch() == 4
-        epoch, tree, meta = store.restore_best(states[1].checkpoint_tree())
-        assert epoch == 3 and meta == {"epoch": 3}
-        chex.assert_trees_all_equal(tree["params"], states[3].params)
-        # the two most recent improvements are kept (see discard_best_after)
-        assert sorted(p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()) == ["2", "3"]
-        # resuming from epoch 2 drops the best of epoch 3, and the best of epoch 2 is there again
-        assert store.discard_best_after(2) == [3]
-        assert store.best_epoch() == 2
-    assert sorted(p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()) == ["2"]
+        assert store.restore(states[1].checkpoint_tree()) is None and store.latest_epoch() is None
+        for epoch, state in states.items():
+            store.save(epoch, state.checkpoint_tree(), {"epoch": epoch}, improved=improved[epoch])
+        assert store.epochs() == [4, 5] and store.latest_epoch() == 5
+        epoch, tree, meta = store.restore(states[1].checkpoint_tree(), 4)
+        assert epoch == 4 and meta["epoch"] == 4
+        chex.assert_trees_all_equal(tree["params"], states[4].params)
+        assert store.restore(states[1].checkpoint_tree(), 3) is None
+        # a later tie of the best value is not an improvement: the first epoch that reached it stays
+        store.save(6, states[1].checkpoint_tree(), {"epoch": 6}, improved=False)
+        assert store.epochs() == [4, 6]
+    with CheckpointStore(tmp_path) as store, pytest.raises(ValueError, match="another state structure"):
+        other = TrainState.create(TinyNet(2, rngs=nnx.Rngs(0), width=8), make_optimizer("sgd"))
+        store.restore(other.checkpoint_tree())
 
 
-def test_named_tree_round_trip():
-    tree = {"a": [np.zeros(2), np.ones(3)], "b": {"c": np.arange(4)}}
-    named = to_named_tree(tree)
-    assert set(named) == {"a", "b"} and set(named["a"]) == {"0", "1"}
-    chex.assert_trees_all_equal(from_named_tree(tree, named), tree)
+def test_packed_state_round_trip():
+    tree = {"a": [np.zeros(2, np.float32), np.ones((3, 2), np.float32)], "b": {"c": np.arange(4, dtype=np.int32)},
+            "d": np.float32(7)}
+    packed = pack(tree)
+    assert {k: v.shape for k, v in packed.items()} == {"float32": (9,), "int32": (4,)}
+    assert [(e["name"], e["offset"]) for e in packing_table(tree)] == [("a/0", 0), ("a/1", 2), ("b/c", 0), ("d", 8)]
+    chex.assert_trees_all_equal(unpack(tree, packed), tree)
+    with pytest.raises(ValueError, match="float32 vector"):
+        unpack({"a": np.zeros(10, np.float32)}, packed)
 
 
 def test_non_finite_guard(tmp_path):
@@ -92,7 +97,7 @@ def test_non_finite_guard(tmp_path):
         check_finite(float("nan"), epoch=2, step=7)
     tx = make_optimizer("adam")
     with CheckpointStore(tmp_path, async_save=False) as store:
-        store.save_latest(1, _state(0, tx).checkpoint_tree(), {"epoch": 1})
+        store.save(1, _state(0, tx).checkpoint_tree(), {"epoch": 1}, improved=True)
         with pytest.raises(NonFiniteLossError, match="last good checkpoint \\(epoch 1\\)") as info:
             check_finite(float("inf"), epoch=2, step=9, store=store)
     assert info.value.checkpoint_epoch == 1 and info.value.epoch == 2

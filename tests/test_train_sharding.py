@@ -51,7 +51,7 @@ SCRIPT = textwrap.dedent("""
         result = train_and_evaluate(config, data, run_dir, model_factory=tiny_factory)
         template = TrainState.create(tiny_factory(3, rngs=nnx.Rngs(0)), config.build_optimizer())
         with CheckpointStore(os.path.join(run_dir, "checkpoints")) as store:
-            _, tree, _ = store.restore_latest(template.checkpoint_tree())
+            _, tree, _ = store.restore(template.checkpoint_tree())
         out[n] = {
             "history": [{k: h[k] for k in ("train_loss", "val_loss", "val_dsc", "val_dsc_fg")} for h in result.history],
             "test_dsc": result.test_dsc.tolist(),

@@ -1,38 +1,11 @@
-"""What ran a benchmark: device kind and count, library versions, and peak memory where reported."""
+"""Memory figures of a benchmark: peak device memory where the backend reports it, XLA's planned memory and
+the bytes a compiled program updates in place. (What it ran on: :func:`segmime_jax.environment.environment`.)"""
 
 from __future__ import annotations
 
-import importlib.metadata
-import os
-import platform
 from typing import Any
 
 import jax
-
-_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "jax-cuda12-plugin", "jax-cuda12-pjrt", "jax-cuda13-plugin",
-             "jax-cuda13-pjrt", "nvidia-cudnn-cu12", "nvidia-cudnn-cu13", "jax-rocm-plugin")
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def environment() -> dict[str, Any]:
-    """Backend, device kind and count, host, versions of the libraries a result depends on, and the
-    ``XLA_FLAGS`` it ran under (``None`` where unset): a figure measured with compiler flags says so."""
-    devices = jax.local_devices()
-    return {
-        "backend": jax.default_backend(),
-        "device_kind": devices[0].device_kind,
-        "local_device_count": len(devices),
-        "host": platform.node(),
-        "python": platform.python_version(),
-        "versions": {name: version for name in _PACKAGES if (version := _version(name)) is not None},
-        "xla_flags": os.environ.get("XLA_FLAGS"),
-    }
 
 
 def peak_memory_bytes(device: jax.Device | None = None) -> int | None:

@@ -42,7 +42,7 @@ from segmime_jax.bench.device_info import compiled_memory_bytes, peak_memory_byt
 from segmime_jax.bench.profile import profile_steps
 from segmime_jax.bench.program_audit import audit_compiled
 from segmime_jax.bench.timing import TimingStats, time_call
-from segmime_jax.losses import build_loss
+from segmime_jax.loss_params import LossParams, loss_from_spec
 from segmime_jax.models import build_model
 from segmime_jax.models.analysis import cpu_lowered_flops, flops_from_cost_analysis
 from segmime_jax.train import (
@@ -54,9 +54,8 @@ from segmime_jax.train import (
     replicate,
     train_step_fn,
 )
+from segmime_jax.train.config import PRECISIONS
 from segmime_jax.train.sharding import shard_batch
-
-PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +104,12 @@ class Setup:
     flops: float | None  # of the global (unpartitioned) program
     key: jax.Array
     flops_source: str | None = None  # see flops_with_fallback
+    loss_params: LossParams | None = None  # the case's loss, as the step's data argument
 
     def step(self, batch: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
         """One train step on ``batch`` (default: the fixed batch); returns its metrics (not waited for)."""
-        self.state, metrics = self.compiled(self.state, self.batch if batch is None else batch, self.key)
+        self.state, metrics = self.compiled(self.state, self.batch if batch is None else batch, self.key,
+                                            self.loss_params)
         return metrics
 
     def step_outputs(self) -> tuple[dict[str, jax.Array], TrainState]:
@@ -159,14 +160,17 @@ def build_setup(case: BenchCase, *, seed: int = 0) -> Setup:
     mesh = make_data_mesh(case.num_devices, batch_sizes=(case.batch_size,))
     state = replicate(TrainState.create(model, tx), mesh)
     batch = shard_batch(random_batch(case, seed), mesh)
-    step = make_train_step(tx, build_loss(case.loss), case.num_classes, mesh=mesh)
+    loss, loss_params = loss_from_spec(case.loss, case.num_classes)
+    loss_params = replicate(loss_params, mesh)
+    step = make_train_step(tx, loss, case.num_classes, mesh=mesh)
+    key = jax.random.key(seed)
     start = time.perf_counter()
-    lowered = step.lower(state, batch, jax.random.key(seed))
+    lowered = step.lower(state, batch, key, loss_params)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
-    flops, source = flops_with_fallback(lowered, train_step_fn(tx, build_loss(case.loss), case.num_classes),
-                                        state, batch, jax.random.key(seed))
-    return Setup(case, state, batch, compiled, compile_s, mesh, flops, jax.random.key(seed), source)
+    flops, source = flops_with_fallback(lowered, train_step_fn(tx, loss, case.num_classes), state, batch, key,
+                                        loss_params)
+    return Setup(case, state, batch, compiled, compile_s, mesh, flops, key, source, loss_params)
 
 
 def _forward_fn(graphdef: nnx.GraphDef):

@@ -254,3 +254,24 @@ class DatasetSplits:
     @property
     def num_classes(self) -> int:
         return self.train.num_classes
+
+    def fingerprint(self) -> dict[str, str]:
+        """``{"name", "image_size", "train", "val", "test"}``: which data a run saw (each split's
+        :meth:`SliceDataset.fingerprint`). Runs store it, so that resuming or reusing one on other data is refused
+        (:func:`fingerprint_differences`)."""
+        size = "x".join(str(n) for n in self.train.image_size)
+        return {"name": str(self.name), "image_size": size,
+                **{split: getattr(self, split).fingerprint() for split in ("train", "val", "test")}}
+
+
+def fingerprint_differences(saved: Mapping[str, str] | None, current: Mapping[str, str]) -> list[str]:
+    """The entries of two :meth:`DatasetSplits.fingerprint` that differ, described (none when ``saved`` is
+    missing, as in runs made before fingerprints)."""
+    if not saved:
+        return []
+    changed = []
+    for key in ("name", "image_size", "train", "val", "test"):
+        if key in saved and saved.get(key) != current.get(key):
+            changed.append(f"{key.replace('_', ' ')} {saved[key]} -> {current.get(key)}"
+                           if key in ("name", "image_size") else key)
+    return changed

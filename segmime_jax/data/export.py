@@ -14,12 +14,14 @@ Both datasets are exported as NIfTI (one decision, one reader: nibabel, no Simpl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from segmime_jax.atomic_files import atomic_output
+from segmime_jax.atomic_files import atomic_directory, atomic_output
 from segmime_jax.data.dataset import VolumeInfo
 from segmime_jax.data.preprocess import resize_nearest
 
@@ -65,3 +67,12 @@ def write_prediction_nifti(volume: VolumeInfo, labels: np.ndarray, path: str | o
     with atomic_output(path, suffix=suffix) as tmp:
         nib.save(image, tmp)
     return path
+
+
+@contextlib.contextmanager
+def prediction_folder(path: str | os.PathLike) -> Iterator[Callable[[VolumeInfo, np.ndarray], pathlib.Path]]:
+    """Yield ``write(volume, labels)``, which writes ``<volume.name>.nii.gz`` (:func:`write_prediction_nifti`)
+    into a staging folder; when the block ends without error the folder replaces ``path`` as a whole (an
+    earlier set of predictions there included), else it is deleted."""
+    with atomic_directory(path, exists="replace") as staging:
+        yield lambda volume, labels: write_prediction_nifti(volume, labels, staging / f"{volume.name}.nii.gz")

@@ -16,7 +16,7 @@ float32) and are converted there. ``prefetch`` batches are kept in flight with :
 batch axis split over devices; the batch size must then be a multiple of the number of devices.
 
 Small datasets can live on the device: ``to_device(dataset)`` returns a :class:`DeviceDataset` (uint8,
-replicated over the sharding's devices) that :func:`train_batches` and :func:`volume_batches` accept in
+replicated over the sharding's devices) that :func:`train_batches` and :func:`eval_batches` accept in
 place of a :class:`SliceDataset`; batches are then gathered on the device by index and only the indices
 cross the host-device boundary.
 """
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import jax
@@ -189,28 +189,22 @@ def train_batches(dataset: AnyDataset, batch_size: int, *, seed: int, epoch: int
     return _prefetch((_make_batch(dataset, chunk, batch_size, sharding) for chunk in chunks), prefetch)
 
 
-def volume_batches(dataset: AnyDataset, batch_size: int, *, sharding: jax.sharding.Sharding | None = None,
-                   prefetch: int = 2) -> Iterator[tuple[VolumeInfo, list[Batch]]]:
-    """For each volume in order: its record and its slices, in slice order, as fixed-shape padded batches.
+def eval_batches(dataset: AnyDataset, batch_size: int, *, sharding: jax.sharding.Sharding | None = None,
+                 prefetch: int = 2) -> Iterator[tuple[np.ndarray, Batch]]:
+    """Every slice once, volume after volume (each volume's slices in :meth:`SliceDataset.slices_of` order),
+    packed into fixed-shape batches: ``(index, batch)`` with ``index`` the dataset positions of the batch's
+    real slices (host int array, the padding excluded).
 
-    ``prefetch`` counts volumes. Reassemble per-slice outputs with :func:`assemble_volume`.
+    A batch may hold the end of one volume and the start of the next: per-slice outputs are summed per volume
+    by the caller (``dataset.volume_ids[index]``), so no batch is mostly padding when volumes are short.
     """
     _check_batch_size(batch_size)
-
-    def volumes():
-        for info in dataset.volumes:
-            index = dataset.slices_of(info.volume_id)
-            batches = [_make_batch(dataset, index[start:start + batch_size], batch_size, sharding)
-                       for start in range(0, len(index), batch_size)]
-            yield info, batches
-
-    return _prefetch(volumes(), prefetch)
+    order = evaluation_order(dataset)
+    chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    return _prefetch(((chunk, _make_batch(dataset, chunk, batch_size, sharding)) for chunk in chunks), prefetch)
 
 
-def assemble_volume(batches: Sequence[Batch], outputs: Sequence) -> np.ndarray:
-    """Stack per-slice ``outputs`` (one ``(B, ...)`` array per batch of :func:`volume_batches`) into the
-    volume's ``(S, ...)`` array, dropping the padding."""
-    if len(batches) != len(outputs):
-        raise ValueError(f"{len(batches)} batches but {len(outputs)} outputs")
-    pieces = [np.asarray(out)[np.asarray(batch["mask"])] for batch, out in zip(batches, outputs, strict=True)]
-    return np.concatenate(pieces, axis=0)
+def evaluation_order(dataset: AnyDataset) -> np.ndarray:
+    """The dataset positions of all slices, volume after volume, in the order :func:`eval_batches` yields them."""
+    parts = [np.asarray(dataset.slices_of(info.volume_id)) for info in dataset.volumes]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)

@@ -34,17 +34,15 @@ Command line: ``python -m segmime_jax.data.synthetic {acdc,promise12} OUT_DIR [-
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import pathlib
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
+from segmime_jax.atomic_files import atomic_directory
 from segmime_jax.data.preprocess import resize_linear_axis
 
 ACDC_SIZES: tuple[tuple[int, int], ...] = (
@@ -126,34 +124,22 @@ def _ellipse(u: np.ndarray, v: np.ndarray, cu: float, cv: float, au: float, av: 
     return np.sqrt((p / max(au, 1e-3)) ** 2 + (q / max(av, 1e-3)) ** 2)
 
 
-@contextlib.contextmanager
-def _staging(out_dir: pathlib.Path) -> Iterator[pathlib.Path]:
-    """A temporary folder next to ``out_dir``, renamed to ``out_dir`` on success, deleted on error."""
+def _check_new_folder(out_dir: str | os.PathLike) -> pathlib.Path:
+    """``out_dir`` as a path; FileExistsError unless it is missing or an empty folder (checked before any work)."""
     out_dir = pathlib.Path(out_dir)
-    if out_dir.exists():
-        if not out_dir.is_dir() or any(out_dir.iterdir()):
-            raise FileExistsError(f"{out_dir}: exists and is not an empty folder; choose a new output folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is an ordinary folder
-    try:
-        yield tmp
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.rename(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"{out_dir}: exists and is not an empty folder; choose a new output folder")
+    return out_dir
 
 
 # ------------------------------------------------------------------------------------------------- ACDC
 
-def _acdc_patient(rng: np.random.Generator, group: str, scale: float) -> dict:
-    """Per-patient anatomy, acquisition and Info.cfg values."""
+def _acdc_patient(rng: np.random.Generator, group: str, scale: float, zoom: float = 1.0) -> dict:
+    """Per-patient anatomy, acquisition and Info.cfg values (``zoom``: see :func:`write_synthetic_acdc`)."""
     g = _GROUPS[group]
     height, width = ACDC_SIZES[rng.integers(len(ACDC_SIZES))]
     height, width = max(8, round(height * scale)), max(8, round(width * scale))
-    spacing = _u(rng, 1.2, 1.6) / scale
+    spacing = _u(rng, 1.2, 1.6) / scale / zoom
     thickness = float(rng.choice([5.0, 6.0, 6.5, 7.0, 8.0, 10.0]))
     heart_length = _u(rng, 75.0, 105.0)
     past_apex = int(rng.uniform() < 0.35)  # one slice below the apex, with no heart at all
@@ -179,6 +165,8 @@ def _acdc_patient(rng: np.random.Generator, group: str, scale: float) -> dict:
         # body
         "body": (body_u, body_v, _u(rng, 140.0, 175.0), a_v), "fat": _u(rng, 6.0, 18.0), "chest_muscle": _u(rng, 8, 16),
         # heart
+        # the field of view's centre: the body's, moved towards the heart as the field of view shrinks (zoom)
+        "view_centre": (heart_u * (1 - 1 / zoom), heart_v * (1 - 1 / zoom)),
         "heart": (heart_u, heart_v), "drift": (_u(rng, -2, 2), _u(rng, -2, 2)), "endo": endo, "thick": thick,
         "taper": _u(rng, 1.6, 2.6), "es_ratio": _u(rng, *g["es"]), "shorten": _u(rng, 0.84, 0.93),
         "endo_shape": _harmonics(rng, (2, 3), 0.06), "trabeculae": _harmonics(rng, (5, 7, 9), 0.025),
@@ -216,8 +204,8 @@ def _acdc_frame(rng: np.random.Generator, p: dict, phase: str) -> tuple[np.ndarr
     x = (np.arange(width, dtype=np.float32) - width / 2) * sp
     yy, xx = np.meshgrid(y, x, indexing="ij")
     c, s = np.cos(p["orientation"]), np.sin(p["orientation"])
-    u = (c * xx + s * yy).astype(np.float32)
-    v = (-s * xx + c * yy).astype(np.float32)
+    u = (c * xx + s * yy + p["view_centre"][0]).astype(np.float32)
+    v = (-s * xx + c * yy + p["view_centre"][1]).astype(np.float32)
     es = phase == "ES"
     jitter = (_u(rng, -3, 3), _u(rng, -3, 3)) if es else (0.0, 0.0)
     vary = (lambda value: value * _u(rng, 0.95, 1.05)) if es else (lambda value: value)
@@ -340,8 +328,9 @@ def _write_nifti(path: pathlib.Path, array: np.ndarray, affine: np.ndarray) -> N
     nib.save(image, os.fspath(path))
 
 
-def _write_acdc_patient(folder: pathlib.Path, name: str, rng: np.random.Generator, group: str, scale: float) -> None:
-    p = _acdc_patient(rng, group, scale)
+def _write_acdc_patient(folder: pathlib.Path, name: str, rng: np.random.Generator, group: str, scale: float,
+                        zoom: float) -> None:
+    p = _acdc_patient(rng, group, scale, zoom)
     folder.mkdir(parents=True)
     lines = [f"{key}: {value}" for key, value in p["info"].items()]
     (folder / "Info.cfg").write_text("\n".join(lines) + "\n")
@@ -355,7 +344,7 @@ def _write_acdc_patient(folder: pathlib.Path, name: str, rng: np.random.Generato
 
 
 def write_synthetic_acdc(out_dir: str | os.PathLike, *, cases: int = 20, seed: int = 0, testing_cases: int = 0,
-                         scale: float = 1.0) -> pathlib.Path:
+                         scale: float = 1.0, zoom: float = 1.0) -> pathlib.Path:
     """Write an ACDC-like dataset to ``out_dir`` (which must not exist or be empty) and return it.
 
     Args:
@@ -364,13 +353,19 @@ def write_synthetic_acdc(out_dir: str | os.PathLike, *, cases: int = 20, seed: i
         seed: dataset seed; patient i is drawn from ``default_rng([seed, i])``.
         testing_cases: patients (patient101, ...) in ``testing/``, with ground truth as in newer releases.
         scale: in-plane matrix size multiplier at a constant field of view (e.g. 0.25 for tiny test data).
+        zoom: in-plane magnification at a constant matrix size: the field of view shrinks by this factor
+            (pixel spacing divided by it) and its centre moves towards the heart, like a cardiac
+            region-of-interest acquisition. 1 is the whole thorax (the heart is about 3 % of the pixels, as in
+            ACDC); 2 makes every cardiac structure twice as many pixels across, so that a small working size
+            (e.g. 64x64) still resolves the myocardium. Anatomy and randomness are the same for every zoom.
     """
-    if cases < 1 or testing_cases < 0 or not scale > 0:
-        raise ValueError(f"need cases >= 1, testing_cases >= 0, scale > 0; got {cases}, {testing_cases}, {scale}")
+    if cases < 1 or testing_cases < 0 or not scale > 0 or not zoom >= 1:
+        raise ValueError(f"need cases >= 1, testing_cases >= 0, scale > 0, zoom >= 1; got {cases}, {testing_cases}, "
+                         f"{scale}, {zoom}")
     if cases > 100 and testing_cases:
         raise ValueError("with testing_cases, at most 100 training cases (testing starts at patient101)")
-    out_dir = pathlib.Path(out_dir)
-    with _staging(out_dir) as tmp:
+    out_dir = _check_new_folder(out_dir)
+    with atomic_directory(out_dir) as tmp:
         for subset, count, first in (("training", cases, 1), ("testing", testing_cases, 101)):
             for i in range(count):
                 number = first + i
@@ -378,16 +373,18 @@ def write_synthetic_acdc(out_dir: str | os.PathLike, *, cases: int = 20, seed: i
                 block = np.random.default_rng([seed, 1_000_003, first, i // 5]).permutation(len(ACDC_GROUP_NAMES))
                 group = ACDC_GROUP_NAMES[block[i % 5]]
                 name = f"patient{number:03d}"
-                _write_acdc_patient(tmp / subset / name, name, np.random.default_rng([seed, number]), group, scale)
+                _write_acdc_patient(tmp / subset / name, name, np.random.default_rng([seed, number]), group, scale,
+                                    zoom)
     return out_dir
 
 
 # -------------------------------------------------------------------------------------------- PROMISE12
 
-def _promise12_case(rng: np.random.Generator, scale: float) -> tuple[np.ndarray, np.ndarray, dict]:
-    """One case: int16 image and uint8 mask, ``(z, y, x)``, and its geometry."""
+def _promise12_case(rng: np.random.Generator, scale: float, zoom: float = 1.0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One case: int16 image and uint8 mask, ``(z, y, x)``, and its geometry (``zoom``: see
+    :func:`write_synthetic_promise12`)."""
     n = max(8, round(int(rng.choice(PROMISE12_SIZES)) * scale))
-    fov = _u(rng, 120.0, 200.0)
+    fov = _u(rng, 120.0, 200.0) / zoom
     sp = fov / n
     thickness = _u(rng, 2.2, 4.0)
     nz = int(np.clip(round(_u(rng, 60.0, 100.0) / thickness), 15, 30))
@@ -468,21 +465,24 @@ def _promise12_case(rng: np.random.Generator, scale: float) -> tuple[np.ndarray,
 
 
 def write_synthetic_promise12(out_dir: str | os.PathLike, *, cases: int = 20, seed: int = 0,
-                              scale: float = 1.0) -> pathlib.Path:
+                              scale: float = 1.0, zoom: float = 1.0) -> pathlib.Path:
     """Write a PROMISE12-like dataset (``CaseNN.mhd/.raw`` + ``CaseNN_segmentation.mhd/.raw``) to ``out_dir``.
 
     Needs SimpleITK. ``out_dir`` must not exist or be empty. ``scale`` multiplies the in-plane matrix size
-    at a constant field of view. Case i is drawn from ``default_rng([seed, i])``.
+    at a constant field of view. ``zoom`` divides the field of view (120-200 mm) at a constant matrix size,
+    around the image centre, where the prostate is (within 12 mm): the prostate is ``zoom`` times as many
+    pixels across; 1.5 still shows the whole gland. Case i is drawn from ``default_rng([seed, i])``, its
+    anatomy the same for every zoom.
     """
     from segmime_jax.data.promise12 import import_simpleitk
 
     sitk = import_simpleitk()
-    if cases < 1 or not scale > 0:
-        raise ValueError(f"need cases >= 1 and scale > 0; got {cases}, {scale}")
-    out_dir = pathlib.Path(out_dir)
-    with _staging(out_dir) as tmp:
+    if cases < 1 or not scale > 0 or not zoom >= 1:
+        raise ValueError(f"need cases >= 1, scale > 0 and zoom >= 1; got {cases}, {scale}, {zoom}")
+    out_dir = _check_new_folder(out_dir)
+    with atomic_directory(out_dir) as tmp:
         for i in range(cases):
-            image, label, geometry = _promise12_case(np.random.default_rng([seed, i]), scale)
+            image, label, geometry = _promise12_case(np.random.default_rng([seed, i]), scale, zoom)
             for array, suffix in ((image, ""), (label, "_segmentation")):
                 itk = sitk.GetImageFromArray(array)
                 itk.SetSpacing(geometry["spacing"])
@@ -506,6 +506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="in-plane matrix size multiplier at constant field of view (default: 1)")
+    parser.add_argument("--zoom", type=float, default=1.0,
+                        help="field of view shrunk by this factor around the heart or prostate (default: 1)")
     parser.add_argument("--testing-cases", type=int, default=0,
                         help="ACDC only: patients in testing/ (patient101...), with ground truth (default: 0)")
     args = parser.parse_args(argv)
@@ -513,11 +515,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.dataset == "acdc":
             path = write_synthetic_acdc(args.out_dir, cases=args.cases, seed=args.seed, scale=args.scale,
-                                        testing_cases=args.testing_cases)
+                                        testing_cases=args.testing_cases, zoom=args.zoom)
         else:
             if args.testing_cases:
                 parser.error("--testing-cases applies to acdc only")
-            path = write_synthetic_promise12(args.out_dir, cases=args.cases, seed=args.seed, scale=args.scale)
+            path = write_synthetic_promise12(args.out_dir, cases=args.cases, seed=args.seed, scale=args.scale,
+                                             zoom=args.zoom)
     except (FileExistsError, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,7 +1,9 @@
 """Paper Figures 2-4 from training results (matplotlib, Agg backend; nothing is shown on screen).
 
 - Figure 2, :func:`plot_validation_curves`: validation DSC (mean over foreground classes, %) per epoch,
-  one line per loss, one panel per optimiser.
+  one line per loss (the mean over seeds, their range shaded), one panel per optimiser; the same layout for
+  the gradient's dynamic range during training (:func:`plot_gradient_range`), and the training loss per
+  (optimiser, loss) panel (:func:`plot_training_loss`).
 - Figure 3, :func:`plot_calibration`: class-wise expected calibration error (ClECE) per loss as bars (mean over
   classes and the chosen class), and the chosen class's reliability diagram (accuracy vs confidence per bin),
   one line per loss.
@@ -14,7 +16,7 @@ complete or absent, and returns the path written.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -50,44 +52,117 @@ def _loss_colours(losses: Sequence[str]) -> dict[str, tuple]:
     return {loss: cmap(i % 10) for i, loss in enumerate(losses)}
 
 
-def plot_validation_curves(
-    histories: Mapping[tuple[str, str], Sequence[Mapping]],
+Histories = Mapping[tuple[str, str], Sequence[Sequence[Mapping]]]
+
+
+def _grid_of(histories: Histories, what: str) -> tuple[list[str], list[str], dict[str, tuple]]:
+    """The optimisers and losses of ``histories`` in their order, and a colour per loss."""
+    if not histories:
+        raise ValueError(f"{what} needs at least one run's history")
+    losses = list(dict.fromkeys(l for _, l in histories))
+    return list(dict.fromkeys(o for o, _ in histories)), losses, _loss_colours(losses)
+
+
+def _epoch_values(history: Sequence[Mapping], value: Callable[[Mapping], float | None]) -> tuple[np.ndarray, ...]:
+    epochs = np.array([record["epoch"] for record in history], dtype=float)
+    values = np.array([np.nan if (v := value(record)) is None else v for record in history], dtype=float)
+    return epochs, values
+
+
+def _seed_band(ax, runs: Sequence[Sequence[Mapping]], value: Callable[[Mapping], float | None], *, colour,
+               label: str) -> None:
+    """The mean over seeds of ``value`` per epoch as a line, the seeds' range as a band (one seed: the line)."""
+    curves = [_epoch_values(history, value) for history in runs if history]
+    if not curves:
+        return
+    length = min(len(epochs) for epochs, _ in curves)
+    epochs = curves[0][0][:length]
+    stacked = np.stack([values[:length] for _, values in curves])
+    with np.errstate(all="ignore"):
+        ax.plot(epochs, np.nanmean(stacked, axis=0), color=colour, linewidth=1.5,
+                label=label if len(curves) == 1 else f"{label} (mean of {len(curves)} seeds, range shaded)",
+                marker="o" if length <= 20 else None, markersize=3)
+        if len(curves) > 1:
+            ax.fill_between(epochs, np.nanmin(stacked, axis=0), np.nanmax(stacked, axis=0), color=colour, alpha=0.2,
+                            linewidth=0)
+
+
+def plot_epoch_curves(
+    histories: Histories,
     path: Path,
     *,
-    title: str = "Validation DSC over epochs",
+    value: Callable[[Mapping], float | None],
+    ylabel: str,
+    title: str,
+    ylim: tuple[float, float] | None = None,
+    legend: str = "lower right",
     dpi: int = 120,
 ) -> Path:
-    """Figure 2: validation DSC (%) per epoch; one panel per optimiser, one line per loss.
+    """One panel per optimiser, one line per loss: ``value(record)`` per epoch, mean over seeds, seeds' range shaded.
 
     Args:
-      histories: ``{(optimizer, loss): history}`` with ``history`` the per-epoch records of a run
-        (``RunResult.history``): each needs ``"epoch"`` and ``"val_dsc_fg"`` (mean validation 3D DSC over
-        foreground classes, in [0, 1]).
-      path: the PNG to write.
+      histories: ``{(optimizer, loss): [history of each seed]}``, a history being a run's per-epoch records
+        (``RunResult.history``, each with ``"epoch"``).
+      value: the plotted number of a record (``None``: no point).
     """
-    if not histories:
-        raise ValueError("plot_validation_curves needs at least one run's history")
+    optimizers, losses, colours = _grid_of(histories, "plot_epoch_curves")
     plt = _pyplot()
-    optimizers = list(dict.fromkeys(o for o, _ in histories))
-    losses = list(dict.fromkeys(l for _, l in histories))
-    colours = _loss_colours(losses)
     fig, axes = plt.subplots(1, len(optimizers), figsize=(5.0 * len(optimizers), 3.8), squeeze=False,
                              sharey=True)
     for ax, optimizer in zip(axes[0], optimizers, strict=True):
         for loss in losses:
-            history = histories.get((optimizer, loss))
-            if not history:
-                continue
-            epochs = np.array([record["epoch"] for record in history], dtype=float)
-            values = np.array([record["val_dsc_fg"] for record in history], dtype=float) * 100.0
-            ax.plot(epochs, values, color=colours[loss], label=loss_display_name(loss), linewidth=1.5,
-                    marker="o" if len(epochs) <= 20 else None, markersize=3)
+            _seed_band(ax, histories.get((optimizer, loss), ()), value, colour=colours[loss],
+                       label=loss_display_name(loss))
         ax.set_title(optimizer_display_name(optimizer))
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="lower right", fontsize="small")
-    axes[0][0].set_ylabel("validation DSC (%), foreground mean")
-    axes[0][0].set_ylim(0, 100)
+        ax.legend(loc=legend, fontsize="small")
+    axes[0][0].set_ylabel(ylabel)
+    if ylim is not None:
+        axes[0][0].set_ylim(*ylim)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def plot_validation_curves(histories: Histories, path: Path, *, title: str = "Validation DSC over epochs",
+                           dpi: int = 120) -> Path:
+    """Figure 2: validation DSC (%, mean 3D DSC over the foreground classes, ``val_dsc_fg``) per epoch."""
+    return plot_epoch_curves(histories, path, value=lambda r: 100.0 * r["val_dsc_fg"],
+                             ylabel="validation DSC (%), foreground mean", title=title, ylim=(0, 100), dpi=dpi)
+
+
+def plot_gradient_range(histories: Histories, path: Path, *, title: str = "Dynamic range of the loss gradient",
+                        dpi: int = 120) -> Path:
+    """The paper's dynamic-range argument (§2.2, Figure 1) watched during training: per epoch, the dynamic range
+    of ``∂L/∂s`` over one (image, class) map in dB (median over the probe batch's images, then the mean over the
+    foreground classes; see :mod:`segmime_jax.train.telemetry`)."""
+
+    def foreground_range(record: Mapping) -> float | None:
+        medians = (record.get("grad_telemetry") or {}).get("image_dynamic_range_db_median") or []
+        values = [v for v in medians[1:] if v is not None]
+        return float(np.mean(values)) if values else None
+
+    return plot_epoch_curves(histories, path, value=foreground_range, legend="upper right",
+                             ylabel="dB per (image, class) map, foreground classes", title=title, dpi=dpi)
+
+
+def plot_training_loss(histories: Histories, path: Path, *, title: str = "Training loss over epochs",
+                       dpi: int = 120) -> Path:
+    """The mean training loss per epoch; one panel per (optimiser, loss), since the losses have different scales
+    (the mimes are negative). Seeds as in :func:`plot_epoch_curves`."""
+    optimizers, losses, colours = _grid_of(histories, "plot_training_loss")
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(optimizers), len(losses), figsize=(3.4 * len(losses), 2.8 * len(optimizers)),
+                             squeeze=False)
+    for i, optimizer in enumerate(optimizers):
+        for j, loss in enumerate(losses):
+            ax = axes[i][j]
+            _seed_band(ax, histories.get((optimizer, loss), ()), lambda r: r["train_loss"], colour=colours[loss],
+                       label=loss_display_name(loss))
+            ax.set_title(f"{optimizer_display_name(optimizer)}, {loss_display_name(loss)}", fontsize="medium")
+            ax.set_xlabel("epoch")
+            ax.grid(True, alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path, dpi)

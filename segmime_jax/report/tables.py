@@ -272,13 +272,18 @@ def format_csv(table: Table1, *, digits: int = 4) -> str:
 
 
 def write_table1(
-    table: Table1, out_dir: Path, *, paper: Table1 | None = None, stem: str = "table1"
+    table: Table1, out_dir: Path, *, paper: Table1 | None = None, stem: str = "table1",
+    comparisons: Sequence[str] = (),
 ) -> tuple[Path, Path]:
-    """Write ``<stem>.md`` (ours, then ours next to ``paper`` when given) and ``<stem>.csv``; return both paths."""
+    """Write ``<stem>.md`` (ours, then ours next to ``paper`` when given, then the ``comparisons`` lines) and
+    ``<stem>.csv``; return both paths."""
     out_dir = Path(out_dir)
     markdown = format_markdown(table)
     if paper is not None:
         markdown += "\n**Ours / paper**\n\n" + format_comparison(table, paper)
+    if comparisons:
+        markdown += ("\n**Each loss against the reference** (paired by test volume and seed; mean difference "
+                     "[95 % bootstrap interval])\n\n" + "\n".join(f"- {line.strip()}" for line in comparisons) + "\n")
     md = write_text_atomic(out_dir / f"{stem}.md", markdown)
     csv_path = write_text_atomic(out_dir / f"{stem}.csv", format_csv(table))
     return md, csv_path

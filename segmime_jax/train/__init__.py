@@ -7,20 +7,16 @@ Entry point::
     result = train_and_evaluate(TrainConfig(loss="dsc", optimizer="sgd", epochs=100), splits, "runs/acdc_dsc")
 
 Modules: :mod:`~segmime_jax.train.optim`, :mod:`~segmime_jax.train.state`, :mod:`~segmime_jax.train.sharding`,
-:mod:`~segmime_jax.train.step`, :mod:`~segmime_jax.train.metrics`, :mod:`~segmime_jax.train.evaluate`,
-:mod:`~segmime_jax.train.telemetry`, :mod:`~segmime_jax.train.checkpoint`, :mod:`~segmime_jax.train.loop`.
+:mod:`~segmime_jax.train.step`, :mod:`~segmime_jax.train.programs`, :mod:`~segmime_jax.train.metrics`,
+:mod:`~segmime_jax.train.evaluate`, :mod:`~segmime_jax.train.telemetry`, :mod:`~segmime_jax.train.checkpoint`,
+:mod:`~segmime_jax.train.config`, :mod:`~segmime_jax.train.results`, :mod:`~segmime_jax.train.progress`,
+:mod:`~segmime_jax.train.loop`.
 """
 
 from segmime_jax.train.checkpoint import CheckpointStore, NonFiniteLossError, check_finite, check_state_finite
+from segmime_jax.train.config import TrainConfig
 from segmime_jax.train.evaluate import Evaluation, evaluate
-from segmime_jax.train.loop import (
-    RunResult,
-    TrainConfig,
-    load_run_result,
-    save_run_result,
-    step_key,
-    train_and_evaluate,
-)
+from segmime_jax.train.loop import step_key, train_and_evaluate
 from segmime_jax.train.metrics import (
     NUM_BINS,
     CalibrationStats,
@@ -39,6 +35,8 @@ from segmime_jax.train.optim import (
     set_learning_rate,
     sgd_pytorch,
 )
+from segmime_jax.train.programs import Programs, programs_for
+from segmime_jax.train.results import RunResult, load_run_result, save_run_result
 from segmime_jax.train.sharding import (
     batch_sharding,
     choose_num_devices,
@@ -58,6 +56,7 @@ __all__ = [
     "Evaluation",
     "NonFiniteLossError",
     "PlateauState",
+    "Programs",
     "RunResult",
     "TrainConfig",
     "TrainState",
@@ -82,6 +81,7 @@ __all__ = [
     "mean_foreground",
     "plateau_update",
     "probabilities",
+    "programs_for",
     "replicate",
     "replicated_sharding",
     "save_run_result",

@@ -1,22 +1,24 @@
-"""Orbax checkpoints of a run (latest and best) and the guard that stops a run on a non-finite loss.
+"""Orbax checkpoints of a run, and the guards that stop a run on a non-finite loss, gradient or state.
 
-Layout: ``<dir>/latest/<epoch>/`` (the last completed epoch, kept for ``resume``) and ``<dir>/best/<epoch>/``
-(the epoch with the best validation metric, used for the test evaluation). ``latest`` keeps one checkpoint;
-``best`` keeps the two most recent improvements: an epoch's two checkpoints are written asynchronously, so a
-run killed in between may have either. Resumed from the previous epoch, it drops the orphaned best
-(:meth:`CheckpointStore.discard_best_after`) and still has the previous best; resumed from this epoch, the
-training loop writes a lost best copy again from the latest checkpoint.
-Each checkpoint holds two items: ``state`` (parameters, BatchNorm statistics, optimiser state, step; see
-:meth:`~segmime_jax.train.state.TrainState.checkpoint_tree`) and ``meta`` (JSON: epoch, history, plateau
-state, ...). Orbax writes into a temporary directory and renames it when complete, so a killed run leaves
-either the previous or the new checkpoint, never half of one.
+One orbax ``CheckpointManager`` per run, in ``<dir>/<epoch>/``: a checkpoint at the end of every epoch, of
+two items, ``state`` (the train state, see :meth:`~segmime_jax.train.state.TrainState.checkpoint_tree`) and
+``meta`` (JSON: epoch, history, plateau state, best epoch, configuration, data fingerprint, and the table of
+the packed state below). Orbax keeps two of them (its preservation policies ``LatestN(1)`` and ``BestN(1)``):
+the latest, to resume from, and the best epoch's, for the test evaluation; the best is ranked by the epoch at
+which the validation metric last improved (``improved_at``), so ties keep the first epoch that reached the
+best value, as the training loop's rule does. One save per epoch, written to a temporary folder and renamed
+when complete: a run killed at any moment leaves whole checkpoints only, and whichever is the latest is a
+valid place to resume from.
 
-The tree is saved as nested dicts named after the pytree paths (``params/conv/kernel/value``), which keeps
-the files readable and independent of how ``nnx.State`` or optax namedtuples flatten.
+The state is saved *packed*: one vector per dtype (float32, int32, ...) holding every leaf, raveled in pytree
+order, with a table (``meta["packing"]``: each leaf's name along its pytree path, such as
+``params/conv/kernel/value``, its dtype, shape and offset). Orbax writes every array as an entry of its own:
+ENet's 637 leaves took 1.25 s per save on a 2-core CPU, the packed vectors 0.05 s.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import pathlib
 from collections.abc import Mapping
@@ -26,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -48,7 +51,7 @@ def _raise_non_finite(value: float, *, epoch: int, step: int | None, store: Chec
                       what: str) -> None:
     checkpoint_epoch = store.latest_epoch() if store is not None else None
     raise NonFiniteLossError(float(value), epoch=epoch, step=step, checkpoint_epoch=checkpoint_epoch,
-                             checkpoint_dir=str(store.latest_dir) if store is not None else None, what=what)
+                             checkpoint_dir=str(store.directory) if store is not None else None, what=what)
 
 
 def check_finite(value: float, *, epoch: int, step: int, store: CheckpointStore | None = None,
@@ -64,17 +67,8 @@ def check_finite(value: float, *, epoch: int, step: int, store: CheckpointStore 
 
 
 @jax.jit
-def _all_finite(tree: Any) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
-def check_state_finite(tree: Any, *, epoch: int, store: CheckpointStore | None = None) -> None:
-    """Raise :class:`NonFiniteLossError` when a floating leaf of ``tree`` (e.g. ``state.checkpoint_tree()``)
-    holds NaN or inf: checked before a checkpoint is written, so a poisoned state never becomes "last good"."""
-    if not bool(_all_finite(tree)):
-        _raise_non_finite(float("nan"), epoch=epoch, step=None, store=store,
-                          what="parameters, BatchNorm statistics or optimiser state")
+def _all_finite(vectors: list[jax.Array]) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in vectors]))
 
 
 def _key_name(entry: Any) -> str:
@@ -84,126 +78,144 @@ def _key_name(entry: Any) -> str:
     return str(entry)
 
 
-def to_named_tree(tree: Any) -> dict[str, Any]:
-    """Nested dicts keyed by the names along each leaf's pytree path (leaves unchanged)."""
-    named: dict[str, Any] = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        node = named
-        names = [_key_name(p) for p in path]
-        for name in names[:-1]:
-            node = node.setdefault(name, {})
-        if names[-1] in node:
-            raise ValueError(f"duplicate checkpoint path {'/'.join(names)}")
-        node[names[-1]] = leaf
-    return named
+def leaf_names(tree: Any) -> list[str]:
+    """The name of each leaf of ``tree`` along its pytree path (``params/conv/kernel/value``), in leaf order."""
+    return ["/".join(_key_name(p) for p in path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-def from_named_tree(template: Any, named: Mapping[str, Any]) -> Any:
-    """Inverse of :func:`to_named_tree`: the leaves of ``named`` put into the structure of ``template``."""
-    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(template)
-    leaves = []
-    for path, _ in leaves_with_path:
-        node: Any = named
-        for name in (_key_name(p) for p in path):
-            node = node[name]
-        leaves.append(node)
-    return jax.tree_util.tree_unflatten(treedef, leaves)
+def packing_table(tree: Any) -> list[dict[str, Any]]:
+    """For each leaf of ``tree`` (in leaf order): ``name``, ``dtype``, ``shape`` and ``offset`` in its dtype's
+    packed vector (see :func:`pack`)."""
+    offsets: dict[str, int] = {}
+    table = []
+    for name, leaf in zip(leaf_names(tree), jax.tree.leaves(tree), strict=True):
+        dtype = jnp.dtype(leaf.dtype).name
+        size = int(np.prod(np.shape(leaf), dtype=np.int64))
+        table.append({"name": name, "dtype": dtype, "shape": list(np.shape(leaf)), "offset": offsets.get(dtype, 0)})
+        offsets[dtype] = offsets.get(dtype, 0) + size
+    return table
 
 
-def _abstract(tree: Any) -> Any:
-    def spec(x: Any) -> Any:
-        sharding = getattr(x, "sharding", None)
-        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+@jax.jit
+def _pack_leaves(leaves: list[jax.Array]) -> dict[str, jax.Array]:
+    groups: dict[str, list[jax.Array]] = {}
+    for leaf in leaves:
+        groups.setdefault(jnp.dtype(leaf.dtype).name, []).append(jnp.ravel(leaf))
+    return {dtype: jnp.concatenate(parts) for dtype, parts in groups.items()}
 
-    return jax.tree.map(spec, tree)
+
+def pack(tree: Any) -> dict[str, jax.Array]:
+    """``{dtype name: 1-D array}``: the leaves of ``tree`` raveled and concatenated per dtype, in leaf order
+    (on the device, one jitted call; replicated leaves give replicated vectors)."""
+    return _pack_leaves(jax.tree.leaves(tree))
+
+
+def unpack(template: Any, packed: Mapping[str, jax.Array]) -> Any:
+    """Inverse of :func:`pack`: the leaves cut out of ``packed`` in the structure, shapes and dtypes of
+    ``template`` (ValueError naming the first leaf that does not fit)."""
+    leaves, treedef = jax.tree.flatten(template)
+    table = packing_table(template)
+    sizes = {}
+    for entry in table:
+        sizes[entry["dtype"]] = entry["offset"] + int(np.prod(entry["shape"], dtype=np.int64))
+    for dtype, size in sizes.items():
+        if dtype not in packed or packed[dtype].shape != (size,):
+            got = None if dtype not in packed else tuple(packed[dtype].shape)
+            raise ValueError(f"packed state has {dtype} vector of shape {got}, the template needs ({size},)")
+    return jax.tree.unflatten(treedef, _unpack(packed, tuple((e["dtype"], e["offset"], tuple(e["shape"]))
+                                                             for e in table)))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _unpack(packed: dict[str, jax.Array], layout: tuple[tuple[str, int, tuple[int, ...]], ...]) -> list[jax.Array]:
+    out = []
+    for dtype, offset, shape in layout:
+        size = int(np.prod(shape, dtype=np.int64))
+        out.append(jax.lax.dynamic_slice_in_dim(packed[dtype], offset, size).reshape(shape))
+    return out
+
+
+def check_packed_finite(packed: Mapping[str, jax.Array], *, epoch: int, store: CheckpointStore | None = None) -> None:
+    """Raise :class:`NonFiniteLossError` when a floating vector of :func:`pack` holds NaN or inf: checked
+    before a checkpoint is written, so a poisoned state never becomes "last good"."""
+    floating = [v for v in packed.values() if jnp.issubdtype(v.dtype, jnp.inexact)]
+    if floating and not bool(_all_finite(floating)):
+        _raise_non_finite(float("nan"), epoch=epoch, step=None, store=store,
+                          what="parameters, BatchNorm statistics or optimiser state")
+
+
+def check_state_finite(tree: Any, *, epoch: int, store: CheckpointStore | None = None) -> None:
+    """:func:`check_packed_finite` of a pytree (e.g. ``state.checkpoint_tree()``)."""
+    check_packed_finite(pack(tree), epoch=epoch, store=store)
+
+
+def _improved_at(metrics: Mapping[str, Any]) -> float:
+    return float(metrics["improved_at"])
 
 
 class CheckpointStore:
-    """The latest and best checkpoints of one run, in ``directory`` (created when missing).
+    """The checkpoints of one run, in ``directory`` (created when missing): see the module docstring.
 
     Args:
       directory: e.g. ``run_dir / "checkpoints"``.
-      async_save: let orbax write in a background thread (arrays are copied to host memory before
-        :meth:`save_latest` returns, so the state may be donated right after).
+      async_save: let orbax write in a background thread (the packed vectors are copied to host memory before
+        :meth:`save` returns, so the state may be donated right after).
     """
 
     def __init__(self, directory: str | pathlib.Path, *, async_save: bool = True):
         self.directory = pathlib.Path(directory).absolute()
-        self.latest_dir = self.directory / "latest"
-        self.best_dir = self.directory / "best"
-        options = dict(max_to_keep=1, create=True, enable_async_checkpointing=async_save,
-                       cleanup_tmp_directories=True)
-        self._latest = ocp.CheckpointManager(self.latest_dir, options=ocp.CheckpointManagerOptions(**options))
-        self._best = ocp.CheckpointManager(
-            self.best_dir,
-            options=ocp.CheckpointManagerOptions(best_fn=lambda m: m["metric"], best_mode="max",
-                                                 **dict(options, max_to_keep=2)))
+        policy = preservation_policy.AnyPreservationPolicy([
+            preservation_policy.LatestN(n=1),
+            preservation_policy.BestN(get_metric_fn=_improved_at, n=1),
+        ])
+        options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=async_save,
+                                               cleanup_tmp_directories=True, preservation_policy=policy)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
 
-    # -------------------------------------------------------------------------------------------- saving
-    @staticmethod
-    def _args(tree: Any, meta: Mapping[str, Any]) -> ocp.args.Composite:
-        return ocp.args.Composite(state=ocp.args.StandardSave(to_named_tree(tree)),
-                                  meta=ocp.args.JsonSave(dict(meta)))
+    def save(self, epoch: int, tree: Any, meta: Mapping[str, Any], *, improved: bool,
+             packed: Mapping[str, jax.Array] | None = None) -> None:
+        """Save ``tree`` (e.g. ``state.checkpoint_tree()``; or its :func:`pack`, ``packed``, when already made)
+        and the JSON ``meta`` as the checkpoint of ``epoch``; ``improved``: this epoch is the new best one."""
+        packed = pack(tree) if packed is None else packed
+        meta = {**meta, "packing": packing_table(tree)}
+        self._manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(dict(packed)),
+                                                         meta=ocp.args.JsonSave(meta)),
+                           metrics={"improved_at": epoch if improved else -1}, force=True)
 
-    def save_latest(self, epoch: int, tree: Any, meta: Mapping[str, Any]) -> None:
-        """Save ``tree`` (e.g. ``state.checkpoint_tree()``) and JSON ``meta`` as the latest checkpoint."""
-        self._latest.save(epoch, args=self._args(tree, meta), force=True)
-
-    def save_best(self, epoch: int, tree: Any, meta: Mapping[str, Any], metric: float) -> None:
-        """Save as the best checkpoint (call it when ``metric`` improved; the two best are kept)."""
-        self._best.save(epoch, args=self._args(tree, meta), metrics={"metric": float(metric)}, force=True)
-
-    def discard_best_after(self, epoch: int) -> list[int]:
-        """Delete best checkpoints of epochs after ``epoch`` (left by a run killed between an epoch's best and
-        latest saves; resuming from ``epoch`` re-runs those epochs). Returns the epochs deleted."""
-        self._best.wait_until_finished()
-        stale = [step for step in self._best.all_steps() if step > epoch]
-        for step in stale:
-            self._best.delete(step)
-        return stale
-
-    # ----------------------------------------------------------------------------------------- restoring
     def latest_epoch(self) -> int | None:
-        return self._latest.latest_step()
+        """The epoch of the newest checkpoint, ``None`` when there is none."""
+        self._manager.wait_until_finished()
+        return self._manager.latest_step()
 
-    def best_epoch(self) -> int | None:
-        return self._best.best_step()
+    def epochs(self) -> list[int]:
+        """The epochs that have a checkpoint (at most the latest and the best)."""
+        self._manager.wait_until_finished()
+        return sorted(self._manager.all_steps())
 
-    @staticmethod
-    def _restore(manager: ocp.CheckpointManager, epoch: int, template: Any) -> tuple[Any, dict[str, Any]]:
-        manager.wait_until_finished()
-        restored = manager.restore(epoch, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(to_named_tree(template))), meta=ocp.args.JsonRestore()))
-        return from_named_tree(template, restored["state"]), dict(restored["meta"])
-
-    def restore_latest(self, template: Any) -> tuple[int, Any, dict[str, Any]] | None:
-        """``(epoch, tree, meta)`` of the latest checkpoint, the tree in the structure, dtypes and shardings
-        of ``template``; ``None`` when there is none."""
-        self._latest.wait_until_finished()
-        epoch = self._latest.latest_step()
-        if epoch is None:
+    def restore(self, template: Any, epoch: int | None = None) -> tuple[int, Any, dict[str, Any]] | None:
+        """``(epoch, tree, meta)`` of the checkpoint of ``epoch`` (default: the latest), the tree in the
+        structure, dtypes and shardings of ``template``; ``None`` when there is no such checkpoint."""
+        self._manager.wait_until_finished()
+        epoch = self._manager.latest_step() if epoch is None else epoch
+        if epoch is None or epoch not in self._manager.all_steps():
             return None
-        tree, meta = self._restore(self._latest, epoch, template)
-        return epoch, tree, meta
-
-    def restore_best(self, template: Any) -> tuple[int, Any, dict[str, Any]] | None:
-        """``(epoch, tree, meta)`` of the best checkpoint (see :meth:`restore_latest`)."""
-        self._best.wait_until_finished()
-        epoch = self._best.best_step()
-        if epoch is None:
-            return None
-        tree, meta = self._restore(self._best, epoch, template)
-        return epoch, tree, meta
+        meta = dict(self._manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+        if [(e["name"], e["shape"]) for e in meta["packing"]] != [(e["name"], e["shape"]) for e in
+                                                                  packing_table(template)]:
+            raise ValueError(f"{self.directory / str(epoch)}: the checkpoint holds another state structure than "
+                             "this run's (another model, class count or optimiser?)")
+        packed = pack(template)
+        target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding) for k, v in packed.items()}
+        restored = self._manager.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        return epoch, unpack(template, restored["state"]), meta
 
     def wait(self) -> None:
-        """Block until pending asynchronous saves are on disk."""
-        self._latest.wait_until_finished()
-        self._best.wait_until_finished()
+        """Block until a pending asynchronous save is on disk."""
+        self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self.wait()
-        self._latest.close()
-        self._best.close()
+        self._manager.wait_until_finished()
+        self._manager.close()
 
     def __enter__(self) -> CheckpointStore:
         return self

@@ -30,24 +30,23 @@ from flax import nnx
 
 from segmime_jax.gradients import dynamic_range_db, loss_gradient
 from segmime_jax.train.state import TrainState
-from segmime_jax.train.step import probabilities
-
-LossFn = Callable[..., jax.Array]
+from segmime_jax.train.step import ParametricLoss, probabilities
 
 
-def make_gradient_probe(loss_fn: LossFn, num_classes: int) -> Callable[[TrainState, dict], dict[str, jax.Array]]:
-    """A jitted ``(state, batch) -> {"grad", "onehot", "dynamic_range_db", "class_dynamic_range_db"}``.
+def make_gradient_probe(loss: ParametricLoss, num_classes: int) -> Callable[..., dict[str, jax.Array]]:
+    """A jitted ``(state, batch, loss_params) -> {"grad", "onehot", "dynamic_range_db", ...}``.
 
-    ``grad`` is ``∂loss/∂probs`` ``(B, H, W, K)`` at the eval-mode probabilities of ``batch``.
+    ``grad`` is ``∂loss/∂probs`` ``(B, H, W, K)`` at the eval-mode probabilities of ``batch``, for the loss
+    ``loss(loss_params, ...)`` (see :mod:`segmime_jax.train.step`).
     """
 
-    def probe(state: TrainState, batch: dict) -> dict[str, jax.Array]:
+    def probe(state: TrainState, batch: dict, loss_params: Any) -> dict[str, jax.Array]:
         model = nnx.merge(state.graphdef, state.params, state.batch_stats, state.rngs)
         model.eval()
         probs = probabilities(model, batch["image"])
         onehot = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32)
         mask = batch["mask"].astype(jnp.float32)
-        grad = loss_gradient(loss_fn, probs, onehot, mask=mask)
+        grad = loss_gradient(lambda p, t, mask: loss(loss_params, p, t, mask=mask), probs, onehot, mask=mask)
         real = (mask > 0).reshape((-1,) + (1,) * (grad.ndim - 1))
         per_class = jnp.stack([
             dynamic_range_db(grad[..., k], mask=jnp.broadcast_to(real[..., 0], grad.shape[:-1]))

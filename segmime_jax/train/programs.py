@@ -1,0 +1,137 @@
+"""The compiled programs of a run (train step, evaluation step, gradient probe), shared between runs.
+
+What a program computes depends on the optimiser *kind* (Adam or SGD: every numeric hyperparameter, learning
+rate included, is a leaf of the optimiser state, see :func:`~segmime_jax.train.optim.make_optimizer`), the
+:class:`~segmime_jax.loss_params.LossProgram` (which loss terms exist; their weights are a per-run argument),
+the number of classes, augmentation and the device mesh. :func:`programs_for` returns one :class:`Programs`
+object per such combination, so the CE, Dice, Mime and NM runs of a grid, and its seeds, use the same
+compiled steps.
+
+Each program is compiled ahead of time (``jax.jit(...).lower(...).compile()``) once per argument signature —
+the model's graph, the batch shape and its sharding — when :meth:`CompiledProgram.compile` is first called
+for it, which lets the training loop announce every compilation and its duration before any progress bar
+starts, and lets tests count compilations (:attr:`Programs.compilations`). With JAX's persistent compilation
+cache (``jax_compilation_cache_dir``) a compilation in a later process is a cache read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from jax.sharding import Mesh
+
+from segmime_jax.loss_params import LossProgram
+from segmime_jax.train.optim import make_optimizer
+from segmime_jax.train.state import TrainState
+from segmime_jax.train.step import make_eval_step, make_train_step
+from segmime_jax.train.telemetry import make_gradient_probe
+
+_CACHE_EVENTS = {"/jax/compilation_cache/cache_hits": "hits", "/jax/compilation_cache/cache_misses": "misses"}
+_cache_counts = {"hits": 0, "misses": 0}
+
+
+def _count_cache_event(name: str, *args: Any, **kwargs: Any) -> None:
+    if name in _CACHE_EVENTS:
+        _cache_counts[_CACHE_EVENTS[name]] += 1
+
+
+jax.monitoring.register_event_listener(_count_cache_event)
+
+
+def _signature(state: TrainState, batch: dict[str, jax.Array]) -> tuple[Any, ...]:
+    image = batch["image"]
+    return state.graphdef, tuple(image.shape), str(image.dtype), getattr(image, "sharding", None)
+
+
+class CompiledProgram:
+    """A jitted function compiled ahead of time per ``(state graph, batch shape, batch sharding)``.
+
+    Call it like the function (``program(state, batch, *rest)``); the first call with a new signature compiles
+    (see :meth:`compile`).
+    """
+
+    def __init__(self, jitted: Any, name: str):
+        self.jitted = jitted
+        self.name = name
+        self._compiled: dict[tuple[Any, ...], Any] = {}
+
+    @property
+    def compilations(self) -> int:
+        """How many signatures have been compiled."""
+        return len(self._compiled)
+
+    def is_compiled(self, state: TrainState, batch: dict[str, jax.Array]) -> bool:
+        return _signature(state, batch) in self._compiled
+
+    def compile(self, state: TrainState, batch: dict[str, jax.Array], *rest: Any) -> tuple[float, bool] | None:
+        """Compile for these arguments (only their shapes, dtypes and shardings matter; nothing runs) unless
+        already done. Returns ``(seconds, from_cache)``: the time it took and whether XLA's part came from the
+        persistent compilation cache (tracing and lowering still run); ``None`` when it was compiled already."""
+        key = _signature(state, batch)
+        if key in self._compiled:
+            return None
+        start = time.perf_counter()
+        misses = _cache_counts["misses"]
+        hits = _cache_counts["hits"]
+        self._compiled[key] = self.jitted.lower(state, batch, *rest).compile()
+        from_cache = _cache_counts["hits"] > hits and _cache_counts["misses"] == misses
+        return time.perf_counter() - start, from_cache
+
+    def __call__(self, state: TrainState, batch: dict[str, jax.Array], *rest: Any) -> Any:
+        compiled = self._compiled.get(_signature(state, batch))
+        if compiled is None:
+            self.compile(state, batch, *rest)
+            compiled = self._compiled[_signature(state, batch)]
+        return compiled(state, batch, *rest)
+
+
+@dataclasses.dataclass(eq=False)
+class Programs:
+    """The three compiled programs of runs with one structure (see the module docstring).
+
+    Attributes:
+      train_step: ``(state, batch, key, loss_params) -> (state, {"loss", "grad_norm"})``, state donated.
+      eval_step: ``(state, batch, loss_params) -> {"loss", "num_real", "dice", "calibration", "prediction"}``.
+      probe: ``(state, batch, loss_params) -> gradient telemetry`` (:mod:`segmime_jax.train.telemetry`).
+    """
+
+    train_step: CompiledProgram
+    eval_step: CompiledProgram
+    probe: CompiledProgram
+
+    @property
+    def compilations(self) -> dict[str, int]:
+        """Compilations so far, per program."""
+        return {p.name: p.compilations for p in (self.train_step, self.eval_step, self.probe)}
+
+
+@functools.lru_cache(maxsize=32)
+def programs_for(optimizer: str, loss: LossProgram, num_classes: int, *, augment: bool,
+                 mesh: Mesh) -> Programs:
+    """The (memoised) :class:`Programs` of runs with this optimiser kind, loss program, class count,
+    augmentation and mesh."""
+    tx = make_optimizer(optimizer)  # the structure only: the hyperparameters are in each run's state
+    return Programs(
+        train_step=CompiledProgram(make_train_step(tx, loss, num_classes, augment=augment, mesh=mesh), "train step"),
+        eval_step=CompiledProgram(make_eval_step(loss, num_classes), "evaluation step"),
+        probe=CompiledProgram(make_gradient_probe(loss, num_classes), "gradient probe"),
+    )
+
+
+def compile_announced(program: CompiledProgram, args: tuple[Any, ...], what: str,
+                      log: Callable[[str], None]) -> None:
+    """``program.compile(*args)``, saying so through ``log`` before and with its duration after (nothing when
+    it was compiled already)."""
+    if program.is_compiled(args[0], args[1]):
+        return
+    log(f"compiling the {program.name} ({what}) ...")
+    seconds, from_cache = program.compile(*args)
+    if from_cache:
+        log(f"loaded the {program.name} ({what}) from the compilation cache in {seconds:.1f} s")
+    else:
+        log(f"compiled the {program.name} ({what}) in {seconds:.1f} s")
