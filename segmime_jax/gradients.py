@@ -27,14 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segmime_jax.losses import (
-    CE_EPSILON,
-    _per_class_weight,
-    _per_image_class_sums,
-    _prepare,
-    _prepare_masked,
-    _safe_div,
-)
+from segmime_jax.losses.functions import CE_EPSILON
+from segmime_jax.losses.inputs import per_class_weight, per_image_class_sums, prepare, prepare_masked, safe_div
 
 __all__ = [
     "ClassGradientSummary",
@@ -76,8 +70,8 @@ def intersection_union(
     .. math:: I_{b,k} = \sum_{i \in \Omega} y^{(i,k)}_b s^{(i,k)}_b, \qquad
               U_{b,k} = \sum_{i \in \Omega} \left[y^{(i,k)}_b + s^{(i,k)}_b\right]   \quad\text{(paper Eq. 5)}
     """
-    s, y, _ = _prepare(probs, target, classes)
-    inter, sum_y, sum_s = _per_image_class_sums(s, y)
+    s, y, _ = prepare(probs, target, classes)
+    inter, sum_y, sum_s = per_image_class_sums(s, y)
     return inter, sum_y + sum_s
 
 
@@ -92,8 +86,8 @@ def _dice_terms(
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, tuple[int, ...]]:
     """``(s, y, I, U, scale, idx)``: I, U per (B, K) (summed over the batch when ``batch``), and the
     averaging factor ``scale`` per (B, K) of :func:`segmime_jax.losses.dice_loss`."""
-    s, y, m, idx = _prepare_masked(probs, target, classes, mask)
-    inter, sum_y, sum_s = _per_image_class_sums(s, y)
+    s, y, m, idx = prepare_masked(probs, target, classes, mask)
+    inter, sum_y, sum_s = per_image_class_sums(s, y)
     union = sum_y + sum_s
     num_classes = s.shape[-1]
     if batch:
@@ -101,7 +95,7 @@ def _dice_terms(
         union = jnp.broadcast_to(jnp.sum(m[:, None] * union, axis=0), union.shape)
         scale = jnp.broadcast_to(m[:, None] / num_classes, inter.shape)
     else:
-        scale = jnp.broadcast_to(_safe_div(m, jnp.sum(m) * num_classes)[:, None], inter.shape)
+        scale = jnp.broadcast_to(safe_div(m, jnp.sum(m) * num_classes)[:, None], inter.shape)
     return s, y, inter, union, scale, idx
 
 
@@ -214,7 +208,7 @@ def cross_entropy_gradient(
     Zero wherever ``y = 0`` (false positives of class k are seen only through the class that is true there),
     and it grows like ``1/s`` on missed ground-truth pixels: it reflects every variation of the prediction.
     """
-    s, y, m, idx = _prepare_masked(probs, target, classes, mask)
+    s, y, m, idx = prepare_masked(probs, target, classes, mask)
     m = m.reshape((-1,) + (1,) * (s.ndim - 1))
     normaliser = jnp.sum(m * y) + CE_EPSILON
     grad = -m * y / (s + CE_EPSILON) / normaliser
@@ -238,11 +232,11 @@ def mime_gradient(
 
     ``N = Σ_b m_b · |Ω| · |K|`` with ``normalize=True``, else 1. Independent of ``s``.
     """
-    s, y, m, idx = _prepare_masked(probs, target, classes, mask)
-    a_k = _per_class_weight(a, "a", jnp.shape(probs)[-1], idx)
-    b_k = _per_class_weight(b, "b", jnp.shape(probs)[-1], idx)
+    s, y, m, idx = prepare_masked(probs, target, classes, mask)
+    a_k = per_class_weight(a, "a", jnp.shape(probs)[-1], idx)
+    b_k = per_class_weight(b, "b", jnp.shape(probs)[-1], idx)
     if normalize:
-        factor = _safe_div(m, jnp.sum(m) * math.prod(s.shape[1:]))
+        factor = safe_div(m, jnp.sum(m) * math.prod(s.shape[1:]))
     else:
         factor = m
     omega = -a_k * y + b_k * (1.0 - y)
@@ -281,12 +275,12 @@ def generalized_dice_gradient(
     ``c_b (w_k/D_b)(A_b/D_b − 2y)``: a class absent from ``y`` has ``w_k = 1/ε² = 1e20``, so ``D_b`` can reach
     1e21 and ``D_b²`` would overflow float32.
     """
-    s, y, m, idx = _prepare_masked(probs, target, classes, mask)
-    inter, sum_y, sum_s = _per_image_class_sums(s, y)
+    s, y, m, idx = prepare_masked(probs, target, classes, mask)
+    inter, sum_y, sum_s = per_image_class_sums(s, y)
     w = 1.0 / (sum_y + epsilon) ** 2
     numerator = 2.0 * (jnp.sum(w * inter, axis=-1) + epsilon)
     denominator = jnp.sum(w * (sum_y + sum_s), axis=-1) + epsilon
-    c = _safe_div(m, jnp.sum(m))
+    c = safe_div(m, jnp.sum(m))
     shape = _per_image_class_shape(s)
     per_bk = (c[:, None] * (w / denominator[:, None])).reshape(shape)
     per_b = (s.shape[0],) + (1,) * (s.ndim - 1)
@@ -320,7 +314,7 @@ def dynamic_range_db(
               c = 10 \text{ (``"power"``, default)} \text{ or } 20 \text{ (``"amplitude"``)}
 
     The paper quotes ≈1.5 dB for Dice and ≈10 dB for cross-entropy on its Figure 1 without saying which ``c``
-    it uses (SPEC §1). Both ranges reduce to two numbers: Dice's is ``c·log10((U−I)/I) = c·log10(2/DSC − 1)``
+    it uses (§2.2). Both ranges reduce to two numbers: Dice's is ``c·log10((U−I)/I) = c·log10(2/DSC − 1)``
     (soft DSC of the class), CE's is ``c·log10(max s / min s)`` over the ground-truth pixels. We default to
     ``"power"`` (``10·log10`` of the magnitude ratio) because under it both of the paper's numbers describe a
     plausible noisy prediction: 1.5 dB is a soft DSC of 0.83 and 10 dB ground-truth probabilities spanning a

@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from segmime_jax.loss_params import TERMS, LossProgram, loss_from_spec, loss_params
-from segmime_jax.losses import build_loss
+from segmime_jax.losses import TERMS, LossProgram, build_loss, loss_from_spec, loss_params
 
 SPECS = ["ce", "dsc", "gdl", "mime", "nm", "surrogate", "1*ce+1*dsc", "0.5*mime+2*nm+gdl"]
 

@@ -1,4 +1,4 @@
-"""Numbers for the losses of segmime_jax.losses (paper §2, SPEC §1)."""
+"""Numbers for the losses of segmime_jax.losses (paper §2)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _inputs(seed: int = 0, shape=(3, 12, 12, 4), empty_classes=()):
 
 
 def test_spec_numeric_case():
-    """SPEC §1 (from MONAI's DiceLoss table): loss 0.307577."""
+    """From MONAI's DiceLoss test table: loss 0.307577."""
     s = jnp.array([0.731059, 0.268941, 0.268941, 0.731059]).reshape(1, 4, 1)
     y = jnp.array([1.0, 0.0, 1.0, 1.0]).reshape(1, 4, 1)
     loss = L.dice_loss(s, y)

@@ -61,7 +61,7 @@ def test_parameter_counts(name, classes, expected):
 
 
 def test_enet_dropout_rates_and_kind():
-    """SPEC §2: element-wise dropout (no broadcast over space or channels); 0.01 in DownSampling, stage 1,
+    """The reference code: element-wise dropout (no broadcast over space or channels); 0.01 in DownSampling, stage 1,
     Dilated, DilatedLast and UpSampling blocks, 0.1 in the Normal/Asym blocks of stages 2-3 and the decoder."""
     model = nnx.eval_shape(lambda: ENet(4, rngs=nnx.Rngs(0)))
     dropouts = [d for _, d in nnx.iter_graph(model) if isinstance(d, nnx.Dropout)]
@@ -95,7 +95,7 @@ def test_build_model_registry():
 def test_flops():
     enet_abstract = nnx.eval_shape(lambda: ENet(4, rngs=nnx.Rngs(0)))
     unet_abstract = nnx.eval_shape(lambda: ResidualUNet(2, rngs=nnx.Rngs(0)))
-    # SPEC §2: conv FLOPs per 256×256 image (2 × multiply-accumulates).
+    # Conv FLOPs per 256×256 image (2 × multiply-accumulates).
     assert conv_flops(enet_abstract, (1, 256, 256, 1)) == pytest.approx(2.08e9, rel=5e-3)
     assert conv_flops(unet_abstract, (1, 256, 256, 1)) == pytest.approx(53.3e9, rel=5e-3)
     # XLA's count: conv taps on padding skipped, element-wise work added; same ballpark, linear in batch.

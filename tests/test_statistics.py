@@ -1,4 +1,4 @@
-"""Paired comparisons and convergence speed (segmime_jax.report.statistics) on constructed examples."""
+"""Paired comparisons and convergence speed (segmime_jax.paper.statistics) on constructed examples."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from segmime_jax.report import statistics as S
+from segmime_jax.paper import statistics as S
 
 
 def test_a_constant_shift_is_its_own_interval():

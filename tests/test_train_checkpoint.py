@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 from train_support import TinyNet
 
-from segmime_jax.loss_params import loss_from_spec
+from segmime_jax.losses import loss_from_spec
 from segmime_jax.train import (
     CheckpointStore,
     NonFiniteLossError,

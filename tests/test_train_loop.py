@@ -13,7 +13,7 @@ import pytest
 from train_support import ExplodingNet, TinyNet, tiny_factory, tiny_splits
 
 from segmime_jax.data.dataset import DatasetSplits
-from segmime_jax.loss_params import loss_from_spec
+from segmime_jax.losses import loss_from_spec
 from segmime_jax.train import (
     CheckpointStore,
     NonFiniteLossError,

@@ -10,8 +10,7 @@ import pytest
 from flax import nnx
 from train_support import TinyNet, tiny_dataset
 
-from segmime_jax.loss_params import LossProgram, loss_from_spec, loss_params
-from segmime_jax.losses import build_loss
+from segmime_jax.losses import LossProgram, build_loss, loss_from_spec, loss_params
 from segmime_jax.train import (
     TrainState,
     evaluate,

@@ -42,7 +42,7 @@ from segmime_jax.bench.device_info import compiled_memory_bytes, peak_memory_byt
 from segmime_jax.bench.profile import profile_steps
 from segmime_jax.bench.program_audit import audit_compiled
 from segmime_jax.bench.timing import TimingStats, time_call
-from segmime_jax.loss_params import LossParams, loss_from_spec
+from segmime_jax.losses import LossParams, loss_from_spec
 from segmime_jax.models import build_model
 from segmime_jax.models.analysis import cpu_lowered_flops, flops_from_cost_analysis
 from segmime_jax.train import (

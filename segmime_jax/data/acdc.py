@@ -8,7 +8,7 @@ FF, ``patientNNN_frameFF.nii.gz`` and ``patientNNN_frameFF_gt.nii.gz`` (``.nii``
 folder next to ``training/`` is read only with ``include_testing=True``; its patients join the test split.
 
 Labels: 0 background, 1 right-ventricle cavity (RV), 2 myocardium (MYO), 3 left-ventricle cavity (LV).
-Preprocessing (SPEC §4): per-volume min-max to [0, 1], slices along the last array axis, each resized to
+Preprocessing (as the reference code): per-volume min-max to [0, 1], slices along the last array axis, each resized to
 ``size`` (bilinear images, nearest labels, stretched), stored as uint8 (see :mod:`segmime_jax.data.dataset`).
 """
 
@@ -196,7 +196,8 @@ def _load_frames(frames: Sequence[_Frame], size: tuple[int, int]) -> SliceDatase
 
 def resolve_acdc_split(patients: Sequence[str], split: Split, seed: int, *,
                        folder: str | os.PathLike = ".") -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    """Train/val/test patient names: ``"fixed"`` (SPEC §4 lists), ``"seeded"`` (70/10/20) or ``"auto"``."""
+    """Train/val/test patient names: ``"fixed"`` (the author's tutorial lists), ``"seeded"`` (70/10/20) or
+    ``"auto"``."""
     present = set(patients)
     if split == "auto":
         split = "fixed" if present == set(ACDC_PATIENTS) else "seeded"
@@ -233,7 +234,7 @@ def load_acdc(
     Args:
         root: the download folder (see the module docstring for the accepted layouts).
         size: working ``(H, W)`` every slice is resized to.
-        split: ``"fixed"``: the SPEC §4 lists (70/10/20 of patient001-patient100, all must be present);
+        split: ``"fixed"``: the author's ACDC tutorial lists (70/10/20 of patient001-patient100, all must be present);
             ``"seeded"``: a shuffle of the present patients with ``seed``, cut 70/10/20 (at least one each);
             ``"auto"``: ``"fixed"`` when exactly patient001-patient100 are present, else ``"seeded"``.
         seed: seed of the ``"seeded"`` split.

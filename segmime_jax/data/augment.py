@@ -1,4 +1,5 @@
-"""On-device data augmentation for PROMISE12 (SPEC §3): flips and rotation, nearest resampling, zero fill.
+"""On-device data augmentation for PROMISE12 (paper §3.2, as in the reference code): flips and rotation,
+nearest resampling, zero fill.
 
 Per sample, independently, each with probability 0.5: a vertical flip (rows reversed), a horizontal mirror
 (columns reversed), and a rotation about the image centre by an angle drawn uniformly in [-45°, 45°].

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-#: Validation patients of the author's ACDC tutorial (SPEC §4); the paper keeps 10 for validation.
+#: Validation patients of the author's ACDC tutorial; the paper keeps 10 for validation (§3.3).
 ACDC_VALIDATION: tuple[str, ...] = tuple(f"patient{n:03d}" for n in (2, 8, 9, 12, 14, 24, 49, 55, 92, 95))
 #: Test patients of the same split (20).
 ACDC_TEST: tuple[str, ...] = tuple(

@@ -8,7 +8,7 @@ Public API::
     MODELS                                        # name → constructor
     count_params(model) -> int                    # trainable parameters
     forward_flops(model, input_shape) -> float    # XLA cost analysis of the compiled forward pass
-    conv_flops(model, input_shape) -> float       # analytic conv FLOPs (2 x MACs), SPEC §2's convention
+    conv_flops(model, input_shape) -> float       # analytic conv FLOPs (2 x multiply-accumulates)
     load_torch_state_dict(model, state_dict)      # reference PyTorch weights (numpy, PyTorch layout)
     export_torch_state_dict(model) -> dict
     max_pool_with_argmax, max_unpool, max_pool    # in segmime_jax.models.pooling

@@ -2,7 +2,7 @@
 
 Models are built abstractly (``nnx.eval_shape``): nothing is allocated or executed; the FLOPs come from
 XLA's cost analysis of the compiled eval-mode forward pass on the default backend, next to the
-analytic convolution FLOPs (2 × multiply-accumulates, the convention of SPEC §2).
+analytic convolution FLOPs (2 × multiply-accumulates).
 """
 
 from __future__ import annotations

@@ -113,7 +113,7 @@ def conv_flops(model: nnx.Module, input_shape: Sequence[int]) -> float:
 
     Counts every kernel tap, zero padding included, and for transposed convolutions only the taps
     that meet real (not inserted-zero) inputs; element-wise work is excluded. This is the convention of
-    SPEC §2's figures (ENet 2.08 G, ResidualUNet 53.3 G per 256×256 image). Computed from the jaxpr,
+    the usual figures (ENet 2.08 G, ResidualUNet 53.3 G per 256×256 image). Computed from the jaxpr,
     nothing is compiled or executed.
     """
     forward, state_shapes = _forward_fn(model, train=False)

@@ -5,14 +5,14 @@ K = 16 kernels, projection factor 4 (a bottleneck's middle width is in/4), every
 said, BatchNorm eps 1e-5 / PyTorch momentum 0.1, every PReLU ONE learnable slope (0.25), element-wise
 dropout (``nnx.Dropout``, rng stream ``"dropout"``).
 
-Layer by layer (SPEC §2): initial block (3×3 stride-2 conv 1→15 ‖ 2×2 max-pool of the input → 16 ch,
-H/2); stage 1: DownSampling 16→64 + 4 × Normal(64, p=0.01); stage 2: DownSampling 64→128, Normal,
-Dilated 2, Asym, Dilated 4, Normal, Dilated 8, Asym, Dilated 16 (p=0.1 for Normal/Asym, 0.01 for
-Dilated); stage 3: the same without the DownSampling and ending in DilatedLast 128→64 (d=16);
-decoder: max-unpool with stage-2 indices, UpSampling(128→64) of [unpooled ‖ stage-1 output],
-PReLU(sum), Normal(64,64), Normal(64,16) (1×1 shortcut), max-unpool with stage-1 indices,
-UpSampling(32→16) of [unpooled ‖ initial output], Normal(16,16), PReLU(sum), nearest ×2, two
-[3×3 conv (no bias), BN, PReLU] 16→16, 1×1 conv 16→num_classes.
+Layer by layer (the reference code, LIVIAETS/boundary-loss ``networks.py``): initial block (3×3 stride-2 conv 1→15
+‖ 2×2 max-pool of the input → 16 ch, H/2); stage 1: DownSampling 16→64 + 4 × Normal(64, p=0.01); stage 2:
+DownSampling 64→128, Normal, Dilated 2, Asym, Dilated 4, Normal, Dilated 8, Asym, Dilated 16 (p=0.1 for
+Normal/Asym, 0.01 for Dilated); stage 3: the same without the DownSampling and ending in DilatedLast 128→64 (d=16);
+decoder: max-unpool with stage-2 indices, UpSampling(128→64) of [unpooled ‖ stage-1 output], PReLU(sum),
+Normal(64,64), Normal(64,16) (1×1 shortcut), max-unpool with stage-1 indices, UpSampling(32→16) of [unpooled ‖
+initial output], Normal(16,16), PReLU(sum), nearest ×2, two [3×3 conv (no bias), BN, PReLU] 16→16, 1×1 conv
+16→num_classes.
 
 Initialisation (the reference's ``random_weights_init``): conv kernels Xavier normal (untruncated),
 BatchNorm scale N(1, 0.02) and bias 0, conv biases PyTorch's default U(±1/sqrt(fan_in)), PReLU 0.25.

@@ -174,7 +174,7 @@ def build_table1(
     return Table1(columns=columns, rows=tuple(rows), title=title, notes=notes)
 
 
-# The paper's Table 1 (testing DSC %, mean (std)), SPEC §6. PROMISE12 has no NM row (NM collapses in the
+# The paper's Table 1 (testing DSC %, mean (std)). PROMISE12 has no NM row (NM collapses in the
 # binary case, paper §2.4).
 _PAPER_ACDC = {
     ("Adam", "CE"): ((81.7, 10.8), (80.0, 7.2), (89.4, 8.7), (83.7, 9.9)),

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from segmime_jax.cli import option
-from segmime_jax.loss_params import LossParams, loss_params
+from segmime_jax.losses import LossParams, loss_params
 from segmime_jax.train.optim import OPTIMIZERS, default_learning_rate, make_optimizer
 
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -92,7 +92,7 @@ class TrainConfig:
         return default_learning_rate(self.optimizer) if self.learning_rate is None else float(self.learning_rate)
 
     def loss_params(self, num_classes: int) -> LossParams:
-        """The loss of this run as data (:mod:`segmime_jax.loss_params`), for ``num_classes`` classes."""
+        """The loss of this run as data (:mod:`segmime_jax.losses.params`), for ``num_classes`` classes."""
         return loss_params(self.loss, num_classes, **self._class_option())
 
     def build_optimizer(self) -> optax.GradientTransformation:

@@ -85,7 +85,7 @@ def evaluate(
       state: the train state to evaluate.
       dataset: the slices; volumes are read from ``dataset.volumes`` / ``slices_of``.
       batch_size: slices per (padded) batch.
-      loss_params: the loss's :class:`~segmime_jax.loss_params.LossParams` (for the reported loss).
+      loss_params: the loss's :class:`~segmime_jax.losses.params.LossParams` (for the reported loss).
       sharding: where to put each batch (split on ``'data'``).
       on_volume: called as ``on_volume(volume_info, prediction)`` with the argmax labels ``(S, H, W)`` uint8
         of each volume, slices in order, as soon as the volume is complete (e.g. to write NIfTI files).

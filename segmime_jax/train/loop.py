@@ -35,7 +35,7 @@ from flax import nnx
 
 from segmime_jax.atomic_files import json_ready, write_text_atomic
 from segmime_jax.data.dataset import fingerprint_differences
-from segmime_jax.loss_params import LossProgram
+from segmime_jax.losses import LossProgram
 from segmime_jax.train.checkpoint import CheckpointStore, check_finite, check_packed_finite, pack, unpack
 from segmime_jax.train.config import PRECISIONS, RESUMABLE_CHANGES, TrainConfig
 from segmime_jax.train.evaluate import Evaluation, evaluate
@@ -43,6 +43,7 @@ from segmime_jax.train.optim import PlateauState, get_learning_rate, plateau_upd
 from segmime_jax.train.programs import Programs, compile_announced, programs_for
 from segmime_jax.train.progress import Reporter
 from segmime_jax.train.results import METRICS_FILE, RESULT_FILE, RunResult, save_run_result
+from segmime_jax.train.samples import collect_examples, example_slices, telemetry_batch
 from segmime_jax.train.sharding import batch_sharding, make_data_mesh, replicate, shard_batch
 from segmime_jax.train.state import TrainState
 from segmime_jax.train.telemetry import summarize_gradient
@@ -112,7 +113,7 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
         ``progress``, ``write_predictions``, ``num_examples`` and ``checkpoints`` may change on resumption.
       model_factory: build the network from ``(num_classes, *, rngs, dtype)`` instead of
         ``segmime_jax.models.build_model(config.model, ...)`` (custom models, tests).
-      loss_terms: the loss terms the compiled programs evaluate (:data:`segmime_jax.loss_params.TERMS`; default:
+      loss_terms: the loss terms the compiled programs evaluate (:data:`segmime_jax.losses.params.TERMS`; default:
         those of ``config.loss``). Runs given the same terms, optimiser kind, class count, augmentation and
         devices share one compiled train step, evaluation step and gradient probe: a grid passes the union
         of its losses' terms.
@@ -196,7 +197,7 @@ def _setup(config: TrainConfig, data: Any, run_dir: pathlib.Path, *, resume: boo
     train_data, val_data = data.train, data.val
     if config.data_on_device:
         train_data, val_data = to_device(data.train, sharding=sharding), to_device(data.val, sharding=sharding)
-    probe_batch = shard_batch(_fixed_batch(data.val, config.batch_size), mesh) if config.telemetry else None
+    probe_batch = shard_batch(telemetry_batch(data.val, config.batch_size), mesh) if config.telemetry else None
     store = CheckpointStore(run_dir / "checkpoints") if config.checkpoints else None
     label = f"{config.model}/{config.optimizer}-{config.loss}" + (f"/seed{config.seed}" if config.seed else "")
     return _Run(config=config, data=data, run_dir=run_dir, fingerprint=data.fingerprint(), mesh=mesh,
@@ -409,7 +410,7 @@ def _best_state(run: _Run, progress: _Progress) -> TrainState:
 def _test(run: _Run, state: TrainState) -> tuple[Evaluation, dict[str, np.ndarray]]:
     """Evaluate ``state`` on the test split; write the NIfTI predictions; collect the Figure 4 examples."""
     config, test = run.config, run.data.test
-    wanted = _example_slices(test, config.num_examples)
+    wanted = example_slices(test, config.num_examples)
     picked: dict[int, np.ndarray] = {}
     writer: Any = contextlib.nullcontext(None)
     if config.write_predictions:
@@ -432,51 +433,4 @@ def _test(run: _Run, state: TrainState) -> tuple[Evaluation, dict[str, np.ndarra
 
         evaluation = evaluate(run.programs.eval_step, state, test, config.eval_batch_size, run.loss_params,
                               sharding=run.sharding, on_volume=on_volume)
-    return evaluation, _examples(test, wanted, picked)
-
-
-def _examples(test: Any, wanted: dict[int, int], picked: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
-    order = sorted(wanted)
-    images, labels = [], []
-    for v in order:
-        index = test.slices_of(v)[wanted[v]]
-        images.append(np.asarray(test.images[index], np.float32) / 255.0)
-        labels.append(np.asarray(test.labels[index], np.uint8))
-    height, width = test.image_size
-    return {
-        "image": np.stack(images) if images else np.zeros((0, height, width), np.float32),
-        "label": np.stack(labels) if labels else np.zeros((0, height, width), np.uint8),
-        "prediction": np.stack([picked[v] for v in order]) if order else np.zeros((0, height, width), np.uint8),
-        "volume_names": np.asarray([test.volumes[v].name for v in order]),
-        "slice_positions": np.asarray([wanted[v] for v in order], np.int32),
-    }
-
-
-def _fixed_batch(dataset: Any, batch_size: int) -> dict[str, np.ndarray]:
-    """``batch_size`` validation slices chosen once: the most classes present, then the most foreground."""
-    labels = np.asarray(dataset.labels)
-    num_classes = dataset.num_classes
-    present = np.stack([(labels == k).any(axis=(1, 2)) for k in range(num_classes)], -1).sum(-1)
-    foreground = (labels > 0).sum(axis=(1, 2))
-    order = np.lexsort((np.arange(len(labels)), -foreground, -present))
-    chosen = np.sort(order[:batch_size])
-    count = len(chosen)
-    height, width = labels.shape[1:]
-    image = np.zeros((batch_size, height, width, 1), np.float32)
-    label = np.zeros((batch_size, height, width), np.int32)
-    image[:count, ..., 0] = np.asarray(dataset.images)[chosen].astype(np.float32) / 255.0
-    label[:count] = labels[chosen]
-    return {"image": image, "label": label, "mask": np.arange(batch_size) < count}
-
-
-def _example_slices(dataset: Any, count: int) -> dict[int, int]:
-    """``{volume_id: slice position}``: evenly spaced test volumes, each at its slice with most foreground."""
-    volumes = len(dataset.volumes)
-    if count <= 0 or volumes == 0:
-        return {}
-    chosen = sorted({int(round(v)) for v in np.linspace(0, volumes - 1, min(count, volumes))})
-    out = {}
-    for v in chosen:
-        labels = np.asarray(dataset.labels)[dataset.slices_of(v)]
-        out[v] = int(np.argmax((labels > 0).sum(axis=(1, 2))))
-    return out
+    return evaluation, collect_examples(test, wanted, picked)

@@ -4,7 +4,7 @@ Both are computed from *sufficient statistics*: the jitted evaluation step reduc
 integer/float counts on the device (:func:`dice_counts`, :func:`calibration_counts`), and the host sums
 them (per volume for Dice, over the whole set for calibration). Full probability maps never reach the host.
 
-Conventions (SPEC §5):
+Conventions (paper §3.4, Eq. 1, and the reference code):
 - DSC (paper Eq. 1) on argmax predictions, in 3D per volume (all its slices stacked):
   ``DSC_k = (2·|P_k ∩ G_k| + 1e-8) / (|P_k| + |G_k| + 1e-8)``; a class absent from both prediction and
   ground truth scores 1. Arrays keep every class, background at index 0; "All" is the mean over the

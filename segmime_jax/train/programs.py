@@ -2,7 +2,7 @@
 
 What a program computes depends on the optimiser *kind* (Adam or SGD: every numeric hyperparameter, learning
 rate included, is a leaf of the optimiser state, see :func:`~segmime_jax.train.optim.make_optimizer`), the
-:class:`~segmime_jax.loss_params.LossProgram` (which loss terms exist; their weights are a per-run argument),
+:class:`~segmime_jax.losses.params.LossProgram` (which loss terms exist; their weights are a per-run argument),
 the number of classes, augmentation and the device mesh. :func:`programs_for` returns one :class:`Programs`
 object per such combination, so the CE, Dice, Mime and NM runs of a grid, and its seeds, use the same
 compiled steps.
@@ -25,7 +25,7 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
-from segmime_jax.loss_params import LossProgram
+from segmime_jax.losses import LossProgram
 from segmime_jax.train.optim import make_optimizer
 from segmime_jax.train.state import TrainState
 from segmime_jax.train.step import make_eval_step, make_train_step

@@ -10,7 +10,7 @@ the CE, Dice, Mime and NM runs of a grid alike; only the arrays differ between r
     \\mathcal{L}(s, y; p) = w_{ce} \\mathcal{L}_{CE} + w_{dsc} \\mathcal{L}_{DSC} + w_{gdl} \\mathcal{L}_{GDL}
     + w_{sur} \\mathcal{L}_{sur} + \\frac{1}{N} \\left[-(w_{mime} a + w_{nm}) y + w_{mime} b (1 - y)\\right]^\\top s
 
-Every term is the function of :mod:`segmime_jax.losses` (the same arithmetic, see its ``*_terms`` helpers),
+Every term is the function of :mod:`segmime_jax.losses.functions` (the same arithmetic, its ``*_terms``),
 restricted to the classes with ``classes[k] = 1``. The mime (paper Eq. 8-9) and the negative mime (Eq. 10,
 ``a = 1``, ``b = 0``) are linear in ``s``, so they are one term with per-class weights.
 
@@ -32,7 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from segmime_jax import losses as L
+from segmime_jax.losses import functions as F
+from segmime_jax.losses.inputs import class_indices, prepare_masked
+from segmime_jax.losses.spec import parse_spec
 
 __all__ = ["TERMS", "LossParams", "LossProgram", "loss_from_spec", "loss_params"]
 
@@ -81,10 +83,10 @@ def loss_params(spec: str, num_classes: int, *, classes: Sequence[int] | None = 
       Host (numpy) arrays; they become device arrays when passed to a jitted step.
     """
     weights = np.zeros(len(TERMS), np.float32)
-    for weight, name in L._parse_spec(spec):
+    for weight, name in parse_spec(spec):
         weights[TERMS.index(name)] += weight
     selected = np.zeros(num_classes, np.float32)
-    selected[list(L._class_indices(num_classes, classes))] = 1.0
+    selected[list(class_indices(num_classes, classes))] = 1.0
     return LossParams(weights=weights, a=_per_class(a, "a", num_classes), b=_per_class(b, "b", num_classes),
                       classes=selected)
 
@@ -120,8 +122,8 @@ class LossProgram:
         unknown = [t for t in self.terms if t not in TERMS]
         if unknown or not self.terms:
             raise ValueError(f"terms must be a non-empty subset of {TERMS}, got {self.terms}")
-        if self.gdl_absent not in L.GDL_ABSENT:
-            raise ValueError(f"gdl_absent must be one of {L.GDL_ABSENT}, got {self.gdl_absent!r}")
+        if self.gdl_absent not in F.GDL_ABSENT:
+            raise ValueError(f"gdl_absent must be one of {F.GDL_ABSENT}, got {self.gdl_absent!r}")
         object.__setattr__(self, "terms", tuple(t for t in TERMS if t in self.terms))  # canonical order
 
     @classmethod
@@ -142,25 +144,25 @@ class LossProgram:
     def __call__(self, params: LossParams, probs: jax.Array, target: jax.Array, *,
                  mask: jax.Array | None = None) -> jax.Array:
         """The loss: a float32 scalar (``probs``, ``target`` ``(B, *spatial, K)``, ``mask`` ``(B,)``)."""
-        s, y, m, _ = L._prepare_masked(probs, target, None, mask)
+        s, y, m, _ = prepare_masked(probs, target, None, mask)
         c = jnp.asarray(params.classes, jnp.float32)
         total = jnp.zeros((), jnp.float32)
         for term in self.terms:
             w = params.weight(term)
             if term == "ce":
-                total = total + w * L.cross_entropy_terms(s, y, m, c)
+                total = total + w * F.cross_entropy_terms(s, y, m, c)
             elif term == "dsc":
-                total = total + w * L.dice_terms(s, y, m, c, epsilon=self.epsilon, batch=self.dice_batch)
+                total = total + w * F.dice_terms(s, y, m, c, epsilon=self.epsilon, batch=self.dice_batch)
             elif term == "gdl":
-                total = total + w * L.generalized_dice_terms(s, y, m, c, epsilon=self.epsilon, absent=self.gdl_absent)
+                total = total + w * F.generalized_dice_terms(s, y, m, c, epsilon=self.epsilon, absent=self.gdl_absent)
             elif term == "surrogate":
-                total = total + w * L.dice_surrogate_terms(s, y, m, c, epsilon=self.epsilon)
+                total = total + w * F.dice_surrogate_terms(s, y, m, c, epsilon=self.epsilon)
         if any(t in self.terms for t in _LINEAR):
             w_mime = params.weight("mime") if "mime" in self.terms else 0.0
             w_nm = params.weight("nm") if "nm" in self.terms else 0.0
             a = w_mime * params.a + w_nm
             b = w_mime * params.b
-            total = total + L.linear_terms(s, y, m, c, a, b, normalize=self.normalize)
+            total = total + F.linear_terms(s, y, m, c, a, b, normalize=self.normalize)
         return total
 
 

@@ -1,0 +1,174 @@
+"""Losses by name, weighted combinations, and :func:`build_loss`'s small spec language (``"1*ce+1*dsc"``; never
+``eval``)."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import types
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+
+from segmime_jax.losses.functions import (
+    cross_entropy,
+    dice_loss,
+    dice_surrogate_loss,
+    generalized_dice_loss,
+    mime_loss,
+    negative_mime_loss,
+)
+
+
+class LossFn(Protocol):
+    """A configured loss: ``fn(probs, target, *, mask=None) -> float32 scalar``."""
+
+    def __call__(self, probs: jax.Array, target: jax.Array, *, mask: jax.Array | None = None) -> jax.Array: ...
+
+
+#: Loss functions by name (the names :func:`build_loss` understands).
+LOSSES: Mapping[str, Callable[..., jax.Array]] = types.MappingProxyType(
+    {
+        "ce": cross_entropy,
+        "dsc": dice_loss,
+        "gdl": generalized_dice_loss,
+        "mime": mime_loss,
+        "nm": negative_mime_loss,
+        "surrogate": dice_surrogate_loss,
+    }
+)
+
+#: Other accepted spellings in :func:`build_loss` specs.
+LOSS_ALIASES: Mapping[str, str] = types.MappingProxyType({"dice": "dsc"})
+
+
+def canonical_name(spec: str) -> str:
+    """A loss name in its canonical spelling (``"Dice"`` → ``"dsc"``); other specs lower-cased and stripped."""
+    name = spec.strip().lower()
+    return LOSS_ALIASES.get(name, name)
+
+
+class _WeightedSum:
+    """``Σ_j w_j · fn_j(probs, target, mask=mask)``; what :func:`weighted_sum` returns."""
+
+    def __init__(self, terms: tuple[tuple[float, Callable[..., jax.Array]], ...], name: str | None = None):
+        self.terms = terms
+        self.name = name
+
+    def __call__(self, probs: jax.Array, target: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        total = jnp.zeros((), jnp.float32)
+        for weight, fn in self.terms:
+            total = total + jnp.float32(weight) * fn(probs, target, mask=mask)
+        return total
+
+    def __repr__(self) -> str:
+        if self.name is not None:
+            return f"<loss {self.name}>"
+        return "weighted_sum(" + ", ".join(f"({w!r}, {fn!r})" for w, fn in self.terms) + ")"
+
+
+def weighted_sum(*terms: tuple[float, LossFn]) -> LossFn:
+    r"""Combine losses: ``λ_1 L_1 + λ_2 L_2 + ...`` (paper §2.1, e.g. nnU-Net's CE + Dice).
+
+    Each term is ``(weight, loss_fn)`` with ``loss_fn(probs, target, *, mask=None)``; the result has the
+    same signature and passes ``mask`` on to every term.
+    """
+    if not terms:
+        raise ValueError("weighted_sum needs at least one (weight, loss_fn) term")
+    checked = []
+    for term in terms:
+        if not (isinstance(term, tuple) and len(term) == 2 and callable(term[1])):
+            raise TypeError(f"each term must be a (weight, loss_fn) tuple; got {term!r}")
+        weight, fn = term
+        checked.append((float(weight), fn))
+    return _WeightedSum(tuple(checked))
+
+
+class _Configured:
+    """A registry loss with its options bound; ``fn(probs, target, *, mask=None)``."""
+
+    def __init__(self, name: str, fn: Callable[..., jax.Array], options: Mapping[str, Any]):
+        self.name = name
+        self.fn = fn
+        self.options = dict(options)
+
+    def __call__(self, probs: jax.Array, target: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        return self.fn(probs, target, mask=mask, **self.options)
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"{self.name}({opts})" if opts else self.name
+
+
+_NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_TERM = re.compile(rf"\s*(?:(?P<weight>{_NUMBER})\s*\*\s*)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*")
+
+
+def _keyword_options(fn: Callable[..., Any]) -> set[str]:
+    return {
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "mask"
+    }
+
+
+def parse_spec(spec: str) -> list[tuple[float, str]]:
+    """``"name"`` or ``"w*name+w*name..."`` → ``[(w, canonical name), ...]`` (weights default to 1)."""
+    valid = sorted(set(LOSSES) | set(LOSS_ALIASES))
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"empty loss spec {spec!r}; expected 'name' or 'w*name+w*name...' with names {valid}")
+    terms = []
+    pos = 0
+    while True:
+        match = _TERM.match(spec, pos)
+        if match is None or match.end() == pos:
+            raise ValueError(f"cannot parse loss spec {spec!r} at position {pos}: expected 'name' or 'w*name' "
+                             f"(w a non-negative number) with names {valid}")
+        name = match.group("name").lower()
+        name = LOSS_ALIASES.get(name, name)
+        if name not in LOSSES:
+            raise ValueError(f"unknown loss {match.group('name')!r} in spec {spec!r}; valid names: {valid}")
+        weight = float(match.group("weight")) if match.group("weight") is not None else 1.0
+        terms.append((weight, name))
+        pos = match.end()
+        if pos == len(spec):
+            return terms
+        if spec[pos] != "+":
+            raise ValueError(f"cannot parse loss spec {spec!r} at position {pos}: expected '+' between terms "
+                             f"(grammar 'name' or 'w*name+w*name...', names {valid})")
+        pos += 1
+
+
+def build_loss(spec: str, **options: Any) -> LossFn:
+    """A loss function from a spec string: ``"name"`` or ``"w*name+w*name..."`` (no eval: a tiny parser).
+
+    Names: ``ce`` (:func:`cross_entropy`), ``dsc`` (alias ``dice``, :func:`dice_loss`), ``gdl``
+    (:func:`generalized_dice_loss`), ``mime`` (:func:`mime_loss`), ``nm`` (:func:`negative_mime_loss`),
+    ``surrogate`` (:func:`dice_surrogate_loss`). Weights are non-negative decimal numbers (``0.5``, ``1e-2``);
+    a bare name has weight 1. Examples: ``"ce"``, ``"mime"``, ``"1*ce+1*dsc"``, ``"ce + 0.5*dice"``.
+
+    ``options`` are keyword options of the loss functions; each is passed to every term whose function
+    accepts it (``classes=(1, 2, 3)`` to all; ``a=``, ``b=`` to the mime only; ``epsilon=`` to the Dice-type
+    losses). An option no term accepts raises ValueError listing the valid ones; ``mask`` is not an option
+    (it is given when calling the loss). Returns ``fn(probs, target, *, mask=None) -> scalar``.
+    """
+    terms = parse_spec(spec)
+    if "mask" in options:
+        raise ValueError("mask is not a build_loss option: pass it when calling the loss, fn(probs, target, mask=m)")
+    accepted = {name: _keyword_options(LOSSES[name]) for _, name in terms}
+    valid_options = sorted(set().union(*accepted.values()))
+    unknown = sorted(set(options) - set(valid_options))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for loss spec {spec!r}; valid options for its terms: "
+                         f"{valid_options}")
+    configured = [
+        (weight, _Configured(name, LOSSES[name], {k: v for k, v in options.items() if k in accepted[name]}))
+        for weight, name in terms
+    ]
+    if len(configured) == 1 and configured[0][0] == 1.0:
+        return configured[0][1]
+    return _WeightedSum(tuple(configured), name=spec.strip())
+
+
