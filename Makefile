@@ -31,12 +31,12 @@ gradients: $(VENV)
 benchmark: $(VENV)
 	$(PY) -m experiments.benchmark $(ARGS)
 
-# The one prepared GPU check (README, "Measuring on a GPU"): python -m experiments.device_check with the
-# machine's own python3 and its jax (no .venv, nothing fetched, nibabel not needed).
+# The GPU check (README, "Checking a GPU") with the machine's own python3 and its jax (no .venv: it needs only
+# jax, flax, optax, orbax and chex). Options go through ARGS, e.g. make device-check ARGS="--time-budget-s 300"
 DEVICE_OUT ?= results/device-out
 REFERENCE ?= ../shared/reference
 device-check:
-	$(PYTHON) -m experiments.device_check --out $(DEVICE_OUT) --reference $(REFERENCE)
+	$(PYTHON) -m experiments.device_check --out $(DEVICE_OUT) --reference $(REFERENCE) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache results

@@ -5,8 +5,7 @@ inference, compile time, FLOP/s and memory, over batch sizes, precisions and dev
 epoch through the input pipeline. Prints a table and writes ``benchmark.json`` (device kind, versions,
 every figure) into ``--out``, rewritten after every case so an interrupted run keeps what it measured.
 ``--profile-steps N`` adds a per-op profile of N steps of each case (trace in ``out/profile``),
-``--dump-hlo`` the optimised HLO of each train step (``out/hlo``). ``--quick`` is a CPU-sized smoke run
-(under a minute).
+``--dump-hlo`` the optimised HLO of each train step (``out/hlo``). ``--quick`` is a CPU-sized smoke run.
 
 Examples::
 

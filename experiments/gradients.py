@@ -5,7 +5,7 @@
     python -m experiments.gradients --data-root /data/ACDC       # a real ACDC label slice instead
 
 Writes into ``--out`` (default ``results/gradients``): figure1.png, gradient_maps.png, gradient_table.md,
-gradient_table.json, bound.png, bound.json; see :mod:`segmime_jax.report.gradient_study`. The prediction is
+gradient_table.json, bound.png, bound.json; see :mod:`segmime_jax.paper.gradient_study`. The prediction is
 always synthetic (noisy softmax built from the labels); ``--data-root`` only replaces the drawn labels.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from segmime_jax.cli import parse_config
-from segmime_jax.report import gradient_study as study
+from segmime_jax.paper import gradient_study as study
 
 DESCRIPTION = __doc__.split("\n\n")[0]
 

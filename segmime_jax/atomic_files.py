@@ -1,6 +1,8 @@
 """Whole-or-nothing writes: a file or a folder is written under a temporary name next to its target, then renamed
-into place, so that a reader (or a rerun after a crash) sees all of it or none of it. Also the JSON writer of the
-package (:func:`write_json_atomic`, with :func:`json_ready` for arrays, NaN and dataclasses).
+into place, so that a reader (or a rerun after a crash) sees all of it or none of it. Three shapes: one file
+(:func:`atomic_output`), a whole folder (:func:`atomic_directory`), several files moved into an existing folder
+(:func:`atomic_files_into`). Also the JSON writer of the package (:func:`write_json_atomic`, with
+:func:`json_ready` for arrays, NaN and dataclasses).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -107,6 +109,42 @@ def atomic_directory(path: str | os.PathLike, *, exists: str = "error") -> Itera
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def atomic_files_into(folder: str | os.PathLike, *, stale: Iterable[str] = ()) -> Iterator[Path]:
+    """Yield a new, empty staging folder inside ``folder``; on success move every file written into it to
+    ``folder``, on error delete it with what it holds and leave ``folder`` as it was.
+
+    For a set of outputs that share a folder with other files (which are left alone): nothing of a failed run
+    reaches ``folder``, and the files of a successful one replace those of the same name only once all of them are
+    written. Each file is renamed on its own (names in sorted order), so a crash during the moves themselves can
+    still leave old and new files side by side; every single file is whole. Files keep the permissions they were
+    written with.
+
+    Args:
+      folder: where the files go; created (with its parents) if missing.
+      stale: names of files in ``folder`` that belong to the same set of outputs but are optional: those that
+        were not written into the staging folder this time are deleted after the moves, so that no output of an
+        earlier run stays beside the new ones.
+
+    Yields:
+      The staging folder: write plain files directly into it (no subfolders).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))  # same file system: the renames work
+    try:
+        yield staging
+        staged = sorted(staging.iterdir())
+        if not all(p.is_file() and not p.is_symlink() for p in staged):
+            raise ValueError(f"atomic_files_into moves plain files only; the staging folder holds {staged}")
+        for path in staged:
+            os.replace(path, folder / path.name)
+        for name in set(stale).difference(p.name for p in staged):
+            (folder / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def json_ready(value: Any) -> Any:
     """``value`` with arrays (numpy, jax) as nested lists, NaN and infinities as ``None``, numpy scalars as
     Python numbers, paths as strings, tuples as lists and dataclasses as dicts of their fields, recursively."""
@@ -138,6 +176,7 @@ def array_from_json(value: Any, dtype: Any = np.float64) -> np.ndarray:
     return np.asarray(fix(value), dtype=dtype)
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``json_ready(data)`` as indented JSON to ``path`` through :func:`atomic_output`."""
-    return write_text_atomic(path, json.dumps(json_ready(data), indent=1) + "\n")
+def write_json_atomic(path: str | os.PathLike, data: Any, *, indent: int = 1) -> Path:
+    """Write ``json_ready(data)`` as JSON indented by ``indent`` spaces, plus a final newline, to ``path`` through
+    :func:`atomic_output`. Returns ``path``."""
+    return write_text_atomic(path, json.dumps(json_ready(data), indent=indent) + "\n")

@@ -172,7 +172,7 @@ def fixture_errors_float64(reference_dir: pathlib.Path, timeout: float = 600) ->
 
 
 if __name__ == "__main__":
-    # The tests' jax configuration (conftest.py), without importing pytest: a device machine has none.
+    # The tests' jax configuration (helpers.py) without the compilation cache: this also runs on a GPU machine.
     reference = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else SHARED_REFERENCE
     precision = sys.argv[2] if len(sys.argv) > 2 else "highest"
     if precision == "float64":

@@ -145,7 +145,7 @@ def test_a_failing_epoch_timing_is_recorded_once(tmp_path, monkeypatch):
 
 
 def test_device_check_children_find_the_repository():
-    from experiments.device_check import REPO_ROOT, child_environment
+    from segmime_jax.bench.device_check import REPO_ROOT, child_environment
 
     env = child_environment()
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(REPO_ROOT)
@@ -158,7 +158,7 @@ def test_device_check_step_gets_its_xla_flags(monkeypatch):
     import subprocess
     import sys
 
-    from experiments.device_check import CONVOLUTION_COMMAND_BUFFERS, _run
+    from segmime_jax.bench.device_check import CONVOLUTION_COMMAND_BUFFERS, _run
 
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
     log: list[str] = []
@@ -172,10 +172,16 @@ def test_device_check_step_gets_its_xla_flags(monkeypatch):
     assert bad.returncode != 0  # so the step above would have failed had the flag not parsed
 
 
-def test_device_check_writes_its_files_flat(tmp_path):
-    """The prepared GPU check, at the CPU smoke size: flat files only, and a missing reference is reported."""
+def test_device_check_writes_its_files_flat(tmp_path, monkeypatch):
+    """The GPU check, at the CPU smoke size: flat files only, and a missing reference is reported. The steps
+    share the tests' compilation cache (both benchmarks compile the same float32 program at this size)."""
+    from helpers import CACHE_DIR
+
     from experiments.device_check import main
 
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(CACHE_DIR))
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     out = tmp_path / "out"
     written = main(["--out", str(out), "--work", str(tmp_path / "work"), "--reference", str(tmp_path / "none"),
                     "--models", "residualunet", "--quick", "--profile-steps", "1"])
@@ -183,7 +189,7 @@ def test_device_check_writes_its_files_flat(tmp_path):
     # The command-buffer run is ENet-only, so with --models residualunet it benchmarks nothing and writes no
     # file; batch 128 is off by default.
     assert names == ["benchmark_bf16.json", "benchmark_fp32_residualunet.json", "fixture.json", "log", "traces.tar.gz"]
-    assert sorted(path.name for path in out.iterdir()) == names  # nothing in subfolders (the device tool's limit)
+    assert sorted(path.name for path in out.iterdir()) == names  # nothing in subfolders
     assert "no forward_fixture.npz" in json.loads((out / "fixture.json").read_text())["error"]
     (case,) = json.loads((out / "benchmark_fp32_residualunet.json").read_text())["cases"]
     assert case["case"]["model"] == "residualunet" and case["profile"]["steps"] == 1
@@ -195,7 +201,7 @@ def test_device_check_writes_its_files_flat(tmp_path):
 
 
 def test_device_check_empties_only_its_own_work_folder(tmp_path):
-    from experiments.device_check import WORK_MARKER, _fresh_work_folder
+    from segmime_jax.bench.device_check import WORK_MARKER, _fresh_work_folder
 
     work = tmp_path / "work"
     _fresh_work_folder(work)  # new
@@ -210,8 +216,8 @@ def test_device_check_empties_only_its_own_work_folder(tmp_path):
     assert (mine / "notes.txt").read_text() == "keep me"
 
 
-def test_pack_traces_keeps_the_most_useful_files_within_budget(tmp_path):
-    from experiments.device_check import pack_traces
+def test_pack_traces_keeps_the_most_useful_files_within_its_size_cap(tmp_path):
+    from segmime_jax.bench.device_check import pack_traces
 
     rng = np.random.default_rng(0)
     for run in ("fp32", "bf16"):
@@ -222,10 +228,70 @@ def test_pack_traces_keeps_the_most_useful_files_within_budget(tmp_path):
         (tmp_path / run / "hlo" / "case.hlo.txt").write_text("HloModule m\n" * 300)  # compresses well
     log: list[str] = []
     archive = tmp_path / "traces.tar.gz"
-    assert pack_traces(archive, tmp_path, ["fp32", "bf16"], log, budget_bytes=11_000)
+    assert pack_traces(archive, tmp_path, ["fp32", "bf16"], log, max_bytes=11_000)
     with tarfile.open(archive) as tar:
         names = tar.getnames()
     # fp32 profile + fp32 HLO + bf16 HLO fit; the bf16 profile and both Perfetto copies do not.
     assert names == ["fp32/profile/case/t/h.xplane.pb", "fp32/hlo/case.hlo.txt", "bf16/hlo/case.hlo.txt"]
     assert sum("left out" in line for line in log) == 3
     assert not pack_traces(tmp_path / "none.tar.gz", tmp_path / "empty", ["fp32"], [])
+
+
+def _device_check_plan(tmp_path, monkeypatch, *args: str) -> tuple[list, dict]:
+    """The steps ``main(args)`` runs, as ``(step, time limit, XLA flags)``, each faked (it writes nothing and
+    uses its whole time limit on a fake clock), and the ``fixture.json`` it writes."""
+    import shutil
+    import types
+
+    from experiments.device_check import main
+    from segmime_jax.bench import device_check
+
+    clock, plan = [0.0], []
+
+    def fake_run(command, *, timeout_s, log, xla_flags="", env=None):
+        clock[0] += timeout_s
+        if "experiments.benchmark" in command:
+            out = command[command.index("--out") + 1]
+            step = f"{os.path.basename(out)}: {' '.join(command[command.index('--models'):])}"
+        else:
+            step = f"fixture {command[-1]}" if "tests/models_reference.py" in command else "devices"
+        plan.append((step, timeout_s, xla_flags))
+        return ""
+
+    monkeypatch.setattr(device_check, "_run", fake_run)
+    monkeypatch.setattr(device_check, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no nvidia-smi step
+    reference = tmp_path / "reference"
+    reference.mkdir(exist_ok=True)
+    (reference / "forward_fixture.npz").write_bytes(b"")
+    out = tmp_path / "out"
+    main(["--out", str(out), "--work", str(tmp_path / "work"), "--reference", str(reference), *args])
+    return plan, json.loads((out / "fixture.json").read_text())
+
+
+def test_device_check_default_steps_and_time_limits(tmp_path, monkeypatch):
+    from segmime_jax.bench.device_check import CONVOLUTION_COMMAND_BUFFERS
+
+    profiled = "--batches 8,32 --profile-steps 3 --dump-hlo"
+    plan, _ = _device_check_plan(tmp_path, monkeypatch, "--b128-timeout-s", "70")
+    assert plan == [
+        ("devices", 120, ""),
+        (f"fp32_enet: --models enet --precisions float32 {profiled}", 130, ""),
+        (f"fp32_residualunet: --models residualunet --precisions float32 {profiled}", 90, ""),
+        (f"bf16: --models residualunet,enet --precisions bfloat16 --epoch-steps 0 {profiled}", 130, ""),
+        ("enet_cmdbuf: --models enet --precisions float32 --batches 8,32 --epoch-steps 0", 100,
+         CONVOLUTION_COMMAND_BUFFERS),
+        ("fixture highest", 40, ""),
+        ("fixture default", 40, ""),
+        ("b128: --models enet,residualunet --batches 128 --epoch-steps 0", 70, ""),  # only when asked for
+    ]
+
+
+def test_device_check_time_budget_cuts_and_skips_steps(tmp_path, monkeypatch):
+    plan, fixture = _device_check_plan(tmp_path, monkeypatch, "--time-budget-s", "300", "--fixture-timeout-s", "0")
+    # 120 s + 130 s used, 50 s left for the third step's 90; then nothing is left
+    assert [(step.split(":")[0], limit) for step, limit, _ in plan] == [
+        ("devices", 120), ("fp32_enet", 130), ("fp32_residualunet", 50)]
+    assert fixture == {"highest": {"error": "not run (see log)"}, "default": {"error": "not run (see log)"}}
+    log = (tmp_path / "out" / "log").read_text()
+    assert log.count("the total time budget is spent") == 2 and log.count("its time limit is 0") == 2

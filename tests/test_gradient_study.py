@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import gradients as experiment
-from segmime_jax.report import gradient_study as study
+from segmime_jax.paper import gradient_study as study
 
 
 def test_phantom_and_prediction():

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_onehot, random_probs
+from helpers import random_onehot, random_probs
 
 from segmime_jax import losses as L
 

@@ -188,3 +188,28 @@ def test_atomic_directory_is_all_or_nothing(tmp_path):
         (staging / "c.txt").write_text("3")
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_files_into_moves_together_and_drops_stale(tmp_path):
+    from segmime_jax.atomic_files import atomic_files_into
+
+    target = tmp_path / "out"
+    with atomic_files_into(target, stale=("opt.txt",)) as staging:
+        for name in ("a.txt", "opt.txt"):
+            (staging / name).write_text("1")
+        assert staging.parent == target and not (target / "a.txt").exists()  # nothing moved before the end
+    (target / "other.txt").write_text("mine")
+    with pytest.raises(RuntimeError), atomic_files_into(target, stale=("opt.txt",)) as staging:
+        (staging / "a.txt").write_text("half")
+        raise RuntimeError("interrupted")
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt", "opt.txt", "other.txt"]  # untouched
+    assert (target / "a.txt").read_text() == "1"
+    with atomic_files_into(target, stale=("opt.txt", "never.txt")) as staging:
+        (staging / "a.txt").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt", "other.txt"]  # opt.txt of the earlier run gone
+    assert (target / "a.txt").read_text() == "2"
+    with pytest.raises(ValueError, match="plain files"), atomic_files_into(target) as staging:
+        (staging / "sub").mkdir()
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt", "other.txt"]
+    atomic_files.write_json_atomic(tmp_path / "j.json", {"x": [1.5, float("nan")]}, indent=2)
+    assert (tmp_path / "j.json").read_text() == '{\n  "x": [\n    1.5,\n    null\n  ]\n}\n'

@@ -25,7 +25,7 @@ TESTS = pathlib.Path(__file__).resolve().parent
 SCRIPT = textwrap.dedent("""
     import json, os, sys, tempfile
     sys.path.insert(0, sys.argv[1])
-    import conftest  # persistent compilation cache, float32 defaults
+    import helpers  # noqa: F401  (persistent compilation cache, float32 defaults)
     import jax, numpy as np
     from flax import nnx
     from train_support import tiny_factory, tiny_splits

@@ -7,8 +7,8 @@ they describe the program the backend will run, not the traced one:
   e.g. XLA:GPU's command buffers; an XLA:CPU "small call" is one kernel) that do work, i.e. not
   ``parameter``, ``constant``, ``tuple``, ``get-tuple-element`` or ``bitcast``. On a GPU
   each is roughly one kernel launch (a fusion, a cuDNN/cuBLAS custom call, a copy), so this is the number to
-  hold against a step's time when launch overhead is suspected (the PyTorch reference spent ~75 % of its
-  ENet step launching kernels). Loop bodies are counted once, not per iteration.
+  hold against a step's time when launch overhead is suspected. Loop bodies are counted once, not per
+  iteration.
 - ``top_level_ops``: the same instructions by opcode; ``custom_call_targets``: which library kernels
   (``__cudnn$convForward``, ``__cublas$gemm``, …) the custom calls are.
 - ``all_ops``: counts of a few opcodes anywhere, fusion bodies included (``gather``/``scatter`` would mean

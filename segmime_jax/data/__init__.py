@@ -12,7 +12,8 @@ Public names (see each module for details):
 - :func:`write_prediction_nifti` (predictions back in the input geometry).
 
 SimpleITK (PROMISE12 only) is imported when a MetaImage is read or written, never at import time. The
-synthetic writers are imported on first use (so ``python -m segmime_jax.data.synthetic`` runs cleanly).
+synthetic writers (the package :mod:`segmime_jax.data.synthetic`) are imported on first use: loading data does
+not need them.
 """
 
 from segmime_jax.data.acdc import ACDC_CLASSES, load_acdc, parse_info_cfg

@@ -17,17 +17,31 @@ Conventions shared by every loss here:
 Notation (paper §2.2), per image ``b`` and class ``k``: ``I = Σ_i y·s`` and ``U = Σ_i (y + s)`` over the
 pixels ``i ∈ Ω`` of that image.
 
-Modules: :mod:`~segmime_jax.losses.functions` (the losses), :mod:`~segmime_jax.losses.spec` (:func:`build_loss`
+Modules: :mod:`~segmime_jax.losses.functions` (the losses; their arithmetic, written once, in
+:mod:`~segmime_jax.losses.terms`), :mod:`~segmime_jax.losses.spec` (:func:`build_loss`
 turns a spec string such as ``"ce"``, ``"mime"`` or ``"1*ce+1*dsc"`` into a loss function; :data:`LOSSES` maps
 names to functions), :mod:`~segmime_jax.losses.params` (the loss as data: one compiled program for every loss
 of a grid), :mod:`~segmime_jax.losses.mime_weights` (per-class mime weights from class frequencies) and
 :mod:`~segmime_jax.losses.inputs` (input handling shared with :mod:`segmime_jax.gradients`).
+
+Example:
+  >>> import jax
+  >>> import jax.numpy as jnp
+  >>> from segmime_jax.losses import build_loss, dice_loss, mime_loss
+  >>> probs = jnp.array([[[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]])  # (1, 4, 3)
+  >>> target = jax.nn.one_hot(jnp.array([[0, 0, 1, 2]]), 3)  # (B, *spatial, K) = (1, 4, 3)
+  >>> print(f"{float(dice_loss(probs, target)):.4f} {float(mime_loss(probs, target)):.4f}")
+  0.3581 -0.4000
+  >>> print(f"{float(build_loss('1*ce+1*dsc')(probs, target)):.4f}")
+  0.8040
+
+References:
+  Kervadec & de Bruijne (2023), "On the dice loss gradient and the ways to mimic it" (the paper: sections and
+  equation numbers in these docstrings are its own). Reference code: LIVIAETS/boundary-loss (``losses.py``).
 """
 
 
 from segmime_jax.losses.functions import (
-    CE_EPSILON,
-    GDL_ABSENT,
     cross_entropy,
     dice_loss,
     dice_surrogate_loss,
@@ -38,6 +52,7 @@ from segmime_jax.losses.functions import (
 from segmime_jax.losses.mime_weights import mime_weights_from_frequencies
 from segmime_jax.losses.params import TERMS, LossParams, LossProgram, loss_from_spec, loss_params
 from segmime_jax.losses.spec import LOSS_ALIASES, LOSSES, LossFn, build_loss, weighted_sum
+from segmime_jax.losses.terms import CE_EPSILON, GDL_ABSENT
 
 __all__ = [
     "CE_EPSILON",

@@ -1,107 +1,24 @@
 """The losses of paper §2 as pure JAX functions (see :mod:`segmime_jax.losses` for the conventions).
 
-Each loss is written once, as arithmetic on prepared arrays with a per-class weight vector ``c`` (the
-``*_terms`` functions): the public losses prepare their inputs with their static ``classes`` sliced out and
-``c = 1``; :mod:`segmime_jax.losses.params` calls the same functions on all ``K`` channels with ``c`` a 0/1 class
-mask, so that the class selection is data instead of a static slice. Multiplying by 1 and adding 0 are exact,
-so both give the same numbers up to float summation order.
+Each prepares its inputs (float32, masked images zeroed, its static ``classes`` sliced out) and calls the
+loss's arithmetic in :mod:`segmime_jax.losses.terms` with the class weights ``c = 1``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
-from segmime_jax.losses.inputs import (
-    all_selected,
-    image_axis,
-    per_class_weight,
-    per_image_class_sums,
-    prepare_masked,
-    safe_div,
+from segmime_jax.losses.inputs import all_selected, per_class_weight, prepare_masked
+from segmime_jax.losses.terms import (
+    cross_entropy_terms,
+    dice_surrogate_terms,
+    dice_terms,
+    generalized_dice_terms,
+    linear_terms,
 )
-
-#: The ``+1e-10`` inside ``log`` and in the normaliser of the cross-entropy (as in the reference code).
-CE_EPSILON = 1e-10
-
-# ----------------------------------------------------------------------------------------------------------
-# The arithmetic of each loss on prepared arrays (see the module docstring).
-# ----------------------------------------------------------------------------------------------------------
-
-
-def cross_entropy_terms(s: jax.Array, y: jax.Array, m: jax.Array, c: jax.Array) -> jax.Array:
-    """:func:`cross_entropy` of prepared ``s, y`` ``(B, *spatial, K)``, image weights ``m`` ``(B,)`` and class
-    weights ``c`` ``(K,)`` (1 selected, 0 not)."""
-    weighted = image_axis(m, s.ndim) * c * y
-    return -jnp.sum(weighted * jnp.log(s + CE_EPSILON)) / (jnp.sum(weighted) + CE_EPSILON)
-
-
-def dice_terms(s: jax.Array, y: jax.Array, m: jax.Array, c: jax.Array, *, epsilon: float, batch: bool) -> jax.Array:
-    """:func:`dice_loss` of prepared arrays (see :func:`cross_entropy_terms`): the ``c``-weighted class mean."""
-    inter, sum_y, sum_s = per_image_class_sums(s, y)
-    union = sum_y + sum_s
-    if batch:
-        inter_k = jnp.sum(m[:, None] * inter, axis=0)
-        union_k = jnp.sum(m[:, None] * union, axis=0)
-        per_class = 1.0 - (2.0 * inter_k + epsilon) / (union_k + epsilon)
-        # Every image masked: I_k = U_k = 0 gives per_class = 0, the documented "all masked" loss.
-        return safe_div(jnp.sum(c * per_class), jnp.sum(c))
-    per_image_class = 1.0 - (2.0 * inter + epsilon) / (union + epsilon)
-    return safe_div(jnp.sum(m[:, None] * c * per_image_class), jnp.sum(m) * jnp.sum(c))
-
-
-GDL_ABSENT = ("reference", "max")
-
-
-def generalized_dice_terms(s: jax.Array, y: jax.Array, m: jax.Array, c: jax.Array, *, epsilon: float,
-                           absent: str = "reference") -> jax.Array:
-    """:func:`generalized_dice_loss` of prepared arrays (see :func:`cross_entropy_terms`)."""
-    if absent not in GDL_ABSENT:
-        raise ValueError(f"absent must be one of {GDL_ABSENT}, got {absent!r}")
-    inter, sum_y, sum_s = per_image_class_sums(s, y)
-    w = c / (sum_y + epsilon) ** 2
-    present = (sum_y > 0) & (c > 0)
-    if absent == "max":
-        w_present = jnp.where(present, w, 0.0)
-        w = jnp.where(present, w_present, c * jnp.max(w_present, axis=-1, keepdims=True))
-    numerator = 2.0 * (jnp.sum(w * inter, axis=-1) + epsilon)
-    denominator = jnp.sum(w * (sum_y + sum_s), axis=-1) + epsilon
-    per_image = 1.0 - numerator / denominator
-    if absent == "max":  # nothing present: MONAI's 1 - smooth_nr/smooth_dr = 0, no gradient
-        per_image = jnp.where(jnp.any(present, axis=-1), per_image, 0.0)
-    return safe_div(jnp.sum(m * per_image), jnp.sum(m))
-
-
-def linear_terms(s: jax.Array, y: jax.Array, m: jax.Array, c: jax.Array, a: jax.Array, b: jax.Array, *,
-                 normalize: bool) -> jax.Array:
-    """:func:`mime_loss` of prepared arrays (see :func:`cross_entropy_terms`), ``a``, ``b`` scalars or ``(K,)``;
-    normalised by ``Σ_b m_b · |Ω| · Σ_k c_k``."""
-    omega = c * (-a * y + b * (1.0 - y))
-    total = jnp.sum(m * jnp.sum(omega * s, axis=tuple(range(1, s.ndim))))
-    if not normalize:
-        return total
-    return safe_div(total, jnp.sum(m) * (math.prod(s.shape[1:-1]) * jnp.sum(c)))
-
-
-def dice_surrogate_terms(s: jax.Array, y: jax.Array, m: jax.Array, c: jax.Array, *, epsilon: float) -> jax.Array:
-    """:func:`dice_surrogate_loss` of prepared arrays (see :func:`cross_entropy_terms`)."""
-    inter, sum_y, sum_s = per_image_class_sums(s, y)
-    union = jax.lax.stop_gradient(sum_y + sum_s)
-    inter = jax.lax.stop_gradient(inter)
-    alpha = 2.0 / (union + epsilon)
-    beta = (2.0 * inter + epsilon) / (union + epsilon) ** 2
-    spatial_shape = (s.shape[0],) + (1,) * (s.ndim - 2) + (s.shape[-1],)
-    omega = c * (-alpha.reshape(spatial_shape) * y + beta.reshape(spatial_shape))
-    per_image = jnp.sum(omega * s, axis=tuple(range(1, s.ndim)))
-    return safe_div(jnp.sum(m * per_image), jnp.sum(m) * jnp.sum(c))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Losses.
-# ----------------------------------------------------------------------------------------------------------
 
 
 def cross_entropy(
@@ -111,7 +28,7 @@ def cross_entropy(
     classes: Sequence[int] | None = None,
     mask: jax.Array | None = None,
 ) -> jax.Array:
-    r"""Cross-entropy on probabilities (paper Eq. 4), as in the reference code.
+    r"""Cross-entropy of probabilities against a one-hot target (paper Eq. 4), as in the reference code.
 
     .. math::
         \mathcal{L}_{CE} = \frac{-\sum_b m_b \sum_{k} \sum_{i} y^{(i,k)}_b \log(s^{(i,k)}_b + 10^{-10})}
@@ -120,9 +37,35 @@ def cross_entropy(
     with ``k`` over the selected ``classes`` and ``m_b`` the image weights (``mask``). The normaliser is the
     number of labelled pixels of the selected classes; with all classes selected (one-hot target) it equals
     ``B·|Ω|``, the mean CE per pixel. Eq. 4 writes ``1/(|K||Ω|)``, which is the same up to the constant
-    factor ``|K|``; we follow the reference implementation (LIVIAETS/boundary-loss).
+    factor ``|K|``; we follow the reference implementation. The ``10^{-10}`` is :data:`CE_EPSILON`.
 
-    Gradient: ``∂L/∂s = −y / (s + 1e-10) / normaliser`` (zero where ``y = 0``).
+    Gradient: ``∂L/∂s = −y / (s + 1e-10) / normaliser``, zero where ``y = 0``
+    (:func:`segmime_jax.gradients.cross_entropy_gradient`).
+
+    Args:
+      probs: softmax probabilities ``s``, shape ``(B, *spatial, K)``, any float dtype (cast to float32).
+      target: one-hot ground truth ``y``, same shape as ``probs``.
+      classes: static sequence of the class indices the loss looks at; ``None`` (default) for all ``K``.
+      mask: optional ``(B,)`` image weights (1 real image, 0 padding); a masked image is left out of the sum
+        and of the normaliser, whatever it holds (NaN included). Every image masked: the loss is 0.
+
+    Returns:
+      The loss, a float32 scalar (shape ``()``).
+
+    Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> from segmime_jax.losses import cross_entropy
+      >>> probs = jnp.array([[[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]])  # (1, 4, 3)
+      >>> target = jax.nn.one_hot(jnp.array([[0, 0, 1, 2]]), 3)
+      >>> print(f"{float(cross_entropy(probs, target)):.4f}")  # -(log .7 + log .5 + log .8 + log .6) / 4
+      0.4459
+      >>> print(f"{float(cross_entropy(probs, target, classes=(1, 2))):.4f}")  # -(log .8 + log .6) / 2
+      0.3670
+
+    References:
+      Kervadec & de Bruijne (2023), §2.1, Eq. 4. Reference code: LIVIAETS/boundary-loss, ``losses.py``,
+      ``CrossEntropy`` (the ``1e-10`` and the labelled-pixel normaliser).
     """
     s, y, m, _ = prepare_masked(probs, target, classes, mask)
     return cross_entropy_terms(s, y, m, all_selected(s))
@@ -139,7 +82,7 @@ def dice_loss(
 ) -> jax.Array:
     r"""Soft Dice loss (paper Eq. 3), averaged over images and selected classes.
 
-    Per image ``b`` and class ``k``, with plain sums (no squares):
+    Per image ``b`` and class ``k``, with plain sums (no squares), ``I = Σ_i y·s`` and ``U = Σ_i (y + s)``:
 
     .. math::
         d_{b,k} = 1 - \frac{2 I_{b,k} + \epsilon}{U_{b,k} + \epsilon}, \qquad
@@ -153,6 +96,39 @@ def dice_loss(
     match); a class absent from ``y`` but predicted gives ``d = 1 − ε/(Σ s + ε) ≈ 1``. Never NaN.
     Gradient (Eq. 5-6 with ε): ``∂d/∂s = −2y/(U+ε) + (2I+ε)/(U+ε)²`` times the averaging factor
     ``m_b/(|K| Σ_b m_b)``; see :func:`segmime_jax.gradients.dice_gradient`.
+
+    Args:
+      probs: softmax probabilities ``s``, shape ``(B, *spatial, K)``, any float dtype (cast to float32).
+      target: one-hot ground truth ``y``, same shape as ``probs``.
+      classes: static sequence of the class indices the loss looks at; ``None`` (default) for all ``K``.
+      epsilon: the ``ε`` added to numerator and denominator, as in the reference code (the paper's footnote 1
+        adds it to the denominator).
+      batch: sum ``I`` and ``U`` over the batch before taking the ratio (batch Dice).
+      mask: optional ``(B,)`` image weights (1 real image, 0 padding); a masked image is left out of the sums
+        and of the normaliser, whatever it holds (NaN included). Every image masked: the loss is 0.
+
+    Returns:
+      The loss, a float32 scalar (shape ``()``).
+
+    Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> from segmime_jax.losses import dice_loss
+      >>> probs = jnp.array([[[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]])  # (1, 4, 3)
+      >>> target = jax.nn.one_hot(jnp.array([[0, 0, 1, 2]]), 3)
+      >>> print(f"{float(dice_loss(probs, target)):.4f}")
+      0.3581
+      >>> print(f"{float(dice_loss(probs, target, classes=(1, 2))):.4f}")  # background dropped
+      0.3800
+      >>> padded = jnp.concatenate([probs, jnp.full_like(probs, jnp.nan)])  # a padding image full of NaN
+      >>> loss = dice_loss(padded, jnp.concatenate([target, target]), mask=jnp.array([1.0, 0.0]))
+      >>> print(f"{float(loss):.4f}")  # the loss of the real image alone
+      0.3581
+
+    References:
+      Kervadec & de Bruijne (2023), §2.1, Eq. 3 (``ε``: §2.2, footnote 1). Reference code:
+      LIVIAETS/boundary-loss, ``losses.py``, ``DiceLoss`` (plain sums, ``ε = 1e-10``, mean over images and
+      classes). Batch Dice: nnU-Net (Isensee et al. 2021) and MONAI ``DiceLoss(batch=True)``.
     """
     s, y, m, _ = prepare_masked(probs, target, classes, mask)
     return dice_terms(s, y, m, all_selected(s), epsilon=epsilon, batch=batch)
@@ -187,6 +163,41 @@ def generalized_dice_loss(
     as much as missing the rarest present one; an image with no selected class present scores 0, with no
     gradient (MONAI: ``1 − smooth_nr/smooth_dr``). MONAI's own ``smooth_nr = smooth_dr = 1e-5`` (not doubled)
     are not copied: ``ε`` stays as above.
+
+    Args:
+      probs: softmax probabilities ``s``, shape ``(B, *spatial, K)``, any float dtype (cast to float32).
+      target: one-hot ground truth ``y``, same shape as ``probs``.
+      classes: static sequence of the class indices the loss looks at; ``None`` (default) for all ``K``.
+      epsilon: the ``ε`` of the weights, the numerator and the denominator.
+      absent: the convention for classes absent from ``y``, one of :data:`GDL_ABSENT`: ``"reference"``
+        (default) or ``"max"``.
+      mask: optional ``(B,)`` image weights (1 real image, 0 padding); a masked image is left out of the mean,
+        whatever it holds (NaN included). Every image masked: the loss is 0.
+
+    Returns:
+      The loss, a float32 scalar (shape ``()``).
+
+    Raises:
+      ValueError: if ``absent`` is not one of :data:`GDL_ABSENT`.
+
+    Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> from segmime_jax.losses import generalized_dice_loss
+      >>> probs = jnp.array([[[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]])  # (1, 4, 3)
+      >>> target = jax.nn.one_hot(jnp.array([[0, 0, 1, 2]]), 3)
+      >>> print(f"{float(generalized_dice_loss(probs, target)):.4f}")
+      0.3674
+      >>> no_class_2 = jax.nn.one_hot(jnp.array([[0, 0, 1, 1]]), 3)  # class 2 absent, but predicted
+      >>> print(f"{float(generalized_dice_loss(probs, no_class_2)):.4f}")  # weight 1e20 on class 2
+      1.0000
+      >>> print(f"{float(generalized_dice_loss(probs, no_class_2, absent='max')):.4f}")
+      0.4500
+
+    References:
+      Sudre et al. (2017), "Generalised Dice overlap as a deep learning loss function for highly unbalanced
+      segmentations" (paper ref. [15]). Reference code: LIVIAETS/boundary-loss, ``losses.py``,
+      ``GeneralizedDice``. ``absent="max"``: MONAI ``GeneralizedDiceLoss``.
     """
     s, y, m, _ = prepare_masked(probs, target, classes, mask)
     return generalized_dice_terms(s, y, m, all_selected(s), epsilon=epsilon, absent=absent)
@@ -218,6 +229,40 @@ def mime_loss(
     The paper is silent on normalisation: Eq. 9 verbatim is ``normalize=False`` (``N = 1``, a plain sum over
     the unmasked images). Adam is insensitive to this constant factor; SGD is not (it rescales the learning
     rate by ``1/N``).
+
+    Args:
+      probs: softmax probabilities ``s``, shape ``(B, *spatial, K)``, any float dtype (cast to float32).
+      target: one-hot ground truth ``y``, same shape as ``probs``.
+      a: weight on the ground truth (the gradient there is ``−a``): a scalar or a ``(K,)`` array.
+      b: weight off the ground truth (the gradient there is ``+b``): a scalar or a ``(K,)`` array.
+      classes: static sequence of the class indices the loss looks at; ``None`` (default) for all ``K``.
+      normalize: divide by ``N`` (default) rather than return the plain sum of Eq. 9.
+      mask: optional ``(B,)`` image weights (1 real image, 0 padding); a masked image is left out of the sum
+        and of ``N``, whatever it holds (NaN included). Every image masked: the loss is 0.
+
+    Returns:
+      The loss, a float32 scalar (shape ``()``). It is negative for a good prediction: only its gradient matters.
+
+    Raises:
+      ValueError: if ``a`` or ``b`` is an array whose shape is not ``(K,)``.
+
+    Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> from segmime_jax.losses import mime_loss, mime_weights_from_frequencies
+      >>> probs = jnp.array([[[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]])  # (1, 4, 3)
+      >>> target = jax.nn.one_hot(jnp.array([[0, 0, 1, 2]]), 3)
+      >>> print(f"{float(mime_loss(probs, target)):.4f}")  # ω = -2y + 0.1, averaged over the 12 elements
+      -0.4000
+      >>> print(f"{float(mime_loss(probs, target, normalize=False)):.4f}")  # Eq. 9 verbatim
+      -4.8000
+      >>> a, b = mime_weights_from_frequencies([0.5, 0.25, 0.25])  # per-class weights, shape (3,)
+      >>> print(f"{float(mime_loss(probs, target, a=a, b=b)):.4f}")
+      -0.3675
+
+    References:
+      Kervadec & de Bruijne (2023), §2.3, Eq. 8-9; the defaults: §3.1 (``ω = −2y + 0.1``; §3.1 writes
+      "a = −1.9", the value of the gradient on the ground truth, which is ``a = 1.9`` in Eq. 8's ``−a``).
     """
     s, y, m, idx = prepare_masked(probs, target, classes, mask)
     a_k = per_class_weight(a, "a", jnp.shape(probs)[-1], idx)
@@ -244,6 +289,30 @@ def negative_mime_loss(
     §2.4): in a binary task with only the foreground selected (``classes=(1,)``), background pixels get no
     gradient at all, so nothing stops a network from the trivial solution of predicting everything as
     foreground. With the background channel included (the default) it is pushed up on its own ground truth.
+
+    Args:
+      probs: softmax probabilities ``s``, shape ``(B, *spatial, K)``, any float dtype (cast to float32).
+      target: one-hot ground truth ``y``, same shape as ``probs``.
+      classes: static sequence of the class indices the loss looks at; ``None`` (default) for all ``K``.
+      normalize: divide by ``N`` (default) rather than return the plain sum of Eq. 10.
+      mask: optional ``(B,)`` image weights (1 real image, 0 padding), as in :func:`mime_loss`.
+
+    Returns:
+      The loss, a float32 scalar (shape ``()``), never positive.
+
+    Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> from segmime_jax.losses import negative_mime_loss
+      >>> probs = jnp.array([[[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]])  # (1, 4, 3)
+      >>> target = jax.nn.one_hot(jnp.array([[0, 0, 1, 2]]), 3)
+      >>> print(f"{float(negative_mime_loss(probs, target)):.4f}")  # -(.7 + .5 + .8 + .6) / 12
+      -0.2167
+      >>> print(f"{float(negative_mime_loss(probs, target, normalize=False)):.4f}")  # Eq. 10 verbatim
+      -2.6000
+
+    References:
+      Kervadec & de Bruijne (2023), §2.4, Eq. 10.
     """
     return mime_loss(probs, target, a=1.0, b=0.0, classes=classes, normalize=normalize, mask=mask)
 
@@ -274,6 +343,31 @@ def dice_surrogate_loss(
     ``β Σs − α I``, which for ε → 0 is ``−(2I/U)·(Σy/U)`` (the soft Dice coefficient times ``−Σy/U``), a number
     in ``[−1/2, 0]`` (``I ≤ Σs`` and ``2·Σs·Σy ≤ U²/2``); it is 0 when ``I = 0`` and ``−1/2`` for a perfect
     prediction.
+
+    Args:
+      probs: softmax probabilities ``s``, shape ``(B, *spatial, K)``, any float dtype (cast to float32).
+      target: one-hot ground truth ``y``, same shape as ``probs``.
+      classes: static sequence of the class indices the loss looks at; ``None`` (default) for all ``K``.
+      epsilon: the ``ε`` of :func:`dice_loss` whose gradient is reproduced.
+      mask: optional ``(B,)`` image weights (1 real image, 0 padding), as in :func:`dice_loss`.
+
+    Returns:
+      The surrogate's value, a float32 scalar (shape ``()``); its gradient is the Dice gradient.
+
+    Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> from segmime_jax.losses import dice_loss, dice_surrogate_loss
+      >>> probs = jnp.array([[[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]])  # (1, 4, 3)
+      >>> target = jax.nn.one_hot(jnp.array([[0, 0, 1, 2]]), 3)
+      >>> print(f"{float(dice_surrogate_loss(probs, target)):.4f}")
+      -0.3159
+      >>> same = jnp.allclose(jax.grad(dice_surrogate_loss)(probs, target), jax.grad(dice_loss)(probs, target))
+      >>> print(bool(same))
+      True
+
+    References:
+      Kervadec & de Bruijne (2023), §2.2, Eq. 6 (the gradient) and §2.3, Eq. 8-9 (the linear form).
     """
     s, y, m, _ = prepare_masked(probs, target, classes, mask)
     return dice_surrogate_terms(s, y, m, all_selected(s), epsilon=epsilon)

@@ -84,6 +84,7 @@ def safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
 
 
 def spatial_axes(x: jax.Array) -> tuple[int, ...]:
+    """The spatial axes of a ``(B, *spatial, K)`` array: ``(1, ..., ndim - 2)``."""
     return tuple(range(1, x.ndim - 1))
 
 
@@ -113,3 +114,15 @@ def all_selected(s: jax.Array) -> jax.Array:
 def image_axis(m: jax.Array, ndim: int) -> jax.Array:
     """``(B,)`` image weights shaped to broadcast against ``(B, *spatial, K)``."""
     return m.reshape((-1,) + (1,) * (ndim - 1))
+
+
+def scatter_classes(values: jax.Array, shape: tuple[int, ...], idx: tuple[int, ...]) -> jax.Array:
+    """Put the selected-class channels ``values`` (…, |idx|) back into a zero array of the full ``shape``."""
+    if idx == tuple(range(shape[-1])):
+        return values
+    return jnp.zeros(shape, jnp.float32).at[..., list(idx)].set(values)
+
+
+def per_image_class_shape(s: jax.Array) -> tuple[int, ...]:
+    """Broadcast shape of a ``(B, K)`` quantity against ``(B, *spatial, K)``."""
+    return (s.shape[0],) + (1,) * (s.ndim - 2) + (s.shape[-1],)

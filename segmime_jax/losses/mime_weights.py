@@ -29,9 +29,33 @@ def mime_weights_from_frequencies(
     ``b̄ = b_mean = 0.1`` (the paper's scale): the class means of ``a`` and ``b`` are exactly the paper's values
     and every class keeps the paper's ratio ``a_k/b_k = 19``.
 
-    ``frequencies``: one non-negative number per class (pixel counts or fractions; they are normalised).
-    A class with frequency 0 has no finite weight: ValueError. Returns two float32 arrays of shape ``(K,)``,
-    usable as ``mime_loss(..., a=a, b=b)``.
+    Args:
+      frequencies: one non-negative number per class, shape ``(K,)`` (pixel counts or fractions; they are
+        normalised). A class with frequency 0 has no finite weight.
+      a_mean: the class mean ``ā`` of ``a`` (must be positive).
+      b_mean: the class mean ``b̄`` of ``b`` (must be non-negative).
+      power: the exponent ``p``.
+
+    Returns:
+      ``(a, b)``, two float32 numpy arrays of shape ``(K,)``, usable as ``mime_loss(..., a=a, b=b)``.
+
+    Raises:
+      ValueError: if ``frequencies`` is not a non-empty 1-D sequence of finite non-negative numbers, if a class
+        has frequency 0, or if ``a_mean <= 0`` or ``b_mean < 0``.
+
+    Example:
+      >>> from segmime_jax.losses import mime_weights_from_frequencies
+      >>> a, b = mime_weights_from_frequencies([600, 300, 100])  # pixel counts of 3 classes
+      >>> print(a.round(4), b.round(4))  # the rarest class weighs most
+      [0.6333 1.2667 3.8   ] [0.0333 0.0667 0.2   ]
+      >>> print(f"{a.mean():.4f} {b.mean():.4f}")  # the paper's values on average
+      1.9000 0.1000
+      >>> print(*mime_weights_from_frequencies([600, 300, 100], power=0))  # the paper's uniform weights
+      [1.9 1.9 1.9] [0.1 0.1 0.1]
+
+    References:
+      Kervadec & de Bruijne (2023), §2.3 (Eq. 8-9, and ``a, b`` "pre-computed based on ... the dataset
+      classes-distribution"), Eq. 6 (the scaling), §3.1 (``ā = 1.9``, ``b̄ = 0.1``).
     """
     f = np.asarray(frequencies, dtype=np.float64)
     if f.ndim != 1 or f.size == 0:

@@ -23,7 +23,29 @@ from segmime_jax.losses.functions import (
 
 
 class LossFn(Protocol):
-    """A configured loss: ``fn(probs, target, *, mask=None) -> float32 scalar``."""
+    """A configured loss: ``fn(probs, target, *, mask=None) -> float32 scalar``.
+
+    What :func:`build_loss` and :func:`weighted_sum` return, and what :func:`weighted_sum` takes: a loss of
+    :mod:`segmime_jax.losses.functions` with every option but ``mask`` bound.
+
+    Args:
+      probs: softmax probabilities ``s``, shape ``(B, *spatial, K)``.
+      target: one-hot ground truth ``y``, same shape as ``probs``.
+      mask: optional ``(B,)`` image weights (1 real image, 0 padding).
+
+    Returns:
+      The loss, a float32 scalar (shape ``()``).
+
+    Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> from segmime_jax.losses import LossFn, build_loss
+      >>> loss_fn: LossFn = build_loss("dsc", classes=(1, 2))
+      >>> probs = jnp.array([[[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]])  # (1, 4, 3)
+      >>> target = jax.nn.one_hot(jnp.array([[0, 0, 1, 2]]), 3)
+      >>> print(f"{float(loss_fn(probs, target, mask=jnp.array([1.0]))):.4f}")
+      0.3800
+    """
 
     def __call__(self, probs: jax.Array, target: jax.Array, *, mask: jax.Array | None = None) -> jax.Array: ...
 
@@ -72,8 +94,34 @@ class _WeightedSum:
 def weighted_sum(*terms: tuple[float, LossFn]) -> LossFn:
     r"""Combine losses: ``λ_1 L_1 + λ_2 L_2 + ...`` (paper §2.1, e.g. nnU-Net's CE + Dice).
 
+    .. math:: \mathcal{L}(s, y) = \sum_j \lambda_j \mathcal{L}_j(s, y)
+
     Each term is ``(weight, loss_fn)`` with ``loss_fn(probs, target, *, mask=None)``; the result has the
     same signature and passes ``mask`` on to every term.
+
+    Args:
+      *terms: one or more ``(weight, loss_fn)`` tuples; ``weight`` is converted to a Python float, ``loss_fn``
+        is a :class:`LossFn` (e.g. a :func:`build_loss` result, or a loss with its options bound).
+
+    Returns:
+      A :class:`LossFn`, ``fn(probs, target, *, mask=None)`` returning a float32 scalar.
+
+    Raises:
+      ValueError: if no term is given.
+      TypeError: if a term is not a ``(weight, callable)`` tuple.
+
+    Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> from segmime_jax.losses import build_loss, weighted_sum
+      >>> probs = jnp.array([[[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]])  # (1, 4, 3)
+      >>> target = jax.nn.one_hot(jnp.array([[0, 0, 1, 2]]), 3)
+      >>> loss_fn = weighted_sum((1.0, build_loss("ce")), (0.5, build_loss("dsc")))
+      >>> print(f"{float(loss_fn(probs, target)):.4f}")  # 0.4459 + 0.5 * 0.3581
+      0.6250
+
+    References:
+      Kervadec & de Bruijne (2023), §2.1 (``λ_1 L_1 + λ_2 L_2``); nnU-Net's CE + Dice: Isensee et al. (2021).
     """
     if not terms:
         raise ValueError("weighted_sum needs at least one (weight, loss_fn) term")
@@ -152,7 +200,36 @@ def build_loss(spec: str, **options: Any) -> LossFn:
     ``options`` are keyword options of the loss functions; each is passed to every term whose function
     accepts it (``classes=(1, 2, 3)`` to all; ``a=``, ``b=`` to the mime only; ``epsilon=`` to the Dice-type
     losses). An option no term accepts raises ValueError listing the valid ones; ``mask`` is not an option
-    (it is given when calling the loss). Returns ``fn(probs, target, *, mask=None) -> scalar``.
+    (it is given when calling the loss).
+
+    Args:
+      spec: ``"name"`` or ``"w*name+w*name..."`` with the names above (case-insensitive; spaces allowed).
+      **options: keyword options of the loss functions, each passed to every term that accepts it.
+
+    Returns:
+      A :class:`LossFn`, ``fn(probs, target, *, mask=None)`` returning a float32 scalar: the configured loss
+      itself for a bare name (or ``"1*name"``), else a weighted sum of the terms.
+
+    Raises:
+      ValueError: if the spec does not parse or names an unknown loss, if an option is accepted by no term, or if
+        ``mask`` is given as an option.
+
+    Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> from segmime_jax.losses import build_loss
+      >>> probs = jnp.array([[[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]])  # (1, 4, 3)
+      >>> target = jax.nn.one_hot(jnp.array([[0, 0, 1, 2]]), 3)
+      >>> loss_fn = build_loss("1*ce+1*dsc")
+      >>> print(loss_fn, f"{float(loss_fn(probs, target)):.4f}")  # nnU-Net's CE + Dice
+      <loss 1*ce+1*dsc> 0.8040
+      >>> print(build_loss("mime", a=1.0, b=0.0))  # the options a mime accepts
+      mime(a=1.0, b=0.0)
+      >>> print(f"{float(build_loss('ce + 0.5*dice', classes=(1, 2))(probs, target)):.4f}")
+      0.5570
+
+    References:
+      Kervadec & de Bruijne (2023), §2.1 (combinations ``λ_1 L_1 + λ_2 L_2``) and §3.1 (the compared losses).
     """
     terms = parse_spec(spec)
     if "mask" in options:

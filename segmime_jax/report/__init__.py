@@ -1,1 +1,2 @@
-"""Tables and figures that the experiments write (paper Table 1, Figures 1-4)."""
+"""Generic tables and figures that the experiments write (paper Table 1, Figures 2-4); the gradient study behind
+Figure 1 is :mod:`segmime_jax.paper.gradient_study`."""
