@@ -18,17 +18,16 @@ Examples::
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import sys
 from collections.abc import Sequence
 
 import jax
 
-from segmime_jax.atomic_files import write_text_atomic
+from segmime_jax.atomic_files import json_ready, write_json_atomic
 from segmime_jax.bench.report import format_table
 from segmime_jax.bench.suite import PRECISIONS, BenchCase, build_setup, run_case, run_epoch
-from segmime_jax.cli import config_to_dict, parse_config
+from segmime_jax.cli import parse_config
 from segmime_jax.environment import environment
 
 NUM_CLASSES = {"enet": 4, "residualunet": 2}
@@ -128,7 +127,7 @@ def run(config: BenchmarkConfig) -> dict:
     print(f"benchmark on {env['local_device_count']} x {env['device_kind']} ({env['backend']}), "
           f"jax {env['versions']['jax']}", flush=True)
     path = config.out / "benchmark.json"
-    report = {"environment": env, "config": config_to_dict(config), "complete": False, "cases": [], "epochs": [],
+    report = {"environment": env, "config": json_ready(config), "complete": False, "cases": [], "epochs": [],
               "failed": []}
     options = {"warmup": config.warmup, "repeats": config.repeats, "profile": config.profile_steps,
                "profile_dir": config.out / "profile", "hlo_dir": config.out / "hlo" if config.dump_hlo else None}
@@ -153,7 +152,7 @@ def run(config: BenchmarkConfig) -> dict:
             except Exception as error:  # noqa: BLE001
                 _record_failure(report, case, error, what="epoch timing")
         setup = None  # free the state and compiled step before the next case
-        write_text_atomic(path, json.dumps(report, indent=2))
+        write_json_atomic(path, report, indent=2)
     for case in epoch_cases.values():
         print(f"  epoch timing {case.label} ...", flush=True)
         try:
@@ -161,7 +160,7 @@ def run(config: BenchmarkConfig) -> dict:
         except Exception as error:  # noqa: BLE001
             _record_failure(report, case, error, what="epoch timing")
     report["complete"] = True
-    write_text_atomic(path, json.dumps(report, indent=2))
+    write_json_atomic(path, report, indent=2)
     return report
 
 

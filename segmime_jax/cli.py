@@ -220,20 +220,3 @@ def _preset_in(argv: Sequence[str] | None, presets: Mapping[str, Any]) -> str | 
         elif arg.startswith("--preset="):
             found = arg.split("=", 1)[1]
     return found if found in presets else None
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a (possibly nested) dataclass config: paths become strings, tuples lists."""
-
-    def convert(value: Any) -> Any:
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, pathlib.PurePath):
-            return str(value)
-        if isinstance(value, tuple | list):
-            return [convert(v) for v in value]
-        if isinstance(value, Mapping):
-            return {str(k): convert(v) for k, v in value.items()}
-        return value
-
-    return convert(config)

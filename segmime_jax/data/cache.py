@@ -8,8 +8,9 @@ its path, size and modification time in nanoseconds: touching, replacing or addi
 an option, gives a new key, so a stale entry is never read. When a new entry is stored, older entries of the
 same dataset root are deleted.
 
-Entries are written into a temporary folder next to the final one and renamed into place, so an error (or
-an interrupted run) never leaves a half-written entry; a corrupt entry is ignored and rebuilt.
+Entries are written into a temporary folder next to the final one and renamed into place
+(:func:`segmime_jax.atomic_files.atomic_directory`), so an error (or an interrupted run) never leaves a
+half-written entry; a corrupt entry is ignored, rebuilt and replaced.
 
 Default location (``cache_dir=None``): ``$SEGMIME_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/segmime_jax``,
 else ``~/.cache/segmime_jax``. A per-user folder rather than one inside the dataset, because datasets are
@@ -24,13 +25,13 @@ import logging
 import os
 import pathlib
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
 import numpy as np
 
+from segmime_jax.atomic_files import atomic_directory
 from segmime_jax.data.dataset import SliceDataset, VolumeInfo
 
 logger = logging.getLogger(__name__)
@@ -125,29 +126,10 @@ def _save_npz(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> None:
                 np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
 
 
-def _replace_entry(new: pathlib.Path, path: pathlib.Path, description: Mapping) -> None:
-    """Move the entry folder at ``path`` aside, rename ``new`` into its place, then delete the old one. Another
-    writer may put its (valid) entry there in between: then ours is dropped."""
-    trash = pathlib.Path(tempfile.mkdtemp(prefix=".trash-" + path.name + "-", dir=path.parent))
-    try:
-        try:
-            os.rename(path, trash / "entry")
-        except FileNotFoundError:
-            pass  # another writer moved it already
-        try:
-            os.rename(new, path)
-        except OSError:
-            if _read_entry(path, description, quiet=True) is None:
-                raise
-            shutil.rmtree(new, ignore_errors=True)  # another writer's valid entry won the race
-    finally:
-        shutil.rmtree(trash, ignore_errors=True)
-
-
 def _write_entry(path: pathlib.Path, description: Mapping, dataset: SliceDataset) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=".tmp-" + path.name + "-", dir=path.parent))
-    try:
+    """Store ``dataset`` as the entry at ``path`` (whole or not at all; an entry already there, corrupt or one a
+    concurrent writer stored, is replaced), then delete the other entries of the same dataset root."""
+    with atomic_directory(path, exists="replace") as tmp:
         _save_npz(tmp / "slices.npz", {name: getattr(dataset, name) for name in _ARRAYS})
         meta = {
             "key": dict(description),
@@ -156,18 +138,6 @@ def _write_entry(path: pathlib.Path, description: Mapping, dataset: SliceDataset
             "num_slices": len(dataset),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not path.is_dir():  # not a lost race with another writer: a real error
-                raise
-            if _read_entry(path, description, quiet=True) is not None:
-                return  # another writer stored the same entry first
-            _replace_entry(tmp, path, description)  # a corrupt or foreign entry sits there: put ours in its place
-        tmp = None  # type: ignore[assignment]
-    finally:
-        if tmp is not None and tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     prefix = _entry_prefix(description)
     for other in path.parent.iterdir():
         if other.name.startswith(prefix) and other != path and (other / "meta.json").is_file():
