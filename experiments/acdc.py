@@ -30,9 +30,12 @@ DESCRIPTION = __doc__.split("\n\n")[0]
 class AcdcConfig(GridConfig):
     """ACDC grid options: the shared ones plus the patient split."""
 
-    split: str = option("auto", "patient split: fixed (the author's 70/10/20 lists, needs patient001-100), seeded "
-                                "(70/10/20 shuffle with --data-seed), auto (fixed when all 100 patients are present)",
-                        choices=("auto", "fixed", "seeded"))
+    split: str = option(
+        "auto",
+        "patient split: fixed (the author's 70/10/20 lists, needs patient001-100), seeded "
+        "(70/10/20 shuffle with --data-seed), auto (fixed when all 100 patients are present)",
+        choices=("auto", "fixed", "seeded"),
+    )
 
 
 PRESETS: dict[str, AcdcConfig] = {
@@ -45,14 +48,22 @@ PRESETS: dict[str, AcdcConfig] = {
     # 2e-3 (4x the paper's rate: 880 steps instead of the paper's ~10,000), halved after 4 epochs without a
     # better validation DSC, 20 epochs, one seed.
     "demo": AcdcConfig(
-        losses=("ce", "dsc", "mime", "nm"), optimizers=("adam",), synthetic_cases=20, synthetic_zoom=2.0,
-        image_size=64, adam_lr=2e-3, out=Path("results/acdc/demo"),
+        losses=("ce", "dsc", "mime", "nm"),
+        optimizers=("adam",),
+        synthetic_cases=20,
+        synthetic_zoom=2.0,
+        image_size=64,
+        adam_lr=2e-3,
+        out=Path("results/acdc/demo"),
         train=TrainConfig(epochs=20, batch_size=8, eval_batch_size=32, plateau_patience=4),
     ),
     # Paper §3.2: 256x256, batch 8, 100 epochs, Adam (5e-4, betas 0.99/0.999) and SGD (1e-2, momentum 0.9,
     # weight decay 5e-4), learning rate halved after 20 epochs without a better validation DSC, no augmentation.
     "paper": AcdcConfig(
-        losses=("ce", "dsc", "mime", "nm"), optimizers=("adam", "sgd"), synthetic_cases=100, image_size=256,
+        losses=("ce", "dsc", "mime", "nm"),
+        optimizers=("adam", "sgd"),
+        synthetic_cases=100,
+        image_size=256,
         out=Path("results/acdc/paper"),
         train=TrainConfig(epochs=100, batch_size=8, eval_batch_size=16, plateau_patience=20),
     ),
@@ -60,16 +71,27 @@ PRESETS: dict[str, AcdcConfig] = {
 
 
 def parse_args(argv: Sequence[str] | None = None) -> AcdcConfig:
-    return parse_config(AcdcConfig, argv, description=DESCRIPTION, presets=PRESETS, default_preset="demo",
-                        prog="python -m experiments.acdc")
+    return parse_config(
+        AcdcConfig,
+        argv,
+        description=DESCRIPTION,
+        presets=PRESETS,
+        default_preset="demo",
+        prog="python -m experiments.acdc",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> GridResult:
     config = parse_args(argv)
 
     def load(root: Path):
-        return load_acdc(root, size=config.size, split=config.split, seed=config.data_seed,
-                         cache_dir=Path(config.cache_dir) / "preprocessed")
+        return load_acdc(
+            root,
+            size=config.size,
+            split=config.split,
+            seed=config.data_seed,
+            cache_dir=Path(config.cache_dir) / "preprocessed",
+        )
 
     return run_experiment(config, dataset="acdc", model="enet", load=load, calibration_class="LV")
 

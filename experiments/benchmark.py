@@ -38,34 +38,48 @@ PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 @dataclasses.dataclass(frozen=True)
 class BenchmarkConfig:
     models: tuple[str, ...] = dataclasses.field(
-        default=("enet", "residualunet"), metadata={"help": "models to time (enet: 4 classes, residualunet: 2)"})
+        default=("enet", "residualunet"), metadata={"help": "models to time (enet: 4 classes, residualunet: 2)"}
+    )
     size: int = dataclasses.field(default=256, metadata={"help": "image height and width"})
     batches: tuple[int, ...] = dataclasses.field(default=(8, 32, 128), metadata={"help": "global batch sizes"})
     precisions: tuple[str, ...] = dataclasses.field(
-        default=("float32", "bfloat16"), metadata={"help": "compute precisions (parameters stay float32)"})
+        default=("float32", "bfloat16"), metadata={"help": "compute precisions (parameters stay float32)"}
+    )
     devices: tuple[int, ...] | None = dataclasses.field(
-        default=None, metadata={"help": "device counts to try; 'none' = 1 and all local devices"})
+        default=None, metadata={"help": "device counts to try; 'none' = 1 and all local devices"}
+    )
     warmup: int = dataclasses.field(default=3, metadata={"help": "untimed calls before timing"})
     repeats: int = dataclasses.field(default=20, metadata={"help": "timed calls per figure"})
     epoch_steps: int = dataclasses.field(
-        default=50, metadata={"help": "steps of the pipeline epoch timing (0 = skip it)"})
+        default=50, metadata={"help": "steps of the pipeline epoch timing (0 = skip it)"}
+    )
     epoch_batch: int = dataclasses.field(default=8, metadata={"help": "batch size of the epoch timing"})
     loss: str = dataclasses.field(default="1*ce+1*dsc", metadata={"help": "loss of the train step"})
     matmul_precision: str = dataclasses.field(
-        default="default", metadata={"help": "jax default_matmul_precision for float32 convolutions and matmuls: "
-                                             "default (TF32 allowed on recent GPUs, like PyTorch's convolutions), "
-                                             "high, highest (true float32)"})
+        default="default",
+        metadata={
+            "help": "jax default_matmul_precision for float32 convolutions and matmuls: "
+            "default (TF32 allowed on recent GPUs, like PyTorch's convolutions), "
+            "high, highest (true float32)"
+        },
+    )
     prng: str = dataclasses.field(
-        default="threefry2x32", metadata={"help": "jax PRNG implementation (ENet's dropout masks): threefry2x32 "
-                                                  "(jax's default, what training uses), rbg, unsafe_rbg"})
+        default="threefry2x32",
+        metadata={
+            "help": "jax PRNG implementation (ENet's dropout masks): threefry2x32 "
+            "(jax's default, what training uses), rbg, unsafe_rbg"
+        },
+    )
     profile_steps: int = dataclasses.field(
-        default=0, metadata={"help": "profile this many extra steps of each case (0 = off); trace in out/profile"})
+        default=0, metadata={"help": "profile this many extra steps of each case (0 = off); trace in out/profile"}
+    )
     dump_hlo: bool = dataclasses.field(
-        default=False, metadata={"help": "write each train step's optimised HLO text to out/hlo"})
+        default=False, metadata={"help": "write each train step's optimised HLO text to out/hlo"}
+    )
     quick: bool = dataclasses.field(
-        default=False, metadata={"help": "CPU smoke run: 32x32, batch 2, float32, 1 device, few repeats"})
-    out: pathlib.Path = dataclasses.field(
-        default=pathlib.Path("results/benchmark"), metadata={"help": "output folder"})
+        default=False, metadata={"help": "CPU smoke run: 32x32, batch 2, float32, 1 device, few repeats"}
+    )
+    out: pathlib.Path = dataclasses.field(default=pathlib.Path("results/benchmark"), metadata={"help": "output folder"})
 
     def __post_init__(self) -> None:
         for name in self.models:
@@ -77,8 +91,9 @@ class BenchmarkConfig:
         if self.size % 16:
             raise ValueError(f"size must be a multiple of 16 (ResidualUNet), got {self.size}")
         if self.matmul_precision not in MATMUL_PRECISIONS:
-            raise ValueError(f"unknown matmul precision {self.matmul_precision!r}; "
-                             f"valid: {', '.join(MATMUL_PRECISIONS)}")
+            raise ValueError(
+                f"unknown matmul precision {self.matmul_precision!r}; valid: {', '.join(MATMUL_PRECISIONS)}"
+            )
         if self.prng not in PRNG_IMPLS:
             raise ValueError(f"unknown PRNG implementation {self.prng!r}; valid: {', '.join(PRNG_IMPLS)}")
         for name in ("warmup", "profile_steps", "epoch_steps"):
@@ -91,8 +106,17 @@ class BenchmarkConfig:
         """The config actually run: ``quick`` replaces sizes, batches, precisions and repeats."""
         if not self.quick:
             return self
-        return dataclasses.replace(self, size=32, batches=(2,), precisions=("float32",), devices=(1,),
-                                   warmup=1, repeats=3, epoch_steps=4, epoch_batch=2)
+        return dataclasses.replace(
+            self,
+            size=32,
+            batches=(2,),
+            precisions=("float32",),
+            devices=(1,),
+            warmup=1,
+            repeats=3,
+            epoch_steps=4,
+            epoch_batch=2,
+        )
 
     def device_counts(self) -> tuple[int, ...]:
         if self.devices is not None:
@@ -102,8 +126,15 @@ class BenchmarkConfig:
 
     def cases(self) -> list[BenchCase]:
         return [
-            BenchCase(model=model, num_classes=NUM_CLASSES[model], size=self.size, batch_size=batch,
-                      precision=precision, num_devices=devices, loss=self.loss)
+            BenchCase(
+                model=model,
+                num_classes=NUM_CLASSES[model],
+                size=self.size,
+                batch_size=batch,
+                precision=precision,
+                num_devices=devices,
+                loss=self.loss,
+            )
             for model in self.models
             for precision in self.precisions
             for devices in self.device_counts()
@@ -115,8 +146,9 @@ class BenchmarkConfig:
 def _record_failure(report: dict, case: BenchCase, error: Exception, *, what: str = "case") -> None:
     message = f"{type(error).__name__}: {str(error).strip()}"
     print(f" FAILED ({what}): {message[:500]}", flush=True)
-    report["failed"].append({"case": dataclasses.asdict(case), "label": case.label, "what": what,
-                             "error": message[:4000]})
+    report["failed"].append(
+        {"case": dataclasses.asdict(case), "label": case.label, "what": what, "error": message[:4000]}
+    )
 
 
 def run(config: BenchmarkConfig) -> dict:
@@ -124,23 +156,51 @@ def run(config: BenchmarkConfig) -> dict:
     env = environment()
     env["matmul_precision"] = config.matmul_precision
     env["prng"] = config.prng
-    print(f"benchmark on {env['local_device_count']} x {env['device_kind']} ({env['backend']}), "
-          f"jax {env['versions']['jax']}", flush=True)
+    print(
+        f"benchmark on {env['local_device_count']} x {env['device_kind']} ({env['backend']}), "
+        f"jax {env['versions']['jax']}",
+        flush=True,
+    )
     path = config.out / "benchmark.json"
-    report = {"environment": env, "config": json_ready(config), "complete": False, "cases": [], "epochs": [],
-              "failed": []}
-    options = {"warmup": config.warmup, "repeats": config.repeats, "profile": config.profile_steps,
-               "profile_dir": config.out / "profile", "hlo_dir": config.out / "hlo" if config.dump_hlo else None}
-    epoch_cases = {model: BenchCase(model=model, num_classes=NUM_CLASSES[model], size=config.size,
-                                    batch_size=config.epoch_batch, loss=config.loss)
-                   for model in config.models} if config.epoch_steps > 0 else {}
+    report = {
+        "environment": env,
+        "config": json_ready(config),
+        "complete": False,
+        "cases": [],
+        "epochs": [],
+        "failed": [],
+    }
+    options = {
+        "warmup": config.warmup,
+        "repeats": config.repeats,
+        "profile": config.profile_steps,
+        "profile_dir": config.out / "profile",
+        "hlo_dir": config.out / "hlo" if config.dump_hlo else None,
+    }
+    epoch_cases = (
+        {
+            model: BenchCase(
+                model=model,
+                num_classes=NUM_CLASSES[model],
+                size=config.size,
+                batch_size=config.epoch_batch,
+                loss=config.loss,
+            )
+            for model in config.models
+        }
+        if config.epoch_steps > 0
+        else {}
+    )
     for case in config.cases():
         print(f"  {case.label} ...", end="", flush=True)
         try:
             setup = build_setup(case)
             result = run_case(setup, **options)
-            print(f" compile {result['compile_s']:.1f} s, {result['train_step']['median_ms']:.2f} ms/step, "
-                  f"{result['train_images_per_s']:.0f} img/s, {result['program']['kernels']} kernels", flush=True)
+            print(
+                f" compile {result['compile_s']:.1f} s, {result['train_step']['median_ms']:.2f} ms/step, "
+                f"{result['train_images_per_s']:.0f} img/s, {result['program']['kernels']} kernels",
+                flush=True,
+            )
             report["cases"].append(result)
         except Exception as error:  # noqa: BLE001 - e.g. out of device memory at batch 128: keep the other cases
             _record_failure(report, case, error)
@@ -165,8 +225,9 @@ def run(config: BenchmarkConfig) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    config = parse_config(BenchmarkConfig, argv, description=__doc__.split("\n\n")[0],
-                          prog="python -m experiments.benchmark").effective()
+    config = parse_config(
+        BenchmarkConfig, argv, description=__doc__.split("\n\n")[0], prog="python -m experiments.benchmark"
+    ).effective()
     previous_prng = jax.config.jax_default_prng_impl
     jax.config.update("jax_default_prng_impl", config.prng)
     try:

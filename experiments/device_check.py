@@ -27,8 +27,9 @@ from segmime_jax.cli import parse_config
 
 
 def main(argv: Sequence[str] | None = None) -> list[pathlib.Path]:
-    config = parse_config(DeviceCheckConfig, argv, description=__doc__.split("\n\n")[1],
-                          prog="python -m experiments.device_check")
+    config = parse_config(
+        DeviceCheckConfig, argv, description=__doc__.split("\n\n")[1], prog="python -m experiments.device_check"
+    )
     written = run_check(config)
     print((config.out / "log").read_text())
     print("wrote " + ", ".join(str(path) for path in written))

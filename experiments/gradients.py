@@ -27,22 +27,34 @@ class GradientsConfig:
     """Options of the gradient study (one ``--kebab-case`` flag each)."""
 
     out: Path = field(default=Path("results/gradients"), metadata={"help": "output folder"})
-    data_root: Path | None = field(default=None, metadata={
-        "help": "ACDC download folder: use its training slice with the largest --class-index area instead of "
-                "the drawn phantom (needs segmime_jax.data.acdc)"})
+    data_root: Path | None = field(
+        default=None,
+        metadata={
+            "help": "ACDC download folder: use its training slice with the largest --class-index area instead of "
+            "the drawn phantom (needs segmime_jax.data.acdc)"
+        },
+    )
     size: int = field(default=256, metadata={"help": "image size (pixels per side)"})
-    class_index: int = field(default=3, metadata={"help": "class shown in the figure and table (0 bg, 1 RV, 2 Myo, "
-                                                          "3 LV)"})
+    class_index: int = field(
+        default=3, metadata={"help": "class shown in the figure and table (0 bg, 1 RV, 2 Myo, 3 LV)"}
+    )
     seed: int = field(default=0, metadata={"help": "seed of the prediction noise"})
-    gain: float = field(default=6.0, metadata={"help": "logit margin of the true class (6: s about 0.99 "
-                                                        "without noise)"})
+    gain: float = field(
+        default=6.0, metadata={"help": "logit margin of the true class (6: s about 0.99 without noise)"}
+    )
     noise: float = field(default=1.0, metadata={"help": "std of the i.i.d. logit noise"})
     blur: float = field(default=1.5, metadata={"help": "Gaussian blur of the one-hot logits, pixels at 256x256"})
-    error_blobs: bool = field(default=True, metadata={
-        "help": "add one missed and one spurious blob of the shown class to the prediction"})
-    convention: str = field(default="power", metadata={
-        "help": "default dB convention of the dynamic range (both are reported): power = 10 log10, "
-                "amplitude = 20 log10", "choices": ("power", "amplitude")})
+    error_blobs: bool = field(
+        default=True, metadata={"help": "add one missed and one spurious blob of the shown class to the prediction"}
+    )
+    convention: str = field(
+        default="power",
+        metadata={
+            "help": "default dB convention of the dynamic range (both are reported): power = 10 log10, "
+            "amplitude = 20 log10",
+            "choices": ("power", "amplitude"),
+        },
+    )
     bound_points: int = field(default=12, metadata={"help": "disc radii in the Eq. 7 sweep (0: skip it)"})
     dpi: int = field(default=110, metadata={"help": "figure resolution"})
 
@@ -65,26 +77,53 @@ def main(argv: Sequence[str] | None = None) -> study.GradientStudyResult:
         if config.data_root is None:
             labels = study.cardiac_phantom(config.size)
             class_names = study.PHANTOM_CLASSES
-            source = {"kind": "phantom", "size": config.size,
-                      "description": f"drawn cardiac phantom {config.size}x{config.size}"}
+            source = {
+                "kind": "phantom",
+                "size": config.size,
+                "description": f"drawn cardiac phantom {config.size}x{config.size}",
+            }
         else:
-            labels, class_names, source = study.acdc_slice(config.data_root, size=config.size,
-                                                           class_index=config.class_index)
+            labels, class_names, source = study.acdc_slice(
+                config.data_root, size=config.size, class_index=config.class_index
+            )
             source["description"] = f"ACDC {source['volume']} slice {source['slice_index']} labels"
         if not 0 <= config.class_index < len(class_names):
             raise ValueError(f"--class-index {config.class_index} out of range for classes {class_names}")
         probs = study.noisy_prediction(
-            labels, len(class_names), seed=config.seed, gain=config.gain, noise=config.noise, blur=config.blur,
+            labels,
+            len(class_names),
+            seed=config.seed,
+            gain=config.gain,
+            noise=config.noise,
+            blur=config.blur,
             error_class=config.class_index if config.error_blobs else None,
         )
-        source["prediction"] = (f"softmax({config.gain} * blur_{config.blur}(onehot) + {config.noise} * N(0,1)), "
-                                f"seed {config.seed}" + (", one missed + one spurious blob" if config.error_blobs
-                                                         else ""))
-        bound_rows = study.bound_sweep(config.size, points=config.bound_points, seed=config.seed, gain=config.gain,
-                                       noise=config.noise, blur=config.blur) if config.bound_points else []
+        source["prediction"] = (
+            f"softmax({config.gain} * blur_{config.blur}(onehot) + {config.noise} * N(0,1)), "
+            f"seed {config.seed}" + (", one missed + one spurious blob" if config.error_blobs else "")
+        )
+        bound_rows = (
+            study.bound_sweep(
+                config.size,
+                points=config.bound_points,
+                seed=config.seed,
+                gain=config.gain,
+                noise=config.noise,
+                blur=config.blur,
+            )
+            if config.bound_points
+            else []
+        )
         result = study.run_gradient_study(
-            config.out, labels, probs, class_names=class_names, class_index=config.class_index,
-            convention=config.convention, bound_rows=bound_rows, source=source, dpi=config.dpi,
+            config.out,
+            labels,
+            probs,
+            class_names=class_names,
+            class_index=config.class_index,
+            convention=config.convention,
+            bound_rows=bound_rows,
+            source=source,
+            dpi=config.dpi,
         )
     except (ValueError, RuntimeError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from err

@@ -32,7 +32,8 @@ from segmime_jax.train import TrainConfig
 
 DESCRIPTION = __doc__.split("\n\n")[0] + (
     " Mime/NM on the foreground channel; NM is left out by default as in the paper: in the binary case -y^T s "
-    "has no term against false positives and collapses to all-foreground (paper §2.4).")
+    "has no term against false positives and collapses to all-foreground (paper §2.4)."
+)
 
 PRESETS: dict[str, GridConfig] = {
     # Sized so that `make promise12` ends within ~12 minutes on a 2-core CPU. ResidualUNet has 19.6M parameters
@@ -43,34 +44,54 @@ PRESETS: dict[str, GridConfig] = {
     # over ~100 steps, a third of a run), the rate halved after every epoch without a better validation DSC
     # (2 validation volumes make a noisy curve; the decay settles it).
     "demo": GridConfig(
-        losses=("ce", "dsc", "mime"), foreground_only=("mime", "nm"), optimizers=("adam",), synthetic_cases=16,
-        synthetic_zoom=2.0, image_size=48, adam_lr=1e-3, out=Path("results/promise12/demo"),
-        train=TrainConfig(epochs=12, batch_size=8, eval_batch_size=16, plateau_patience=1, augment=True,
-                          adam_b1=0.9),
+        losses=("ce", "dsc", "mime"),
+        foreground_only=("mime", "nm"),
+        optimizers=("adam",),
+        synthetic_cases=16,
+        synthetic_zoom=2.0,
+        image_size=48,
+        adam_lr=1e-3,
+        out=Path("results/promise12/demo"),
+        train=TrainConfig(epochs=12, batch_size=8, eval_batch_size=16, plateau_patience=1, augment=True, adam_b1=0.9),
     ),
     # Paper §3.2: 256x256, batch 4, 200 epochs, Adam and SGD, augmentation (flip, mirror, rotation ±45°).
     "paper": GridConfig(
-        losses=("ce", "dsc", "mime"), foreground_only=("mime", "nm"), optimizers=("adam", "sgd"), synthetic_cases=50,
-        image_size=256, out=Path("results/promise12/paper"),
+        losses=("ce", "dsc", "mime"),
+        foreground_only=("mime", "nm"),
+        optimizers=("adam", "sgd"),
+        synthetic_cases=50,
+        image_size=256,
+        out=Path("results/promise12/paper"),
         train=TrainConfig(epochs=200, batch_size=4, eval_batch_size=16, plateau_patience=20, augment=True),
     ),
 }
 
 
 def parse_args(argv: Sequence[str] | None = None) -> GridConfig:
-    return parse_config(GridConfig, argv, description=DESCRIPTION, presets=PRESETS, default_preset="demo",
-                        prog="python -m experiments.promise12")
+    return parse_config(
+        GridConfig,
+        argv,
+        description=DESCRIPTION,
+        presets=PRESETS,
+        default_preset="demo",
+        prog="python -m experiments.promise12",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> GridResult:
     config = parse_args(argv)
     if "nm" in config.losses:
-        print("warning: NM in a binary task has no term against false positives and is expected to collapse "
-              "to all-foreground (paper §2.4); the paper has no PROMISE12 NM row.", file=sys.stderr, flush=True)
+        print(
+            "warning: NM in a binary task has no term against false positives and is expected to collapse "
+            "to all-foreground (paper §2.4); the paper has no PROMISE12 NM row.",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def load(root: Path):
-        return load_promise12(root, size=config.size, seed=config.data_seed,
-                              cache_dir=Path(config.cache_dir) / "preprocessed")
+        return load_promise12(
+            root, size=config.size, seed=config.data_seed, cache_dir=Path(config.cache_dir) / "preprocessed"
+        )
 
     return run_experiment(config, dataset="promise12", model="residualunet", load=load, calibration_class="Prostate")
 

@@ -137,7 +137,9 @@ def build_parser(
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"{config_cls!r} is not a dataclass")
     parser = _Parser(  # no abbreviations: a typo such as --over must not mean --overwrite
-        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=prog,
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,
     )
     if presets:
@@ -155,13 +157,18 @@ def build_parser(
         if value is not dataclasses.MISSING:
             help_text = f"{help_text} (default: {_describe(value)})".strip()
         if tp is bool:
-            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(
+                flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
         else:
             inner, _ = _unwrap_optional(tp)
             parser.add_argument(
-                flag, dest=dest, type=_parser_for(tp, f.name), default=argparse.SUPPRESS,
-                choices=f.metadata.get("choices"), help=help_text,
+                flag,
+                dest=dest,
+                type=_parser_for(tp, f.name),
+                default=argparse.SUPPRESS,
+                choices=f.metadata.get("choices"),
+                help=help_text,
                 metavar=f.metadata.get("metavar", getattr(inner, "__name__", "VALUE").upper()),
             )
     return parser
@@ -188,8 +195,9 @@ def parse_config(
     (its ``__post_init__`` raises ValueError or TypeError) ends the program like any other option error."""
     if presets:
         default_preset = _preset_in(argv, presets) or default_preset
-    parser = build_parser(config_cls, description=description, presets=presets,
-                          default_preset=default_preset, prog=prog)
+    parser = build_parser(
+        config_cls, description=description, presets=presets, default_preset=default_preset, prog=prog
+    )
     namespace = vars(parser.parse_args(argv))
     preset_name = namespace.pop("preset", None)
     base = presets[preset_name] if presets and preset_name else None

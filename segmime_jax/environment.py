@@ -8,9 +8,24 @@ import os
 import platform
 from typing import Any
 
-_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "numpy", "scipy", "matplotlib",
-             "jax-cuda12-plugin", "jax-cuda12-pjrt", "jax-cuda13-plugin", "jax-cuda13-pjrt", "nvidia-cudnn-cu12",
-             "nvidia-cudnn-cu13", "jax-rocm-plugin")
+_PACKAGES = (
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "chex",
+    "numpy",
+    "scipy",
+    "matplotlib",
+    "jax-cuda12-plugin",
+    "jax-cuda12-pjrt",
+    "jax-cuda13-plugin",
+    "jax-cuda13-pjrt",
+    "nvidia-cudnn-cu12",
+    "nvidia-cudnn-cu13",
+    "jax-rocm-plugin",
+)
 
 
 def package_version(package: str) -> str | None:

@@ -73,8 +73,7 @@ def reference_state_dict(path: pathlib.Path) -> dict[str, np.ndarray]:
 def reference_model(name: str, reference_dir: pathlib.Path, dtype=jnp.float32) -> nnx.Module:
     """ENet(4 classes) or ResidualUNet(2 classes) with the rebuilt reference weights, in eval mode, computing in
     ``dtype``."""
-    model = (ENet(4, rngs=nnx.Rngs(0), dtype=dtype) if name == "enet"
-             else ResidualUNet(2, rngs=nnx.Rngs(0), dtype=dtype))
+    model = ENet(4, rngs=nnx.Rngs(0), dtype=dtype) if name == "enet" else ResidualUNet(2, rngs=nnx.Rngs(0), dtype=dtype)
     load_torch_state_dict(model, reference_state_dict(reference_dir / TSV[name]))
     model.eval()
     return model
@@ -133,8 +132,9 @@ def all_cases(reference_dir: pathlib.Path) -> dict[str, dict[str, float]]:
     return results
 
 
-def all_cases_without_ynn(reference_dir: pathlib.Path, timeout: float = 600, *,
-                          precision: str | None = None) -> dict[str, dict[str, float]]:
+def all_cases_without_ynn(
+    reference_dir: pathlib.Path, timeout: float = 600, *, precision: str | None = None
+) -> dict[str, dict[str, float]]:
     """:func:`all_cases` in this process if YNN convolutions are off, else in a subprocess with them off.
 
     ``precision`` is passed on to that subprocess as its jax default matmul precision (in this process it
@@ -164,8 +164,14 @@ def all_cases_without_ynn(reference_dir: pathlib.Path, timeout: float = 600, *,
 def fixture_errors_float64(reference_dir: pathlib.Path, timeout: float = 600) -> dict[str, dict[str, float]]:
     """:func:`all_cases` with the models computing in float64, in a subprocess (x64 is process-wide)."""
     here = pathlib.Path(__file__).resolve()
-    done = subprocess.run([sys.executable, str(here), str(reference_dir), "float64"], cwd=here.parents[1],
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    done = subprocess.run(
+        [sys.executable, str(here), str(reference_dir), "float64"],
+        cwd=here.parents[1],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"fixture comparison subprocess failed:\n{done.stdout}\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])

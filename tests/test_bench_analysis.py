@@ -88,8 +88,9 @@ def test_audit_counts_kernels_inside_command_buffers():
     assert audit["custom_call_targets"] == {"__cudnn$convForward": 1}
 
     # XLA:CPU's small calls are compiled into one kernel each: not followed, counted once
-    small = COMMAND_BUFFER_HLO.replace("to_apply=%command_buffer",
-                                       'to_apply=%command_buffer, frontend_attributes={xla_cpu_small_call="true"}')
+    small = COMMAND_BUFFER_HLO.replace(
+        "to_apply=%command_buffer", 'to_apply=%command_buffer, frontend_attributes={xla_cpu_small_call="true"}'
+    )
     audit = audit_hlo_text(small)
     assert audit["kernels"] == 1 and audit["top_level_ops"] == {"call": 1}
 
@@ -140,19 +141,33 @@ def test_summary_per_step_figures():
 
 
 def _plane(name, lines):
-    return types.SimpleNamespace(name=name, lines=[
-        types.SimpleNamespace(name=line_name, events=[
-            types.SimpleNamespace(name=n, duration_ns=d, stats=stats) for n, d, stats in events])
-        for line_name, events in lines])
+    return types.SimpleNamespace(
+        name=name,
+        lines=[
+            types.SimpleNamespace(
+                name=line_name,
+                events=[types.SimpleNamespace(name=n, duration_ns=d, stats=stats) for n, d, stats in events],
+            )
+            for line_name, events in lines
+        ],
+    )
 
 
 def test_gpu_shaped_profile_uses_stream_kernels_named_by_hlo_op():
-    device = _plane("/device:GPU:0", [
-        ("XLA Modules", [("jit_train_step", 10e6, [])]),
-        ("XLA Ops", [("fusion.1", 4e6, []), ("cudnn-conv.2", 5e6, [])]),
-        ("Stream #13(Compute)", [("sm90_xmma_fprop", 5e6, [("hlo_op", "cudnn-conv.2")]),
-                                 ("loop_fusion_kernel", 3e6, [("hlo_op", "fusion.1")])]),
-    ])
+    device = _plane(
+        "/device:GPU:0",
+        [
+            ("XLA Modules", [("jit_train_step", 10e6, [])]),
+            ("XLA Ops", [("fusion.1", 4e6, []), ("cudnn-conv.2", 5e6, [])]),
+            (
+                "Stream #13(Compute)",
+                [
+                    ("sm90_xmma_fprop", 5e6, [("hlo_op", "cudnn-conv.2")]),
+                    ("loop_fusion_kernel", 3e6, [("hlo_op", "fusion.1")]),
+                ],
+            ),
+        ],
+    )
     host = _plane("/host:CPU", [("tf_XLAEigen/1", [("convolution.1", 99e6, [])])])
     profile = types.SimpleNamespace(planes=[host, device])
     summary = summarize_profile(profile, steps=1, wall_s=0.010)
@@ -163,11 +178,21 @@ def test_gpu_shaped_profile_uses_stream_kernels_named_by_hlo_op():
 
 
 def test_cpu_shaped_profile_uses_thunks_and_rejects_empty_profiles():
-    host = _plane("/host:CPU", [
-        ("python", [("PjitFunction(train_step)", 50e6, [])]),
-        ("tf_XLAEigen/1", [("ThunkExecutor::Execute", 9e6, []), ("convolution.1", 3e6, []),
-                           ("end: ynn_fusion", 1.0, []), ("ynn_fusion.2", 1e6, [])]),
-    ])
+    host = _plane(
+        "/host:CPU",
+        [
+            ("python", [("PjitFunction(train_step)", 50e6, [])]),
+            (
+                "tf_XLAEigen/1",
+                [
+                    ("ThunkExecutor::Execute", 9e6, []),
+                    ("convolution.1", 3e6, []),
+                    ("end: ynn_fusion", 1.0, []),
+                    ("ynn_fusion.2", 1e6, []),
+                ],
+            ),
+        ],
+    )
     summary = summarize_profile(types.SimpleNamespace(planes=[host]), steps=1, wall_s=0.005)
     assert summary["op_ms_per_step"] == pytest.approx(4.0)
     assert {op["op"] for op in summary["top_ops"]} == {"convolution", "ynn_fusion"}

@@ -116,8 +116,12 @@ def test_a_failing_case_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     report = benchmark.main(["--quick", "--out", str(tmp_path)])
     assert report["complete"] and report["cases"] == []
     failed = [(f["case"]["model"], f["what"]) for f in report["failed"]]
-    assert failed == [("enet", "case"), ("residualunet", "case"), ("enet", "epoch timing"),
-                      ("residualunet", "epoch timing")]
+    assert failed == [
+        ("enet", "case"),
+        ("residualunet", "case"),
+        ("enet", "epoch timing"),
+        ("residualunet", "epoch timing"),
+    ]
     assert "RESOURCE_EXHAUSTED" in report["failed"][0]["error"]
     assert "FAILED (case): RuntimeError: RESOURCE_EXHAUSTED" in format_table(report)
     assert json.loads((tmp_path / "benchmark.json").read_text())["failed"] == report["failed"]
@@ -167,8 +171,12 @@ def test_device_check_step_gets_its_xla_flags(monkeypatch):
     assert stdout.split("\n")[:2] == [f"--xla_force_host_platform_device_count=2 {CONVOLUTION_COMMAND_BUFFERS}", "2"]
     assert "exit 0" in log[-2]
     monkeypatch.delenv("XLA_FLAGS")
-    bad = subprocess.run([sys.executable, "-c", "import jax; jax.numpy.ones(1).block_until_ready()"], check=False,
-                         capture_output=True, env={**os.environ, "XLA_FLAGS": "--xla_gpu_enable_command_buffer=+NOPE"})
+    bad = subprocess.run(
+        [sys.executable, "-c", "import jax; jax.numpy.ones(1).block_until_ready()"],
+        check=False,
+        capture_output=True,
+        env={**os.environ, "XLA_FLAGS": "--xla_gpu_enable_command_buffer=+NOPE"},
+    )
     assert bad.returncode != 0  # so the step above would have failed had the flag not parsed
 
 
@@ -183,8 +191,21 @@ def test_device_check_writes_its_files_flat(tmp_path, monkeypatch):
     monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     out = tmp_path / "out"
-    written = main(["--out", str(out), "--work", str(tmp_path / "work"), "--reference", str(tmp_path / "none"),
-                    "--models", "residualunet", "--quick", "--profile-steps", "1"])
+    written = main(
+        [
+            "--out",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+            "--reference",
+            str(tmp_path / "none"),
+            "--models",
+            "residualunet",
+            "--quick",
+            "--profile-steps",
+            "1",
+        ]
+    )
     names = sorted(path.name for path in written)
     # The command-buffer run is ENet-only, so with --models residualunet it benchmarks nothing and writes no
     # file; batch 128 is off by default.
@@ -252,7 +273,7 @@ def _device_check_plan(tmp_path, monkeypatch, *args: str) -> tuple[list, dict]:
         clock[0] += timeout_s
         if "experiments.benchmark" in command:
             out = command[command.index("--out") + 1]
-            step = f"{os.path.basename(out)}: {' '.join(command[command.index('--models'):])}"
+            step = f"{os.path.basename(out)}: {' '.join(command[command.index('--models') :])}"
         else:
             step = f"fixture {command[-1]}" if "tests/models_reference.py" in command else "devices"
         plan.append((step, timeout_s, xla_flags))
@@ -279,8 +300,11 @@ def test_device_check_default_steps_and_time_limits(tmp_path, monkeypatch):
         (f"fp32_enet: --models enet --precisions float32 {profiled}", 130, ""),
         (f"fp32_residualunet: --models residualunet --precisions float32 {profiled}", 90, ""),
         (f"bf16: --models residualunet,enet --precisions bfloat16 --epoch-steps 0 {profiled}", 130, ""),
-        ("enet_cmdbuf: --models enet --precisions float32 --batches 8,32 --epoch-steps 0", 100,
-         CONVOLUTION_COMMAND_BUFFERS),
+        (
+            "enet_cmdbuf: --models enet --precisions float32 --batches 8,32 --epoch-steps 0",
+            100,
+            CONVOLUTION_COMMAND_BUFFERS,
+        ),
         ("fixture highest", 40, ""),
         ("fixture default", 40, ""),
         ("b128: --models enet,residualunet --batches 128 --epoch-steps 0", 70, ""),  # only when asked for
@@ -291,7 +315,10 @@ def test_device_check_time_budget_cuts_and_skips_steps(tmp_path, monkeypatch):
     plan, fixture = _device_check_plan(tmp_path, monkeypatch, "--time-budget-s", "300", "--fixture-timeout-s", "0")
     # 120 s + 130 s used, 50 s left for the third step's 90; then nothing is left
     assert [(step.split(":")[0], limit) for step, limit, _ in plan] == [
-        ("devices", 120), ("fp32_enet", 130), ("fp32_residualunet", 50)]
+        ("devices", 120),
+        ("fp32_enet", 130),
+        ("fp32_residualunet", 50),
+    ]
     assert fixture == {"highest": {"error": "not run (see log)"}, "default": {"error": "not run (see log)"}}
     log = (tmp_path / "out" / "log").read_text()
     assert log.count("the total time budget is spent") == 2 and log.count("its time limit is 0") == 2

@@ -123,11 +123,14 @@ def test_atrous_kernel_gradient_is_a_matrix_product():
     assert "stablehlo.dot_general" in ours
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"padding": "SAME", "rhs_dilation": (2, 2)},  # string padding
-    {"padding": ((1, 1), (1, 1)), "rhs_dilation": (2, 2), "window_strides": (2, 2)},  # strided and dilated
-    {"padding": ((1, 1), (1, 1))},  # nothing dilated
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"padding": "SAME", "rhs_dilation": (2, 2)},  # string padding
+        {"padding": ((1, 1), (1, 1)), "rhs_dilation": (2, 2), "window_strides": (2, 2)},  # strided and dilated
+        {"padding": ((1, 1), (1, 1))},  # nothing dilated
+    ],
+)
 def test_other_convolutions_are_lax_unchanged(kwargs):
     kwargs = {"window_strides": (1, 1), **kwargs}
     x, k = _inputs(CASES[0])
@@ -145,8 +148,9 @@ def test_grouped_convolution_is_lax_unchanged():
     k = jax.random.normal(jax.random.key(1), (3, 3, 2, 4))
     args = ((1, 1), ((2, 2), (2, 2)))
     kwargs = {"rhs_dilation": (2, 2), "dimension_numbers": NHWC, "feature_group_count": 2}
-    chex.assert_trees_all_equal(conv_general_dilated(x, k, *args, **kwargs),
-                                lax.conv_general_dilated(x, k, *args, **kwargs))
+    chex.assert_trees_all_equal(
+        conv_general_dilated(x, k, *args, **kwargs), lax.conv_general_dilated(x, k, *args, **kwargs)
+    )
     assert "custom_vjp" not in str(jax.make_jaxpr(lambda x, k: conv_general_dilated(x, k, *args, **kwargs))(x, k))
 
 

@@ -28,8 +28,7 @@ SIZE = (32, 32)
 @pytest.fixture(scope="session")
 def acdc_root(tmp_path_factory) -> pathlib.Path:
     """10 training + 2 testing synthetic patients at a quarter of the in-plane matrix (about 60×60)."""
-    return write_synthetic_acdc(tmp_path_factory.mktemp("acdc") / "ACDC", cases=10, seed=0, testing_cases=2,
-                                scale=0.25)
+    return write_synthetic_acdc(tmp_path_factory.mktemp("acdc") / "ACDC", cases=10, seed=0, testing_cases=2, scale=0.25)
 
 
 @pytest.fixture(scope="session")
@@ -53,8 +52,11 @@ def test_synthetic_layout_and_info_cfg(acdc_root):
     patient = acdc_root / "training" / "patient001"
     info = parse_info_cfg(patient / "Info.cfg")
     assert set(info) == {"ED", "ES", "Group", "Height", "NbFrame", "Weight"}
-    assert isinstance(info["ED"], int) and isinstance(info["Height"], float) and info["Group"] in (
-        "NOR", "MINF", "DCM", "HCM", "RV")
+    assert (
+        isinstance(info["ED"], int)
+        and isinstance(info["Height"], float)
+        and info["Group"] in ("NOR", "MINF", "DCM", "HCM", "RV")
+    )
     for frame in (info["ED"], info["ES"]):
         assert (patient / f"patient001_frame{frame:02d}.nii.gz").is_file()
         assert (patient / f"patient001_frame{frame:02d}_gt.nii.gz").is_file()
@@ -71,15 +73,18 @@ def test_parse_info_cfg_values(tmp_path):
     assert parse_info_cfg(cfg) == {"ED": 1, "ES": 12, "Group": "DCM"}
 
 
-@pytest.mark.parametrize("text,pattern", [
-    ("ED: 1\nGroup: NOR\n", "missing key"),
-    ("ED 1\nES: 12\n", "not 'Key: value'"),
-    ("ED: one\nES: 12\n", "ED must be int"),
-    ("ED: 1\nES: 40\nNbFrame: 30\n", "outside 1..30"),
-    ("ED: 1\nES: 12\nHeight: tall\n", "Height must be float"),
-    ("ED: 1\nES: 1\n", "same frame"),
-    ("ED: 1\nED: 2\nES: 5\n", "twice"),
-])
+@pytest.mark.parametrize(
+    "text,pattern",
+    [
+        ("ED: 1\nGroup: NOR\n", "missing key"),
+        ("ED 1\nES: 12\n", "not 'Key: value'"),
+        ("ED: one\nES: 12\n", "ED must be int"),
+        ("ED: 1\nES: 40\nNbFrame: 30\n", "outside 1..30"),
+        ("ED: 1\nES: 12\nHeight: tall\n", "Height must be float"),
+        ("ED: 1\nES: 1\n", "same frame"),
+        ("ED: 1\nED: 2\nES: 5\n", "twice"),
+    ],
+)
 def test_parse_info_cfg_malformed(tmp_path, text, pattern):
     cfg = tmp_path / "Info.cfg"
     cfg.write_text(text)
@@ -261,18 +266,21 @@ def _rewrite(path: pathlib.Path, array: np.ndarray) -> None:
     nib.save(nib.Nifti1Image(array, nib.load(path).affine), str(path))
 
 
-@pytest.mark.parametrize("damage,pattern,culprit", [
-    ("missing_gt", "missing ground truth", "gt"),
-    ("missing_image", "missing image", "image"),
-    ("truncated", "cannot read NIfTI", "image"),
-    ("shape", "does not match", "gt"),
-    ("geometry", "geometry .* differs", "gt"),
-    ("labels", "outside 0..3", "gt"),
-    ("nan", "non-finite", "image"),
-    ("constant", "constant intensity", "image"),
-    ("no_info", "Info.cfg is missing", "info"),
-    ("bad_info", "ES must be int", "info"),
-])
+@pytest.mark.parametrize(
+    "damage,pattern,culprit",
+    [
+        ("missing_gt", "missing ground truth", "gt"),
+        ("missing_image", "missing image", "image"),
+        ("truncated", "cannot read NIfTI", "image"),
+        ("shape", "does not match", "gt"),
+        ("geometry", "geometry .* differs", "gt"),
+        ("labels", "outside 0..3", "gt"),
+        ("nan", "non-finite", "image"),
+        ("constant", "constant intensity", "image"),
+        ("no_info", "Info.cfg is missing", "info"),
+        ("bad_info", "ES must be int", "info"),
+    ],
+)
 def test_bad_input_raises_and_caches_nothing(damaged, tmp_path, damage, pattern, culprit):
     image, gt = _first_frames(damaged)
     info_cfg = image.parent / "Info.cfg"
@@ -288,8 +296,7 @@ def test_bad_input_raises_and_caches_nothing(damaged, tmp_path, damage, pattern,
         _rewrite(gt, array[:-1])
     elif damage == "geometry":  # same voxels, but the label claims 1 mm larger in-plane spacing
         label = nib.load(gt)
-        nib.save(nib.Nifti1Image(np.asanyarray(label.dataobj), label.affine @ np.diag([2.0, 2.0, 1.0, 1.0])),
-                 str(gt))
+        nib.save(nib.Nifti1Image(np.asanyarray(label.dataobj), label.affine @ np.diag([2.0, 2.0, 1.0, 1.0])), str(gt))
     elif damage == "labels":
         array = np.asanyarray(nib.load(gt).dataobj).copy()
         array[0, 0, 0] = 4
@@ -348,15 +355,17 @@ def test_export_round_trip(acdc_root, tmp_path):
         agreement = np.mean(np.asanyarray(written.dataobj) == np.asanyarray(source.dataobj))
         assert agreement > 0.97
     assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == sorted(
-        f"{v.name}.nii.gz" for v in data.test.volumes[:2])
+        f"{v.name}.nii.gz" for v in data.test.volumes[:2]
+    )
 
 
 def test_export_exact_when_upsampled(small_root, tmp_path):
     data = load_acdc(small_root, size=(64, 64), cache_dir=False)  # originals are about 30x30
     info = data.train.volumes[0]
     path = write_prediction_nifti(info, data.train.volume(0)[1], tmp_path / "x.nii")
-    np.testing.assert_array_equal(np.asanyarray(nib.load(path).dataobj),
-                                  np.asanyarray(nib.load(info.label_path).dataobj))
+    np.testing.assert_array_equal(
+        np.asanyarray(nib.load(path).dataobj), np.asanyarray(nib.load(info.label_path).dataobj)
+    )
     with pytest.raises(ValueError, match="must be"):
         write_prediction_nifti(info, data.train.volume(0)[1][:-1], tmp_path / "y.nii.gz")
     with pytest.raises(ValueError, match=".nii"):

@@ -20,8 +20,9 @@ def _batch(b=4, h=12, w=10, seed=0):
 
 def _apply(image, label, flip_v, flip_h, angle):
     b = image.shape[0]
-    return transform_batch(image, label, jnp.full((b,), flip_v), jnp.full((b,), flip_h),
-                           jnp.full((b,), angle, jnp.float32))
+    return transform_batch(
+        image, label, jnp.full((b,), flip_v), jnp.full((b,), flip_h), jnp.full((b,), angle, jnp.float32)
+    )
 
 
 def test_identity_and_flips_are_exact():

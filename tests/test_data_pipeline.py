@@ -27,25 +27,41 @@ def make_dataset(slices=(3, 2, 4), size=(6, 5), seed=0) -> SliceDataset:
     rng = np.random.default_rng(seed)
     volumes, ids, positions = [], [], []
     for v, n in enumerate(slices):
-        volumes.append(VolumeInfo(volume_id=v, name=f"vol{v}", patient=f"p{v}", image_path="", label_path="",
-                                  original_shape=(*size, n), affine=np.eye(4), spacing=(1.0, 1.0, 1.0),
-                                  num_slices=n))
+        volumes.append(
+            VolumeInfo(
+                volume_id=v,
+                name=f"vol{v}",
+                patient=f"p{v}",
+                image_path="",
+                label_path="",
+                original_shape=(*size, n),
+                affine=np.eye(4),
+                spacing=(1.0, 1.0, 1.0),
+                num_slices=n,
+            )
+        )
         ids += [v] * n
         positions += list(range(n))
     count = len(ids)
     perm = rng.permutation(count)  # store slices scrambled
     images = rng.integers(1, 256, size=(count, *size)).astype(np.uint8)
     labels = rng.integers(0, 4, size=(count, *size)).astype(np.uint8)
-    return SliceDataset(images=images, labels=labels, volume_ids=np.array(ids)[perm],
-                        slice_indices=np.array(positions)[perm], volumes=tuple(volumes),
-                        class_names=("background", "a", "b", "c"))
+    return SliceDataset(
+        images=images,
+        labels=labels,
+        volume_ids=np.array(ids)[perm],
+        slice_indices=np.array(positions)[perm],
+        volumes=tuple(volumes),
+        class_names=("background", "a", "b", "c"),
+    )
 
 
 def _identify(ds: SliceDataset, batch) -> list[int]:
     """Dataset index of each real slice of a batch (via volume id and slice index)."""
     out = []
-    for v, s, m in zip(np.asarray(batch["volume_id"]), np.asarray(batch["slice_index"]), np.asarray(batch["mask"]),
-                       strict=True):
+    for v, s, m in zip(
+        np.asarray(batch["volume_id"]), np.asarray(batch["slice_index"]), np.asarray(batch["mask"]), strict=True
+    ):
         if m:
             out.append(int(np.flatnonzero((ds.volume_ids == v) & (ds.slice_indices == s))[0]))
     return out
@@ -61,8 +77,10 @@ def test_train_batches_cover_epoch_with_padding(resident):
     for batch in batches:
         assert set(batch) == {"image", "label", "mask", "volume_id", "slice_index"}
         chex.assert_shape(batch["image"], (4, 6, 5, 1))
-        chex.assert_type([batch["image"], batch["label"], batch["mask"], batch["volume_id"]],
-                         [jnp.float32, jnp.int32, jnp.bool_, jnp.int32])
+        chex.assert_type(
+            [batch["image"], batch["label"], batch["mask"], batch["volume_id"]],
+            [jnp.float32, jnp.int32, jnp.bool_, jnp.int32],
+        )
         idx = _identify(ds, batch)
         real = np.asarray(batch["mask"])
         np.testing.assert_allclose(np.asarray(batch["image"])[real, ..., 0], ds.images[idx] / 255.0, rtol=1e-6)
@@ -98,7 +116,7 @@ def test_eval_batches_pack_volumes_in_order():
         for i, b in batches:
             chex.assert_shape(b["image"], (4, 6, 5, 1))
             real = np.asarray(b["mask"])
-            assert real.sum() == len(i) and not real[len(i):].any()
+            assert real.sum() == len(i) and not real[len(i) :].any()
             np.testing.assert_allclose(np.asarray(b["image"])[: len(i), ..., 0], ds.images[i] / 255.0, rtol=1e-6)
             np.testing.assert_array_equal(np.asarray(b["label"])[: len(i)], ds.labels[i])
             np.testing.assert_array_equal(np.asarray(b["volume_id"])[: len(i)], ds.volume_ids[i])

@@ -57,10 +57,17 @@ def test_slices_to_working_size_normalises_per_volume():
     np.testing.assert_array_equal(images[2], np.rint(resize_bilinear(norm[:, :, 2], (8, 8)) * 255).astype(np.uint8))
 
 
-@pytest.mark.parametrize("case,pattern", [
-    ("shape", "does not match"), ("label_range", "outside 0..3"), ("nan", "non-finite"),
-    ("constant", "constant intensity"), ("fractional", "not integers"), ("2d", "3D"),
-])
+@pytest.mark.parametrize(
+    "case,pattern",
+    [
+        ("shape", "does not match"),
+        ("label_range", "outside 0..3"),
+        ("nan", "non-finite"),
+        ("constant", "constant intensity"),
+        ("fractional", "not integers"),
+        ("2d", "3D"),
+    ],
+)
 def test_validate_pair_errors_name_the_file(case, pattern):
     image = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
     label = np.zeros((2, 3, 4), dtype=np.float64)
@@ -118,16 +125,31 @@ def test_seeded_split_is_deterministic_and_disjoint():
 
 def _tiny_dataset() -> SliceDataset:
     volumes = tuple(
-        VolumeInfo(volume_id=v, name=f"v{v}", patient=f"p{v // 2}", image_path="i", label_path="l",
-                   original_shape=(4, 5, n), affine=np.eye(4), spacing=(1.0, 1.0, 2.0), num_slices=n)
+        VolumeInfo(
+            volume_id=v,
+            name=f"v{v}",
+            patient=f"p{v // 2}",
+            image_path="i",
+            label_path="l",
+            original_shape=(4, 5, n),
+            affine=np.eye(4),
+            spacing=(1.0, 1.0, 2.0),
+            num_slices=n,
+        )
         for v, n in enumerate((3, 2, 1))
     )
     # slices stored out of order on purpose
     volume_ids = np.array([1, 0, 0, 2, 1, 0], np.int32)
     slice_indices = np.array([1, 2, 0, 0, 0, 1], np.int32)
-    images = (np.arange(6, dtype=np.uint8)[:, None, None] * np.ones((1, 4, 5), np.uint8))
-    return SliceDataset(images=images, labels=np.zeros((6, 4, 5), np.uint8), volume_ids=volume_ids,
-                        slice_indices=slice_indices, volumes=volumes, class_names=("background", "x"))
+    images = np.arange(6, dtype=np.uint8)[:, None, None] * np.ones((1, 4, 5), np.uint8)
+    return SliceDataset(
+        images=images,
+        labels=np.zeros((6, 4, 5), np.uint8),
+        volume_ids=volume_ids,
+        slice_indices=slice_indices,
+        volumes=volumes,
+        class_names=("background", "x"),
+    )
 
 
 def test_slice_dataset_slices_of_and_selection():
@@ -143,8 +165,14 @@ def test_slice_dataset_slices_of_and_selection():
     np.testing.assert_array_equal(sub.volume(1)[0][:, 0, 0], [2, 5, 1])
     assert sub.patients == ("p1", "p0")
     with pytest.raises(ValueError):
-        SliceDataset(images=ds.images, labels=ds.labels, volume_ids=ds.volume_ids, slice_indices=ds.slice_indices,
-                     volumes=ds.volumes[:2], class_names=ds.class_names)
+        SliceDataset(
+            images=ds.images,
+            labels=ds.labels,
+            volume_ids=ds.volume_ids,
+            slice_indices=ds.slice_indices,
+            volumes=ds.volumes[:2],
+            class_names=ds.class_names,
+        )
 
 
 def test_slice_dataset_from_volumes_numbers_slices_in_order():
@@ -162,9 +190,18 @@ def test_slice_dataset_from_volumes_numbers_slices_in_order():
 
 
 def test_volume_info_json_round_trip_and_geometry():
-    info = VolumeInfo(volume_id=0, name="Case01", patient="Case01", image_path="a.mhd", label_path="b.mhd",
-                      original_shape=(7, 10, 12), affine=np.diag([-0.5, -0.5, 3.0, 1.0]), spacing=(0.5, 0.5, 3.0),
-                      num_slices=7, extra={"axes": "zyx", "slice_axis": 0})
+    info = VolumeInfo(
+        volume_id=0,
+        name="Case01",
+        patient="Case01",
+        image_path="a.mhd",
+        label_path="b.mhd",
+        original_shape=(7, 10, 12),
+        affine=np.diag([-0.5, -0.5, 3.0, 1.0]),
+        spacing=(0.5, 0.5, 3.0),
+        num_slices=7,
+        extra={"axes": "zyx", "slice_axis": 0},
+    )
     again = VolumeInfo.from_json(info.to_json())
     assert again == info
     np.testing.assert_array_equal(again.affine, info.affine)

@@ -106,15 +106,18 @@ def _write_like(path: pathlib.Path, array: np.ndarray, reference: pathlib.Path) 
     sitk.WriteImage(image, str(path))
 
 
-@pytest.mark.parametrize("damage,pattern,culprit", [
-    ("missing_seg", "missing segmentation", "seg_mhd"),
-    ("missing_raw", "missing data file", "raw"),
-    ("truncated", "cannot read MetaImage", "mhd"),
-    ("labels", "outside 0..1", "seg_mhd"),
-    ("shape", "does not match", "seg_mhd"),
-    ("geometry", "geometry .* differs", "seg_mhd"),
-    ("constant", "constant intensity", "mhd"),
-])
+@pytest.mark.parametrize(
+    "damage,pattern,culprit",
+    [
+        ("missing_seg", "missing segmentation", "seg_mhd"),
+        ("missing_raw", "missing data file", "raw"),
+        ("truncated", "cannot read MetaImage", "mhd"),
+        ("labels", "outside 0..1", "seg_mhd"),
+        ("shape", "does not match", "seg_mhd"),
+        ("geometry", "geometry .* differs", "seg_mhd"),
+        ("constant", "constant intensity", "mhd"),
+    ],
+)
 def test_bad_input_raises_and_caches_nothing(damaged, tmp_path, damage, pattern, culprit):
     mhd, raw = damaged / "Case02.mhd", damaged / "Case02.raw"
     seg_mhd, seg_raw = damaged / "Case02_segmentation.mhd", damaged / "Case02_segmentation.raw"

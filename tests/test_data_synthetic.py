@@ -15,13 +15,14 @@ from segmime_jax.data.synthetic import main
 @pytest.fixture(scope="session")
 def acdc_pair(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
     base = tmp_path_factory.mktemp("syn")
-    return (write_synthetic_acdc(base / "a", cases=5, seed=7, scale=0.2),
-            write_synthetic_acdc(base / "b", cases=5, seed=7, scale=0.2))
+    return (
+        write_synthetic_acdc(base / "a", cases=5, seed=7, scale=0.2),
+        write_synthetic_acdc(base / "b", cases=5, seed=7, scale=0.2),
+    )
 
 
 def _arrays(root: pathlib.Path) -> dict[str, np.ndarray]:
-    return {p.relative_to(root).as_posix(): np.asanyarray(nib.load(p).dataobj)
-            for p in sorted(root.rglob("*.nii.gz"))}
+    return {p.relative_to(root).as_posix(): np.asanyarray(nib.load(p).dataobj) for p in sorted(root.rglob("*.nii.gz"))}
 
 
 def test_acdc_is_deterministic(acdc_pair, tmp_path):

@@ -31,30 +31,75 @@ def test_acdc_paper_preset_has_the_paper_settings():
 
 
 def test_acdc_overrides_reach_the_runs():
-    config = acdc.parse_args(["--preset", "paper", "--losses", "ce,mime", "--optimizers", "sgd",
-                              "--data-root", "/data/ACDC", "--out", "/tmp/x", "--epochs", "3", "--image-size", "96",
-                              "--batch-size", "2", "--seed", "7", "--seeds", "2", "--split", "seeded",
-                              "--no-write-predictions", "--sgd-lr", "0.05"])
+    config = acdc.parse_args(
+        [
+            "--preset",
+            "paper",
+            "--losses",
+            "ce,mime",
+            "--optimizers",
+            "sgd",
+            "--data-root",
+            "/data/ACDC",
+            "--out",
+            "/tmp/x",
+            "--epochs",
+            "3",
+            "--image-size",
+            "96",
+            "--batch-size",
+            "2",
+            "--seed",
+            "7",
+            "--seeds",
+            "2",
+            "--split",
+            "seeded",
+            "--no-write-predictions",
+            "--sgd-lr",
+            "0.05",
+        ]
+    )
     assert config.losses == ("ce", "mime") and config.optimizers == ("sgd",)
     assert config.data_root == Path("/data/ACDC") and config.out == Path("/tmp/x")
     assert (config.train.epochs, config.image_size, config.train.batch_size, config.train.seed) == (3, 96, 2, 7)
     assert not config.train.write_predictions and config.split == "seeded" and config.size == (96, 96)
     runs = grid.grid_runs(config, model="enet", num_classes=4)
     assert [(r.optimizer, r.loss, r.seed, r.name) for r in runs] == [
-        ("sgd", "ce", 7, "sgd-ce-seed7"), ("sgd", "ce", 8, "sgd-ce-seed8"),
-        ("sgd", "mime", 7, "sgd-mime-seed7"), ("sgd", "mime", 8, "sgd-mime-seed8")]
+        ("sgd", "ce", 7, "sgd-ce-seed7"),
+        ("sgd", "ce", 8, "sgd-ce-seed8"),
+        ("sgd", "mime", 7, "sgd-mime-seed7"),
+        ("sgd", "mime", 8, "sgd-mime-seed8"),
+    ]
     run = runs[2].config
-    assert (run.model, run.loss, run.optimizer, run.learning_rate, run.loss_classes) == ("enet", "mime", "sgd", 0.05,
-                                                                                       None)
+    assert (run.model, run.loss, run.optimizer, run.learning_rate, run.loss_classes) == (
+        "enet",
+        "mime",
+        "sgd",
+        0.05,
+        None,
+    )
     assert (run.epochs, run.batch_size, run.seed, run.write_predictions, run.augment) == (3, 2, 7, False, False)
     assert runs[2].directory == Path("/tmp/x/runs/sgd-mime-seed7")
     assert grid.loss_terms(runs, 4) == ("ce", "mime")  # the one compiled loss of the grid
 
 
-@pytest.mark.parametrize("argv", [["--optimizers", "rmsprop"], ["--losses", "ce,bogus"], ["--losses", "ce,ce"],
-                                  ["--epochs", "0"], ["--split", "random"], ["--seeds", "0"],
-                                  ["--plateau-patience", "0"], ["--over"], ["--epoch", "3"],  # no abbreviations
-                                  ["--loss", "ce"], ["--synthetic-zoom", "0.5"]])  # --loss is set per run
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--optimizers", "rmsprop"],
+        ["--losses", "ce,bogus"],
+        ["--losses", "ce,ce"],
+        ["--epochs", "0"],
+        ["--split", "random"],
+        ["--seeds", "0"],
+        ["--plateau-patience", "0"],
+        ["--over"],
+        ["--epoch", "3"],  # no abbreviations
+        ["--loss", "ce"],
+        ["--synthetic-zoom", "0.5"],
+    ],
+)  # --loss is set per run
 def test_acdc_rejects_bad_options_in_two_lines(argv, capsys):
     with pytest.raises(SystemExit):
         acdc.parse_args(argv)
@@ -105,9 +150,27 @@ def test_bad_paths_are_one_line_errors(tmp_path, capsys):
 def test_acdc_end_to_end(tmp_path, capsys):
     """Two losses share one compiled train step; the report pairs them; a rerun reuses the finished runs."""
     out = tmp_path / "out"
-    argv = ["--synthetic-cases", "5", "--synthetic-zoom", "1", "--image-size", "32", "--epochs", "2",
-            "--losses", "dsc,mime", "--batch-size", "8", "--num-examples", "2",
-            "--no-compilation-cache", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    argv = [
+        "--synthetic-cases",
+        "5",
+        "--synthetic-zoom",
+        "1",
+        "--image-size",
+        "32",
+        "--epochs",
+        "2",
+        "--losses",
+        "dsc,mime",
+        "--batch-size",
+        "8",
+        "--num-examples",
+        "2",
+        "--no-compilation-cache",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(out),
+    ]
     result = acdc.main(argv)
     printed = capsys.readouterr().out
     # one compilation per program for the whole grid (the last batch is trimmed: a second train step shape)
@@ -115,8 +178,16 @@ def test_acdc_end_to_end(tmp_path, capsys):
     assert printed.count("compiling the train step (the last batch") == 1
     assert printed.count("compiling the evaluation step") == 1 and printed.count("compiling the gradient probe") == 1
     assert printed.count("epoch 2/2") == 2  # plain lines when not on a terminal
-    for name in ("table1.md", "table1.csv", "results.json", "fig2.png", "fig3.png", "fig4.png", "train_loss.png",
-                 "gradient_range.png"):
+    for name in (
+        "table1.md",
+        "table1.csv",
+        "results.json",
+        "fig2.png",
+        "fig3.png",
+        "fig4.png",
+        "train_loss.png",
+        "gradient_range.png",
+    ):
         assert (out / name).is_file(), name
     run_dir = out / "runs" / "adam-mime-seed0"
     for name in ("metrics.jsonl", "result.json", "checkpoints", "predictions"):

@@ -51,8 +51,7 @@ def test_error_blobs_for_every_class(size):
 def test_gradient_study_main(tmp_path, capsys):
     out = tmp_path / "grad"
     result = experiment.main(["--out", str(out), "--size", "64", "--bound-points", "4", "--dpi", "40"])
-    names = {"figure1.png", "gradient_maps.png", "gradient_table.md", "gradient_table.json", "bound.png",
-             "bound.json"}
+    names = {"figure1.png", "gradient_maps.png", "gradient_table.md", "gradient_table.json", "bound.png", "bound.json"}
     assert {p.name for p in out.iterdir()} == names
     assert not [p for p in tmp_path.iterdir() if p.name != "grad"]  # staging (inside out) removed
     printed = capsys.readouterr().out
@@ -119,8 +118,22 @@ def test_gradient_study_on_acdc_labels(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGMIME_CACHE_DIR", str(tmp_path / "cache"))
     root = write_synthetic_acdc(tmp_path / "acdc", cases=3, seed=0)
     out = tmp_path / "grad"
-    result = experiment.main(["--out", str(out), "--data-root", str(root), "--size", "48", "--bound-points", "0",
-                              "--class-index", "2", "--dpi", "40"])
+    result = experiment.main(
+        [
+            "--out",
+            str(out),
+            "--data-root",
+            str(root),
+            "--size",
+            "48",
+            "--bound-points",
+            "0",
+            "--class-index",
+            "2",
+            "--dpi",
+            "40",
+        ]
+    )
     assert result.source["kind"] == "acdc" and result.source["volume"].startswith("patient")
     assert result.class_names == ("background", "RV", "MYO", "LV")
     table = json.loads((out / "gradient_table.json").read_text())

@@ -54,8 +54,12 @@ def test_autodiff_matches_closed_form_dice(shape, classes, empty):
             np.testing.assert_allclose(closed, auto, rtol=1e-5, atol=1e-6 * scale)
         # The surrogate has exactly the Dice gradient.
         surrogate = G.loss_gradient(L.dice_surrogate_loss, p, y, classes=classes, mask=mask)
-        np.testing.assert_allclose(surrogate, G.dice_gradient(p, y, classes=classes, mask=mask),
-                                   rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(surrogate))))
+        np.testing.assert_allclose(
+            surrogate,
+            G.dice_gradient(p, y, classes=classes, mask=mask),
+            rtol=1e-5,
+            atol=1e-6 * float(jnp.max(jnp.abs(surrogate))),
+        )
         # Unselected classes get exactly zero.
         if classes is not None:
             others = [k for k in range(shape[-1]) if k not in classes]
@@ -138,8 +142,9 @@ def test_mime_and_negative_mime_gradients(normalize):
     for k in (0, 2):
         np.testing.assert_allclose(g[1][..., k][yn[1][..., k]], -a[k] / n_sub, rtol=1e-6)
         np.testing.assert_allclose(g[1][..., k][~yn[1][..., k]], b[k] / n_sub, rtol=1e-6)
-    np.testing.assert_allclose(g, G.mime_gradient(p, y, a=a, b=b, classes=(0, 2), normalize=normalize, mask=mask),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        g, G.mime_gradient(p, y, a=a, b=b, classes=(0, 2), normalize=normalize, mask=mask), rtol=1e-6
+    )
 
 
 def test_cross_entropy_gradient():
@@ -209,8 +214,7 @@ class JitVmapTest(chex.TestCase):
     def test_dice_gradient_variants(self):
         p, y = _inputs(7, (2, 8, 8, 4))
         fn = self.variant(functools.partial(G.dice_gradient, classes=(1, 3)))
-        chex.assert_trees_all_close(fn(p, y), G.loss_gradient(L.dice_loss, p, y, classes=(1, 3)),
-                                    rtol=1e-5, atol=1e-9)
+        chex.assert_trees_all_close(fn(p, y), G.loss_gradient(L.dice_loss, p, y, classes=(1, 3)), rtol=1e-5, atol=1e-9)
         bound = self.variant(G.dice_gradient_bound)(p, y)
         chex.assert_trees_all_close(bound, G.dice_gradient_bound(p, y), rtol=1e-6)
         dr = self.variant(functools.partial(G.dynamic_range_db, convention="amplitude"))(fn(p, y))
@@ -239,18 +243,19 @@ def test_dynamic_range_db():
     g = jnp.array([[-2.0, 1.0, 0.0, -0.0], [1.5, 1.0, 0.0, 0.0]])
     np.testing.assert_allclose(G.dynamic_range_db(g), 10 * np.log10(2.0), rtol=1e-6)  # 3.0103 dB
     np.testing.assert_allclose(G.dynamic_range_db(g, convention="amplitude"), 20 * np.log10(2.0), rtol=1e-6)
-    np.testing.assert_allclose(G.dynamic_range_db(g, mask=jnp.array([[False], [True]])), 10 * np.log10(1.5),
-                               rtol=1e-6)
+    np.testing.assert_allclose(G.dynamic_range_db(g, mask=jnp.array([[False], [True]])), 10 * np.log10(1.5), rtol=1e-6)
     np.testing.assert_allclose(G.dynamic_range_db(jnp.zeros((3, 3))), 0.0)
     np.testing.assert_allclose(G.dynamic_range_db(jnp.array([1.0, 1e-9])), 90.0, rtol=1e-5)
-    np.testing.assert_allclose(G.dynamic_range_db(jnp.array([1.0, 0.5, 1e-9]), relative_floor=1e-6),
-                               10 * np.log10(2.0), rtol=1e-6)
+    np.testing.assert_allclose(
+        G.dynamic_range_db(jnp.array([1.0, 0.5, 1e-9]), relative_floor=1e-6), 10 * np.log10(2.0), rtol=1e-6
+    )
     with pytest.raises(ValueError, match="convention"):
         G.dynamic_range_db(g, convention="dB")
     # a NaN in the map is not silently a 0 dB range
     assert np.isnan(G.dynamic_range_db(jnp.array([1.0, 0.5, jnp.nan])))
-    np.testing.assert_allclose(G.dynamic_range_db(jnp.array([1.0, 0.5, jnp.nan]), mask=jnp.array([1, 1, 0])),
-                               10 * np.log10(2.0), rtol=1e-6)
+    np.testing.assert_allclose(
+        G.dynamic_range_db(jnp.array([1.0, 0.5, jnp.nan]), mask=jnp.array([1, 1, 0])), 10 * np.log10(2.0), rtol=1e-6
+    )
     # Dice: the range is the fg/bg ratio (U - I)/I of Eq. 6, whatever the image.
     p, y = _inputs(10, (1, 16, 16, 2), temperature=0.3)
     inter, union = G.intersection_union(p, y, classes=(1,))

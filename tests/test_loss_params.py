@@ -45,14 +45,16 @@ def test_options_split_into_data_and_program(inputs):
     np.testing.assert_array_equal(params.classes, [0, 1, 0, 1])
     reference = build_loss("gdl+mime", classes=(1, 3), a=a, b=0.2, absent="max", epsilon=1e-6)
     assert float(program(params, probs, onehot, mask=mask)) == pytest.approx(
-        float(reference(probs, onehot, mask=mask)), rel=1e-6)
+        float(reference(probs, onehot, mask=mask)), rel=1e-6
+    )
     with pytest.raises(ValueError, match="unknown loss option"):
         loss_from_spec("ce", 4, gamma=2.0)
 
 
 def test_a_grid_shares_one_program_and_stacks_its_params():
-    params = [loss_params(spec, 4, classes=c) for spec, c in (("ce", None), ("dsc", None), ("mime", (1, 2, 3)),
-                                                              ("nm", None))]
+    params = [
+        loss_params(spec, 4, classes=c) for spec, c in (("ce", None), ("dsc", None), ("mime", (1, 2, 3)), ("nm", None))
+    ]
     program = LossProgram.covering(*params)
     assert program.terms == ("ce", "dsc", "mime", "nm")
     assert hash(program) == hash(LossProgram(terms=("nm", "mime", "dsc", "ce")))  # canonical order: one jit key

@@ -47,15 +47,17 @@ def test_hand_values():
     np.testing.assert_allclose(L.dice_loss(S_HAND, Y_HAND), ((1 - 2.8 / 3.8) + (1 - 3.2 / 4.2)) / 2, rtol=1e-6)
     np.testing.assert_allclose(L.dice_loss(S_HAND, Y_HAND, classes=(1,)), 1 - 3.2 / 4.2, rtol=1e-6)
     # CE on class 1 only: -(log .7 + log .9) / 2.
-    np.testing.assert_allclose(L.cross_entropy(S_HAND, Y_HAND, classes=(1,)), -(math.log(0.7) + math.log(0.9)) / 2,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        L.cross_entropy(S_HAND, Y_HAND, classes=(1,)), -(math.log(0.7) + math.log(0.9)) / 2, rtol=1e-6
+    )
     # GDL: w = 1/4 for both classes: 1 - 2 (0.25 * 3.0) / (0.25 * 8.0) = 0.25.
     np.testing.assert_allclose(L.generalized_dice_loss(S_HAND, Y_HAND), 0.25, rtol=1e-6)
     # Mime: class 0: -1.9 * 1.4 + 0.1 * 0.4 = -2.62; class 1: -1.9 * 1.6 + 0.1 * 0.6 = -2.98; N = 8.
     np.testing.assert_allclose(L.mime_loss(S_HAND, Y_HAND), -5.6 / 8, rtol=1e-6)
     np.testing.assert_allclose(L.mime_loss(S_HAND, Y_HAND, normalize=False), -5.6, rtol=1e-6)
-    np.testing.assert_allclose(L.mime_loss(S_HAND, Y_HAND, a=1.0, b=0.5, classes=(0,)), (-1.4 + 0.5 * 0.4) / 4,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        L.mime_loss(S_HAND, Y_HAND, a=1.0, b=0.5, classes=(0,)), (-1.4 + 0.5 * 0.4) / 4, rtol=1e-6
+    )
     np.testing.assert_allclose(L.negative_mime_loss(S_HAND, Y_HAND), -3.0 / 8, rtol=1e-6)
     np.testing.assert_allclose(L.negative_mime_loss(S_HAND, Y_HAND, normalize=False), -3.0, rtol=1e-6)
     # Surrogate value: per class -(2I/U)(Σy/U).
@@ -141,8 +143,7 @@ def test_mask_equals_dropping_images(name):
     np.testing.assert_allclose(fn(p, y, mask=jnp.ones(3)), fn(p, y), rtol=1e-6, atol=1e-7)
     # Boolean masks work; garbage in a masked image, NaN included, does not leak in (value or gradient).
     for garbage in (p.at[1].set(0.5), p.at[1].set(jnp.nan)):
-        np.testing.assert_allclose(fn(garbage, y, mask=mask.astype(bool)), fn(p[kept], y[kept]), rtol=1e-5,
-                                   atol=1e-7)
+        np.testing.assert_allclose(fn(garbage, y, mask=mask.astype(bool)), fn(p[kept], y[kept]), rtol=1e-5, atol=1e-7)
         grad = jax.grad(lambda q, g=garbage: fn(g.at[0].set(q), y, mask=mask))(p[0])
         expected = jax.grad(lambda q: fn(p[kept].at[0].set(q), y[kept]))(p[0])
         np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-9)
@@ -203,12 +204,17 @@ def test_build_loss_parsing():
     np.testing.assert_allclose(L.build_loss("ce")(p, y), L.cross_entropy(p, y))
     np.testing.assert_allclose(L.build_loss("dice")(p, y), L.dice_loss(p, y))
     combo = L.build_loss(" 1*ce + 0.5 * DSC ", classes=(1, 2, 3))
-    np.testing.assert_allclose(combo(p, y), L.cross_entropy(p, y, classes=(1, 2, 3))
-                               + 0.5 * L.dice_loss(p, y, classes=(1, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(
+        combo(p, y), L.cross_entropy(p, y, classes=(1, 2, 3)) + 0.5 * L.dice_loss(p, y, classes=(1, 2, 3)), rtol=1e-6
+    )
     # a/b go only to the mime, epsilon only to the Dice-type terms.
     mixed = L.build_loss("2e-1*mime+nm+ce+0.5*dsc", a=1.0, b=0.3, epsilon=1e-6)
-    expected = (0.2 * L.mime_loss(p, y, a=1.0, b=0.3) + L.negative_mime_loss(p, y) + L.cross_entropy(p, y)
-                + 0.5 * L.dice_loss(p, y, epsilon=1e-6))
+    expected = (
+        0.2 * L.mime_loss(p, y, a=1.0, b=0.3)
+        + L.negative_mime_loss(p, y)
+        + L.cross_entropy(p, y)
+        + 0.5 * L.dice_loss(p, y, epsilon=1e-6)
+    )
     np.testing.assert_allclose(mixed(p, y), expected, rtol=1e-6)
     mask = jnp.array([0.0, 1.0])
     np.testing.assert_allclose(combo(p, y, mask=mask), combo(p[1:], y[1:]), rtol=1e-6)
@@ -285,8 +291,12 @@ def test_generalized_dice_absent_class_conventions():
     predicted mass dominates; alone, the image scores ≈1 with no useful gradient); MONAI's ("max") is the largest
     weight of the image's present classes; an image with no selected class present scores 0 (MONAI)."""
     y = jax.nn.one_hot(jnp.array([[[1, 1, 2, 0]], [[1, 1, 0, 0]]]), 3)
-    s = jnp.array([[[[0.2, 0.7, 0.1], [0.2, 0.6, 0.2], [0.1, 0.2, 0.7], [0.8, 0.1, 0.1]]],
-                   [[[0.1, 0.8, 0.1], [0.3, 0.5, 0.2], [0.6, 0.1, 0.3], [0.7, 0.1, 0.2]]]])
+    s = jnp.array(
+        [
+            [[[0.2, 0.7, 0.1], [0.2, 0.6, 0.2], [0.1, 0.2, 0.7], [0.8, 0.1, 0.1]]],
+            [[[0.1, 0.8, 0.1], [0.3, 0.5, 0.2], [0.6, 0.1, 0.3], [0.7, 0.1, 0.2]]],
+        ]
+    )
     sy, ss = y.sum((1, 2)), s.sum((1, 2))
     inter = (y * s).sum((1, 2))
     eps = 1e-10
@@ -297,8 +307,9 @@ def test_generalized_dice_absent_class_conventions():
     w_ref = 1 / (sy[:, 1:] + eps) ** 2
     w_max = jnp.where(sy[:, 1:] > 0, w_ref, jnp.max(jnp.where(sy[:, 1:] > 0, w_ref, 0), -1, keepdims=True))
     np.testing.assert_allclose(L.generalized_dice_loss(s, y, classes=(1, 2)), gdl(w_ref).mean(), rtol=1e-6)
-    np.testing.assert_allclose(L.generalized_dice_loss(s, y, classes=(1, 2), absent="max"), gdl(w_max).mean(),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        L.generalized_dice_loss(s, y, classes=(1, 2), absent="max"), gdl(w_max).mean(), rtol=1e-6
+    )
     assert float(gdl(w_ref)[1]) == pytest.approx(1.0, abs=1e-6)  # the absent class's mass dominates image 1
     # classes=(2,): image 1 has no class 2 at all
     only_2 = L.generalized_dice_loss(s[1:], y[1:], classes=(2,))

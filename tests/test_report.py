@@ -14,10 +14,8 @@ from segmime_jax.report import figures, tables
 ACDC_CLASSES = ("background", "right_ventricle", "myocardium", "left_ventricle")
 
 # Two test volumes, K = 4: background, RV, Myo, LV.
-DSC_CE = np.array([[0.99, 0.80, 0.70, 0.90],
-                   [0.98, 0.60, 0.90, 1.00]])
-DSC_MIME = np.array([[0.99, 0.50, 0.50, 0.50],
-                     [0.99, 0.70, 0.70, 0.70]])
+DSC_CE = np.array([[0.99, 0.80, 0.70, 0.90], [0.98, 0.60, 0.90, 1.00]])
+DSC_MIME = np.array([[0.99, 0.50, 0.50, 0.50], [0.99, 0.70, 0.70, 0.70]])
 
 
 def test_dsc_summary_matches_hand_computation():
@@ -98,36 +96,47 @@ def test_table_to_dict_round_numbers():
 
 
 def _history(offset: float, epochs: int = 5) -> list[dict]:
-    return [{"epoch": e, "val_dsc_fg": min(1.0, offset + 0.1 * e), "train_loss": 1.0 / (e + 1)}
-            for e in range(epochs)]
+    return [{"epoch": e, "val_dsc_fg": min(1.0, offset + 0.1 * e), "train_loss": 1.0 / (e + 1)} for e in range(epochs)]
 
 
 def test_figures_are_written(tmp_path):
     rng = np.random.default_rng(0)
-    histories = {("adam", "ce"): _history(0.3), ("adam", "dsc"): _history(0.2),
-                 ("sgd", "ce"): _history(0.1), ("sgd", "dsc"): _history(0.0, epochs=3)}
+    histories = {
+        ("adam", "ce"): _history(0.3),
+        ("adam", "dsc"): _history(0.2),
+        ("sgd", "ce"): _history(0.1),
+        ("sgd", "dsc"): _history(0.0, epochs=3),
+    }
     fig2 = figures.plot_validation_curves({k: [h] for k, h in histories.items()}, tmp_path / "fig2.png")
     seeds = {("adam", "ce"): [_history(0.3), _history(0.25)], ("adam", "dsc"): [_history(0.2), _history(0.1)]}
     for runs in seeds.values():
         for history in runs:
             for record in history:
                 record["grad_telemetry"] = {"image_dynamic_range_db_median": [None, 1.5, 2.0, 12.0]}
-    curves = [figures.plot_validation_curves(seeds, tmp_path / "curves" / "fig2.png"),
-              figures.plot_training_loss(seeds, tmp_path / "curves" / "loss.png"),
-              figures.plot_gradient_range(seeds, tmp_path / "curves" / "range.png")]
+    curves = [
+        figures.plot_validation_curves(seeds, tmp_path / "curves" / "fig2.png"),
+        figures.plot_training_loss(seeds, tmp_path / "curves" / "loss.png"),
+        figures.plot_gradient_range(seeds, tmp_path / "curves" / "range.png"),
+    ]
 
     bins = 15
     confidence = np.tile((np.arange(bins) + 0.5) / bins, (4, 1))
-    reliability = {loss: {"confidence": confidence, "accuracy": np.clip(confidence + shift, 0, 1),
-                          "count": np.where(np.arange(bins) % 4 == 0, 0, 10) * np.ones((4, 1))}
-                   for loss, shift in (("ce", 0.0), ("dsc", -0.1))}
+    reliability = {
+        loss: {
+            "confidence": confidence,
+            "accuracy": np.clip(confidence + shift, 0, 1),
+            "count": np.where(np.arange(bins) % 4 == 0, 0, 10) * np.ones((4, 1)),
+        }
+        for loss, shift in (("ce", 0.0), ("dsc", -0.1))
+    }
     clece = {"ce": np.array([0.01, 0.02, 0.03, 0.04]), "dsc": np.array([0.05, 0.06, 0.07, 0.08])}
     fig3 = figures.plot_calibration(clece, reliability, ACDC_CLASSES, tmp_path / "fig3.png")
 
     image = rng.random((3, 32, 32))
     label = rng.integers(0, 4, (3, 32, 32))
-    examples = {loss: {"image": image, "label": label, "prediction": rng.integers(0, 4, (3, 32, 32))}
-                for loss in ("ce", "dsc")}
+    examples = {
+        loss: {"image": image, "label": label, "prediction": rng.integers(0, 4, (3, 32, 32))} for loss in ("ce", "dsc")
+    }
     fig4 = figures.plot_examples(examples, ACDC_CLASSES, tmp_path / "fig4.png")
 
     for path in (fig2, fig3, fig4, *curves):

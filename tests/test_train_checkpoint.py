@@ -31,8 +31,11 @@ def _state(seed: int, tx) -> TrainState:
 
 def test_round_trip_and_continuation(tmp_path):
     rng = np.random.default_rng(0)
-    batch = {"image": rng.random((2, 16, 16, 1), dtype=np.float32),
-             "label": rng.integers(0, 2, (2, 16, 16)).astype(np.int32), "mask": np.ones(2, bool)}
+    batch = {
+        "image": rng.random((2, 16, 16, 1), dtype=np.float32),
+        "label": rng.integers(0, 2, (2, 16, 16)).astype(np.int32),
+        "mask": np.ones(2, bool),
+    }
     tx = make_optimizer("sgd", learning_rate=0.05)
     program, params = loss_from_spec("dsc", 2)
     step = make_train_step(tx, program, 2)
@@ -81,8 +84,11 @@ def test_orbax_keeps_the_latest_and_the_best(tmp_path):
 
 
 def test_packed_state_round_trip():
-    tree = {"a": [np.zeros(2, np.float32), np.ones((3, 2), np.float32)], "b": {"c": np.arange(4, dtype=np.int32)},
-            "d": np.float32(7)}
+    tree = {
+        "a": [np.zeros(2, np.float32), np.ones((3, 2), np.float32)],
+        "b": {"c": np.arange(4, dtype=np.int32)},
+        "d": np.float32(7),
+    }
     packed = pack(tree)
     assert {k: v.shape for k, v in packed.items()} == {"float32": (9,), "int32": (4,)}
     assert [(e["name"], e["offset"]) for e in packing_table(tree)] == [("a/0", 0), ("a/1", 2), ("b/c", 0), ("d", 8)]

@@ -29,8 +29,16 @@ from segmime_jax.train import (
 from segmime_jax.train import loop as loop_module
 
 # 9 training slices with batch 4: two full batches and a trimmed one of 1 slice per epoch.
-CONFIG = TrainConfig(loss="dsc", epochs=3, batch_size=4, eval_batch_size=4, learning_rate=3e-2, plateau_patience=1,
-                     progress=False, num_examples=2)
+CONFIG = TrainConfig(
+    loss="dsc",
+    epochs=3,
+    batch_size=4,
+    eval_batch_size=4,
+    learning_rate=3e-2,
+    plateau_patience=1,
+    progress=False,
+    num_examples=2,
+)
 
 
 TIMES = ("time_s", "train_s", "val_s", "telemetry_s", "checkpoint_s")
@@ -130,11 +138,17 @@ def test_resume_equals_uninterrupted(run, data, tmp_path, monkeypatch):
         train_and_evaluate(CONFIG, data, tmp_path, model_factory=tiny_factory)
     with pytest.raises(ValueError, match="other data \\(different train;"):
         other = tiny_splits(train_volumes=4, slices=3)
-        train_and_evaluate(CONFIG, DatasetSplits(train=other.train, val=data.val, test=data.test, name=data.name),
-                           tmp_path, resume=True, model_factory=tiny_factory)
+        train_and_evaluate(
+            CONFIG,
+            DatasetSplits(train=other.train, val=data.val, test=data.test, name=data.name),
+            tmp_path,
+            resume=True,
+            model_factory=tiny_factory,
+        )
     with pytest.raises(ValueError, match="configuration changed.*loss"):
-        train_and_evaluate(dataclasses.replace(CONFIG, loss="ce"), data, tmp_path, resume=True,
-                           model_factory=tiny_factory)
+        train_and_evaluate(
+            dataclasses.replace(CONFIG, loss="ce"), data, tmp_path, resume=True, model_factory=tiny_factory
+        )
     resumed = train_and_evaluate(CONFIG, data, tmp_path, resume=True, model_factory=tiny_factory)
     assert _without_time(resumed.history) == _without_time(uninterrupted.history)
     # the wall time counts the interrupted call's epochs too
@@ -194,8 +208,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
 
     with pytest.raises(NonFiniteLossError, match="at epoch 2, step 3.*last good checkpoint \\(epoch 1\\)"):
         train_and_evaluate(CONFIG, data, tmp_path, model_factory=exploding)
-    template = TrainState.create(exploding(3, rngs=__import__("flax").nnx.Rngs(0), dtype=np.float32),
-                                 CONFIG.build_optimizer())
+    template = TrainState.create(
+        exploding(3, rngs=__import__("flax").nnx.Rngs(0), dtype=np.float32), CONFIG.build_optimizer()
+    )
     with CheckpointStore(tmp_path / "checkpoints") as store:
         epoch, tree, meta = store.restore(template.checkpoint_tree())
     assert epoch == 1 and len(meta["history"]) == 1
@@ -228,8 +243,17 @@ def test_non_finite_gradient_stops_before_the_checkpoint(data, tmp_path):
 
 
 def test_sgd_drop_last_without_checkpoints(data, tmp_path):
-    config = dataclasses.replace(CONFIG, optimizer="sgd", learning_rate=None, epochs=2, last_batch="drop",
-                                 checkpoints=False, write_predictions=False, telemetry=False, loss="ce")
+    config = dataclasses.replace(
+        CONFIG,
+        optimizer="sgd",
+        learning_rate=None,
+        epochs=2,
+        last_batch="drop",
+        checkpoints=False,
+        write_predictions=False,
+        telemetry=False,
+        loss="ce",
+    )
     result = train_and_evaluate(config, data, tmp_path, model_factory=tiny_factory)
     assert [h["steps"] for h in result.history] == [2, 4]
     assert result.history[0]["learning_rate"] == pytest.approx(1e-2)

@@ -67,11 +67,12 @@ def test_one_and_eight_devices_agree(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(TESTS)], capture_output=True, text=True, env=env,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(TESTS)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
-    out = json.loads(line[len("RESULT"):])
+    out = json.loads(line[len("RESULT") :])
     one, eight = out["1"], out["8"]
     assert one["mesh"] == 1 and eight["mesh"] == 8
     for a, b in zip(one["history"], eight["history"], strict=True):

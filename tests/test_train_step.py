@@ -29,8 +29,11 @@ NUM_CLASSES = 3
 @pytest.fixture(scope="module")
 def setup():
     dataset = tiny_dataset(1, 4, size=32, num_classes=NUM_CLASSES, seed=5)
-    batch = {"image": dataset.images[..., None].astype(np.float32) / 255.0,
-             "label": dataset.labels.astype(np.int32), "mask": np.ones(4, bool)}
+    batch = {
+        "image": dataset.images[..., None].astype(np.float32) / 255.0,
+        "label": dataset.labels.astype(np.int32),
+        "mask": np.ones(4, bool),
+    }
     mesh = make_data_mesh(batch_sizes=(4,))
     return dataset, mesh, shard_batch(batch, mesh)
 
@@ -135,8 +138,10 @@ def _closure(spec, **options):
     return lambda params, probs, target, *, mask=None: fn(probs, target, mask=mask)
 
 
-@pytest.mark.parametrize(("spec", "classes"), [("ce", None), ("dsc", None), ("mime", (1, 2)), ("nm", None),
-                                               ("1*ce+1*dsc", (1, 2)), ("gdl", None)])
+@pytest.mark.parametrize(
+    ("spec", "classes"),
+    [("ce", None), ("dsc", None), ("mime", (1, 2)), ("nm", None), ("1*ce+1*dsc", (1, 2)), ("gdl", None)],
+)
 def test_loss_as_data_step_equals_the_per_loss_step(setup, spec, classes):
     """The one program of a grid (all terms computed, weights as data) trains exactly like a step compiled for
     one loss: five steps, parameters and losses equal to float rounding. (SGD: Adam's first steps are ±lr for a
@@ -161,8 +166,10 @@ def test_optimizer_hyperparameters_are_state_not_code(setup):
     update."""
     _, mesh, batch = setup
     program, params = loss_from_spec("dsc", NUM_CLASSES)
-    for name, options in (("adam", {"learning_rate": 0.02, "adam_b1": 0.5, "adam_b2": 0.9}),
-                          ("sgd", {"learning_rate": 0.3, "momentum": 0.5, "weight_decay": 1e-2})):
+    for name, options in (
+        ("adam", {"learning_rate": 0.02, "adam_b1": 0.5, "adam_b2": 0.9}),
+        ("sgd", {"learning_rate": 0.3, "momentum": 0.5, "weight_decay": 1e-2}),
+    ):
         own = make_optimizer(name, **options)
         shared_step = make_train_step(make_optimizer(name), program, NUM_CLASSES, mesh=mesh)
         own_step = make_train_step(own, program, NUM_CLASSES, mesh=mesh)

@@ -49,13 +49,22 @@ def tiny_factory(num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32) -> Tiny
 
 
 def _volume(volume_id: int, name: str, slices: int, size: int) -> VolumeInfo:
-    return VolumeInfo(volume_id=volume_id, name=name, patient=name, image_path=f"{name}.nii.gz",
-                      label_path=f"{name}_gt.nii.gz", original_shape=(size, size, slices), affine=np.eye(4),
-                      spacing=(1.0, 1.0, 1.0), num_slices=slices)
+    return VolumeInfo(
+        volume_id=volume_id,
+        name=name,
+        patient=name,
+        image_path=f"{name}.nii.gz",
+        label_path=f"{name}_gt.nii.gz",
+        original_shape=(size, size, slices),
+        affine=np.eye(4),
+        spacing=(1.0, 1.0, 1.0),
+        num_slices=slices,
+    )
 
 
-def tiny_dataset(volumes: int, slices: int, *, size: int = 32, num_classes: int = 3, seed: int = 0,
-                 prefix: str = "vol") -> SliceDataset:
+def tiny_dataset(
+    volumes: int, slices: int, *, size: int = 32, num_classes: int = 3, seed: int = 0, prefix: str = "vol"
+) -> SliceDataset:
     """Slices with a bright disk (class 1), a mid-grey square (class 2, when K = 3) and a noisy background.
 
     The classes are separable by intensity, so a 3×3 convolution learns them in a few dozen steps.
@@ -78,9 +87,14 @@ def tiny_dataset(volumes: int, slices: int, *, size: int = 32, num_classes: int 
     images = np.clip(np.round(np.clip(images, 0, 1) * 255), 0, 255).astype(np.uint8)
     class_names = ("background", "disk", "square", "other")[:num_classes]
     infos = tuple(_volume(v, f"{prefix}{v:02d}", slices, size) for v in range(volumes))
-    return SliceDataset(images=images, labels=labels, volume_ids=np.repeat(np.arange(volumes), slices).astype(np.int32),
-                        slice_indices=np.tile(np.arange(slices), volumes).astype(np.int32), volumes=infos,
-                        class_names=class_names)
+    return SliceDataset(
+        images=images,
+        labels=labels,
+        volume_ids=np.repeat(np.arange(volumes), slices).astype(np.int32),
+        slice_indices=np.tile(np.arange(slices), volumes).astype(np.int32),
+        volumes=infos,
+        class_names=class_names,
+    )
 
 
 def tiny_splits(*, train_volumes: int = 4, slices: int = 3, size: int = 32, num_classes: int = 3) -> DatasetSplits:

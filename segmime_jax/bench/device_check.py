@@ -52,8 +52,17 @@ MODELS = ("enet", "residualunet")
 MIB = 2**20
 CONVOLUTION_COMMAND_BUFFERS = "--xla_gpu_enable_command_buffer=+CONVOLUTION"
 WORK_MARKER = ".device_check_work"
-_TIMEOUTS = ("devices_timeout_s", "nvidia_smi_timeout_s", "fp32_enet_timeout_s", "fp32_residualunet_timeout_s",
-             "bf16_timeout_s", "cmdbuf_timeout_s", "fixture_timeout_s", "b128_timeout_s", "time_budget_s")
+_TIMEOUTS = (
+    "devices_timeout_s",
+    "nvidia_smi_timeout_s",
+    "fp32_enet_timeout_s",
+    "fp32_residualunet_timeout_s",
+    "bf16_timeout_s",
+    "cmdbuf_timeout_s",
+    "fixture_timeout_s",
+    "b128_timeout_s",
+    "time_budget_s",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +71,16 @@ class DeviceCheckConfig:
     work: pathlib.Path = option(
         pathlib.Path("results/device-work"),
         "folder for traces and HLO before packing (emptied at the start; only a folder the check made, or an "
-        "empty one, is accepted)")
+        "empty one, is accepted)",
+    )
     reference: pathlib.Path = option(
-        REPO_ROOT.parent / "shared" / "reference", "folder of the PyTorch reference fixtures (forward_fixture.npz)")
+        REPO_ROOT.parent / "shared" / "reference", "folder of the PyTorch reference fixtures (forward_fixture.npz)"
+    )
     time_budget_s: int = option(
-        0, "total time limit of the check in seconds: each step gets at most the time left, and steps are "
-           "skipped once it is spent (0 = no total limit, only each step's own)")
+        0,
+        "total time limit of the check in seconds: each step gets at most the time left, and steps are "
+        "skipped once it is spent (0 = no total limit, only each step's own)",
+    )
     devices_timeout_s: int = option(120, "time limit of the device description (jax version, backend, devices)")
     nvidia_smi_timeout_s: int = option(30, "time limit of the nvidia-smi query (where nvidia-smi exists)")
     fp32_enet_timeout_s: int = option(130, "time limit of the float32 ENet benchmark")
@@ -77,11 +90,15 @@ class DeviceCheckConfig:
     fixture_timeout_s: int = option(40, "time limit of each of the two fixture comparisons")
     b128_timeout_s: int = option(0, "time limit of the batch 128 benchmark (0 = not run)")
     max_traces_mib: float = option(
-        15.0, "maximum size of traces.tar.gz in MiB (estimated before packing; files that would exceed it are "
-              "left out and named in the log)")
+        15.0,
+        "maximum size of traces.tar.gz in MiB (estimated before packing; files that would exceed it are "
+        "left out and named in the log)",
+    )
     memory_fraction: float = option(
-        0.95, "share of the GPU memory XLA may take in the steps (XLA_PYTHON_CLIENT_MEM_FRACTION, unless it is "
-              "already set; XLA's own default is 0.75)")
+        0.95,
+        "share of the GPU memory XLA may take in the steps (XLA_PYTHON_CLIENT_MEM_FRACTION, unless it is "
+        "already set; XLA's own default is 0.75)",
+    )
     profile_steps: int = option(3, "profiled steps per benchmark case (0 = no profile)")
     models: tuple[str, ...] = option(MODELS, "models to benchmark")
     quick: bool = option(False, "run the benchmarks at their CPU smoke size")
@@ -110,8 +127,9 @@ def child_environment(memory_fraction: float = 0.95) -> dict[str, str]:
     return env
 
 
-def _run(command: list[str], *, timeout_s: int, log: list[str], xla_flags: str = "",
-         env: dict[str, str] | None = None) -> str:
+def _run(
+    command: list[str], *, timeout_s: int, log: list[str], xla_flags: str = "", env: dict[str, str] | None = None
+) -> str:
     """Run ``command`` from the repository root in ``env`` (default :func:`child_environment`), ``xla_flags``
     appended to its ``XLA_FLAGS``; append its output and how it ended to ``log``; return its stdout."""
     env, shown = dict(env or child_environment()), ""
@@ -121,8 +139,9 @@ def _run(command: list[str], *, timeout_s: int, log: list[str], xla_flags: str =
     log.append(f"$ {shown}{' '.join(command)}  (limit {timeout_s} s)")
     start = time.perf_counter()
     try:
-        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s,
-                              check=False, env=env)
+        done = subprocess.run(
+            command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s, check=False, env=env
+        )
         stdout, stderr, status = done.stdout, done.stderr, f"exit {done.returncode}"
     except subprocess.TimeoutExpired as expired:
         stdout = expired.stdout.decode() if isinstance(expired.stdout, bytes) else (expired.stdout or "")
@@ -190,8 +209,17 @@ def _benchmark(check: _Check, step: _Benchmark) -> None:
     config, out = check.config, check.config.work / step.name
     models = [m for m in step.models if m in config.models]
     if models:
-        command = [sys.executable, "-m", "experiments.benchmark", "--out", str(out), "--models", ",".join(models),
-                   *step.args, *(["--quick"] if config.quick else [])]
+        command = [
+            sys.executable,
+            "-m",
+            "experiments.benchmark",
+            "--out",
+            str(out),
+            "--models",
+            ",".join(models),
+            *step.args,
+            *(["--quick"] if config.quick else []),
+        ]
         check.run(f"the benchmark into {out}", command, step.timeout_s, xla_flags=step.xla_flags)
         check.keep(out / "benchmark.json", f"benchmark_{step.name}.json")
     else:
@@ -203,24 +231,42 @@ def _benchmarks(config: DeviceCheckConfig) -> tuple[tuple[_Benchmark, ...], _Ben
     profiled = ("--batches", "8,32", "--profile-steps", str(config.profile_steps), "--dump-hlo")
     traced = (
         _Benchmark("fp32_enet", ("--precisions", "float32", *profiled), config.fp32_enet_timeout_s, ("enet",)),
-        _Benchmark("fp32_residualunet", ("--precisions", "float32", *profiled), config.fp32_residualunet_timeout_s,
-                   ("residualunet",)),
-        _Benchmark("bf16", ("--precisions", "bfloat16", "--epoch-steps", "0", *profiled), config.bf16_timeout_s,
-                   ("residualunet", "enet")),
+        _Benchmark(
+            "fp32_residualunet",
+            ("--precisions", "float32", *profiled),
+            config.fp32_residualunet_timeout_s,
+            ("residualunet",),
+        ),
+        _Benchmark(
+            "bf16",
+            ("--precisions", "bfloat16", "--epoch-steps", "0", *profiled),
+            config.bf16_timeout_s,
+            ("residualunet", "enet"),
+        ),
     )
-    cmdbuf = _Benchmark("enet_cmdbuf", ("--precisions", "float32", "--batches", "8,32", "--epoch-steps", "0"),
-                        config.cmdbuf_timeout_s, ("enet",), CONVOLUTION_COMMAND_BUFFERS)
+    cmdbuf = _Benchmark(
+        "enet_cmdbuf",
+        ("--precisions", "float32", "--batches", "8,32", "--epoch-steps", "0"),
+        config.cmdbuf_timeout_s,
+        ("enet",),
+        CONVOLUTION_COMMAND_BUFFERS,
+    )
     b128 = _Benchmark("b128", ("--batches", "128", "--epoch-steps", "0"), config.b128_timeout_s)
     return traced, cmdbuf, b128
 
 
 def _describe_devices(check: _Check) -> None:
-    code = ("import jax; print(jax.__version__, jax.default_backend(), "
-            "[(d.device_kind, d.id) for d in jax.local_devices()])")
+    code = (
+        "import jax; print(jax.__version__, jax.default_backend(), "
+        "[(d.device_kind, d.id) for d in jax.local_devices()])"
+    )
     check.run("the device description", [sys.executable, "-c", code], check.config.devices_timeout_s)
     if shutil.which("nvidia-smi"):
-        check.run("nvidia-smi", ["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm",
-                                 "--format=csv"], check.config.nvidia_smi_timeout_s)
+        check.run(
+            "nvidia-smi",
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm", "--format=csv"],
+            check.config.nvidia_smi_timeout_s,
+        )
 
 
 def _fixture_errors(check: _Check) -> dict:
@@ -230,9 +276,11 @@ def _fixture_errors(check: _Check) -> dict:
         return {"error": f"no forward_fixture.npz in {reference}"}
     errors = {}
     for precision in ("highest", "default"):
-        stdout = check.run(f"the fixture comparison at {precision} precision",
-                           [sys.executable, "tests/models_reference.py", str(reference), precision],
-                           check.config.fixture_timeout_s)
+        stdout = check.run(
+            f"the fixture comparison at {precision} precision",
+            [sys.executable, "tests/models_reference.py", str(reference), precision],
+            check.config.fixture_timeout_s,
+        )
         if stdout is None:
             errors[precision] = {"error": "not run (see log)"}
             continue
@@ -243,8 +291,9 @@ def _fixture_errors(check: _Check) -> dict:
     return errors
 
 
-def pack_traces(archive_path: pathlib.Path, work: pathlib.Path, runs: Sequence[str], log: list[str], *,
-                max_bytes: int = 15 * MIB) -> bool:
+def pack_traces(
+    archive_path: pathlib.Path, work: pathlib.Path, runs: Sequence[str], log: list[str], *, max_bytes: int = 15 * MIB
+) -> bool:
     """Tar-gzip the runs' profiles and HLO under ``work`` into ``archive_path``, most useful first (each run's
     ``.xplane.pb`` profiles, then its HLO; Perfetto ``.trace.json.gz`` copies last), leaving out what would take
     the archive over ``max_bytes`` (listed in ``log``). Returns whether an archive was written."""
@@ -301,8 +350,9 @@ def run_check(config: DeviceCheckConfig) -> list[pathlib.Path]:
     for step in traced:
         _benchmark(check, step)
     archive = config.out / "traces.tar.gz"
-    if pack_traces(archive, config.work, [step.name for step in traced], check.log,
-                   max_bytes=int(config.max_traces_mib * MIB)):
+    if pack_traces(
+        archive, config.work, [step.name for step in traced], check.log, max_bytes=int(config.max_traces_mib * MIB)
+    ):
         check.written.append(archive)
     _benchmark(check, cmdbuf)
     check.save("fixture.json", json.dumps(_fixture_errors(check), indent=2))

@@ -50,6 +50,7 @@ def compiled_memory_bytes(compiled: Any) -> int | None:
     analysis = _memory_analysis(compiled)
     if analysis is None:
         return None
-    total = sum(_bytes(analysis, name) for name in ("argument_size_in_bytes", "output_size_in_bytes",
-                                                    "temp_size_in_bytes"))
+    total = sum(
+        _bytes(analysis, name) for name in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes")
+    )
     return total - _bytes(analysis, "alias_size_in_bytes")

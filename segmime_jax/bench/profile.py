@@ -31,8 +31,20 @@ import jax
 
 _SUFFIX = re.compile(r"(\.\d+)+$")
 _CATEGORIES = (
-    ("collective", ("all-reduce", "all_reduce", "all-gather", "all_gather", "reduce-scatter", "reduce_scatter",
-                    "collective", "all-to-all", "nccl")),
+    (
+        "collective",
+        (
+            "all-reduce",
+            "all_reduce",
+            "all-gather",
+            "all_gather",
+            "reduce-scatter",
+            "reduce_scatter",
+            "collective",
+            "all-to-all",
+            "nccl",
+        ),
+    ),
     # cuDNN kernel names (used when no hlo_op names the XLA op): *_fprop_* / *_dgrad_* / *_wgrad_*
     ("convolution", ("conv", "cudnn", "fprop", "dgrad", "wgrad")),
     ("matmul", ("gemm", "dot", "cublas", "matmul")),
@@ -86,12 +98,18 @@ def _device_events(plane: Any) -> tuple[list[tuple[str, float]], str]:
 
 def _host_events(plane: Any) -> list[tuple[str, float]]:
     """XLA:CPU thunks: events on the thread-pool lines whose names are HLO ops (not ``Class::method``)."""
-    return [(e.name, e.duration_ns) for line in plane.lines if line.name.startswith("tf_XLA")
-            for e in line.events if e.name and "::" not in e.name and " " not in e.name]
+    return [
+        (e.name, e.duration_ns)
+        for line in plane.lines
+        if line.name.startswith("tf_XLA")
+        for e in line.events
+        if e.name and "::" not in e.name and " " not in e.name
+    ]
 
 
-def summarize_events(events: Iterable[tuple[str, float]], *, steps: int, wall_s: float, source: str,
-                     top: int = 12) -> dict[str, Any]:
+def summarize_events(
+    events: Iterable[tuple[str, float]], *, steps: int, wall_s: float, source: str, top: int = 12
+) -> dict[str, Any]:
     """Per-step totals by op group and category of ``(op name, duration ns)`` events from ``steps`` steps."""
     by_group: dict[str, float] = collections.defaultdict(float)
     counts: collections.Counter[str] = collections.Counter()
@@ -114,8 +132,15 @@ def summarize_events(events: Iterable[tuple[str, float]], *, steps: int, wall_s:
         "busy_fraction": total_ns * per_step / wall_ms if wall_ms > 0 else None,
         "ops_per_step": sum(counts.values()) / steps,
         "by_category_ms": dict(sorted(categories.items(), key=lambda item: -item[1])),
-        "top_ops": [{"op": group, "ms_per_step": ns * per_step, "calls_per_step": counts[group] / steps,
-                     "share": ns / total_ns if total_ns else 0.0} for group, ns in ranked],
+        "top_ops": [
+            {
+                "op": group,
+                "ms_per_step": ns * per_step,
+                "calls_per_step": counts[group] / steps,
+                "share": ns / total_ns if total_ns else 0.0,
+            }
+            for group, ns in ranked
+        ],
     }
 
 
@@ -131,8 +156,9 @@ def summarize_profile(profile: Any, *, steps: int, wall_s: float, top: int = 12)
     events = [e for p in host for e in _host_events(p)]
     if not events:
         raise ValueError("the profile has no device kernels and no XLA:CPU thunks")
-    return summarize_events(events, steps=steps, wall_s=wall_s, top=top,
-                            source="/host:CPU thread pool (summed over threads)")
+    return summarize_events(
+        events, steps=steps, wall_s=wall_s, top=top, source="/host:CPU thread pool (summed over threads)"
+    )
 
 
 def _options() -> Any:

@@ -32,8 +32,18 @@ from segmime_jax.bench.device_info import aliased_bytes
 
 _TRIVIAL = frozenset({"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "after-all"})
 _HOST_TRANSFER = frozenset({"infeed", "outfeed", "send", "recv", "send-done", "recv-done"})
-_TRACKED = ("convolution", "dot", "gather", "scatter", "transpose", "copy", "rng-bit-generator", "while",
-            "all-reduce", "all-reduce-start")
+_TRACKED = (
+    "convolution",
+    "dot",
+    "gather",
+    "scatter",
+    "transpose",
+    "copy",
+    "rng-bit-generator",
+    "while",
+    "all-reduce",
+    "all-reduce-start",
+)
 
 _COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*.*?\s([a-z][\w\-]*)\((.*)$")
@@ -83,8 +93,8 @@ def _launch_level(entry: str, comps: dict[str, list[tuple[str, str]]]) -> list[t
                 # `call(...), to_apply=%command_buffer`; async-start names its callee with calls=. Not XLA:CPU's
                 # small calls (xla_cpu_small_call="true"): each is compiled into one kernel.
                 if kind in ("body", "condition", "true_computation", "false_computation") or (
-                        kind in ("calls", "to_apply") and opcode in ("call", "async-start")
-                        and not _is_small_call(rest)):
+                    kind in ("calls", "to_apply") and opcode in ("call", "async-start") and not _is_small_call(rest)
+                ):
                     todo.append(callee)
             for group in _BRANCHES.findall(rest):
                 todo.extend(name.strip().lstrip("%") for name in group.split(","))
@@ -124,6 +134,9 @@ def audit_compiled(compiled: Any, *, donated: Any = None, hlo_text: str | None =
     audit = audit_hlo_text(compiled.as_text() if hlo_text is None else hlo_text)
     donated_bytes = aliased_bytes(compiled)
     donatable = None if donated is None else tree_bytes(donated)
-    audit.update(donated_bytes=donated_bytes, donatable_bytes=donatable,
-                 fully_donated=None if donated_bytes is None or donatable is None else donated_bytes >= donatable)
+    audit.update(
+        donated_bytes=donated_bytes,
+        donatable_bytes=donatable,
+        fully_donated=None if donated_bytes is None or donatable is None else donated_bytes >= donatable,
+    )
     return audit

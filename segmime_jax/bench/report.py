@@ -24,8 +24,12 @@ def format_profiles(report: dict[str, Any], *, top: int = 5) -> list[str]:
     profiled = [r for r in report["cases"] if "profile" in r]
     if not profiled:
         return []
-    lines = ["", "| profile: case | traced wall ms/step | op ms/step | busy (traced / untraced) | ops/step "
-                 "| by category (ms/step) | top ops (ms/step) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "| profile: case | traced wall ms/step | op ms/step | busy (traced / untraced) | ops/step "
+        "| by category (ms/step) | top ops (ms/step) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in profiled:
         p = r["profile"]
         if "error" in p:
@@ -33,9 +37,11 @@ def format_profiles(report: dict[str, Any], *, top: int = 5) -> list[str]:
             continue
         categories = ", ".join(f"{name} {ms:.2f}" for name, ms in p["by_category_ms"].items())
         ops = ", ".join(f"{op['op']} {op['ms_per_step']:.2f}" for op in p["top_ops"][:top])
-        lines.append(f"| {r['label']} | {p['wall_ms_per_step']:.2f} | {p['op_ms_per_step']:.2f} "
-                     f"| {_fmt(p['busy_fraction'], '.0%')} / {_fmt(p.get('busy_vs_untraced'), '.0%')} "
-                     f"| {p['ops_per_step']:.0f} | {categories} | {ops} |")
+        lines.append(
+            f"| {r['label']} | {p['wall_ms_per_step']:.2f} | {p['op_ms_per_step']:.2f} "
+            f"| {_fmt(p['busy_fraction'], '.0%')} / {_fmt(p.get('busy_vs_untraced'), '.0%')} "
+            f"| {p['ops_per_step']:.0f} | {categories} | {ops} |"
+        )
     lines.append(f"(ops from {profiled[0]['profile'].get('source', 'n/a')})")
     return lines
 
@@ -62,10 +68,12 @@ def format_table(report: dict[str, Any]) -> str:
             f"| {r['compile_s']:.1f} | {t['min_ms']:.2f} / {t['median_ms']:.2f} / {t['max_ms']:.2f} "
             f"| {r['train_images_per_s']:.0f} | {r['inference_images_per_s']:.0f} "
             f"| {_fmt(r['train_tflops_per_s'], '.2f')} | {_mib(r['planned_memory_bytes'])} "
-            f"| {program['kernels'] if program else 'n/a'} | {_donated(program)} |")
+            f"| {program['kernels'] if program else 'n/a'} | {_donated(program)} |"
+        )
     for failure in report.get("failed", ()):
-        lines.append(f"| {failure['label']} | FAILED ({failure.get('what', 'case')}): "
-                     f"{failure['error'].splitlines()[0][:160]} |")
+        lines.append(
+            f"| {failure['label']} | FAILED ({failure.get('what', 'case')}): {failure['error'].splitlines()[0][:160]} |"
+        )
     lines += format_profiles(report)
     if report.get("epochs"):
         lines += [
@@ -78,5 +86,6 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {c['model']} {c['size']}x{c['size']} | {c['batch_size']} | {e['steps']} | {e['resident']} "
                 f"| {e['epoch_s']:.2f} | {e['fixed_batch_s']:.2f} | {100 * e['pipeline_share']:.1f}% "
-                f"| {e['epoch_images_per_s']:.0f} |")
+                f"| {e['epoch_images_per_s']:.0f} |"
+            )
     return "\n".join(lines)

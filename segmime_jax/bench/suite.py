@@ -79,8 +79,7 @@ class BenchCase:
 
     @property
     def label(self) -> str:
-        return (f"{self.model} {self.size}x{self.size} b{self.batch_size} {self.precision} "
-                f"{self.num_devices}dev")
+        return f"{self.model} {self.size}x{self.size} b{self.batch_size} {self.precision} {self.num_devices}dev"
 
     @property
     def slug(self) -> str:
@@ -108,8 +107,9 @@ class Setup:
 
     def step(self, batch: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
         """One train step on ``batch`` (default: the fixed batch); returns its metrics (not waited for)."""
-        self.state, metrics = self.compiled(self.state, self.batch if batch is None else batch, self.key,
-                                            self.loss_params)
+        self.state, metrics = self.compiled(
+            self.state, self.batch if batch is None else batch, self.key, self.loss_params
+        )
         return metrics
 
     def step_outputs(self) -> tuple[dict[str, jax.Array], TrainState]:
@@ -168,8 +168,9 @@ def build_setup(case: BenchCase, *, seed: int = 0) -> Setup:
     lowered = step.lower(state, batch, key, loss_params)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
-    flops, source = flops_with_fallback(lowered, train_step_fn(tx, loss, case.num_classes), state, batch, key,
-                                        loss_params)
+    flops, source = flops_with_fallback(
+        lowered, train_step_fn(tx, loss, case.num_classes), state, batch, key, loss_params
+    )
     return Setup(case, state, batch, compiled, compile_s, mesh, flops, key, source, loss_params)
 
 
@@ -182,8 +183,15 @@ def _forward_fn(graphdef: nnx.GraphDef):
     return predict
 
 
-def run_case(setup: Setup, *, warmup: int = 2, repeats: int = 10, profile: int = 0,
-             profile_dir: pathlib.Path | None = None, hlo_dir: pathlib.Path | None = None) -> dict[str, Any]:
+def run_case(
+    setup: Setup,
+    *,
+    warmup: int = 2,
+    repeats: int = 10,
+    profile: int = 0,
+    profile_dir: pathlib.Path | None = None,
+    hlo_dir: pathlib.Path | None = None,
+) -> dict[str, Any]:
     """Measure the case of ``setup`` (see the module docstring); returns a JSON-ready dict.
 
     ``profile`` > 0 traces that many more steps into ``profile_dir/<case slug>`` and adds their summary
@@ -227,8 +235,9 @@ def run_case(setup: Setup, *, warmup: int = 2, repeats: int = 10, profile: int =
         if profile_dir is None:
             raise ValueError("profile > 0 needs a profile_dir")
         try:
-            result["profile"] = profile_steps(setup.step_outputs, steps=profile,
-                                              log_dir=pathlib.Path(profile_dir) / case.slug)
+            result["profile"] = profile_steps(
+                setup.step_outputs, steps=profile, log_dir=pathlib.Path(profile_dir) / case.slug
+            )
             # kernel time against the untraced step (the traced one is slowed down by the profiler)
             result["profile"]["busy_vs_untraced"] = result["profile"]["op_ms_per_step"] / train.median_ms
         except Exception as error:  # noqa: BLE001 - a profiler failure must not lose the timings above
@@ -242,14 +251,27 @@ def synthetic_slices(num_slices: int, size: int, num_classes: int, *, seed: int 
 
     rng = np.random.default_rng(seed)
     volumes = tuple(
-        VolumeInfo(volume_id=v, name=f"random{v:04d}", patient=f"random{v:04d}", image_path="", label_path="",
-                   original_shape=(size, size, 1), affine=np.eye(4), spacing=(1.0, 1.0, 1.0), num_slices=1)
-        for v in range(num_slices))
+        VolumeInfo(
+            volume_id=v,
+            name=f"random{v:04d}",
+            patient=f"random{v:04d}",
+            image_path="",
+            label_path="",
+            original_shape=(size, size, 1),
+            affine=np.eye(4),
+            spacing=(1.0, 1.0, 1.0),
+            num_slices=1,
+        )
+        for v in range(num_slices)
+    )
     return SliceDataset(
         images=rng.integers(0, 256, size=(num_slices, size, size), dtype=np.uint8),
         labels=rng.integers(0, num_classes, size=(num_slices, size, size), dtype=np.uint8),
-        volume_ids=np.arange(num_slices, dtype=np.int32), slice_indices=np.zeros(num_slices, dtype=np.int32),
-        volumes=volumes, class_names=("background",) + tuple(f"class{k}" for k in range(1, num_classes)))
+        volume_ids=np.arange(num_slices, dtype=np.int32),
+        slice_indices=np.zeros(num_slices, dtype=np.int32),
+        volumes=volumes,
+        class_names=("background",) + tuple(f"class{k}" for k in range(1, num_classes)),
+    )
 
 
 def run_epoch(setup: Setup, *, steps: int = 20, seed: int = 0) -> list[dict[str, Any]]:
@@ -284,14 +306,16 @@ def run_epoch(setup: Setup, *, steps: int = 20, seed: int = 0) -> list[dict[str,
             metrics = setup.step(batch)
         jax.block_until_ready((setup.state, metrics))
         epoch_s = time.perf_counter() - start
-        results.append({
-            "case": dataclasses.asdict(case),
-            "label": case.label,
-            "steps": steps,
-            "resident": resident,
-            "epoch_s": epoch_s,
-            "fixed_batch_s": fixed_s,
-            "pipeline_share": max(0.0, 1.0 - fixed_s / epoch_s),
-            "epoch_images_per_s": steps * case.batch_size / epoch_s,
-        })
+        results.append(
+            {
+                "case": dataclasses.asdict(case),
+                "label": case.label,
+                "steps": steps,
+                "resident": resident,
+                "epoch_s": epoch_s,
+                "fixed_batch_s": fixed_s,
+                "pipeline_share": max(0.0, 1.0 - fixed_s / epoch_s),
+                "epoch_images_per_s": steps * case.batch_size / epoch_s,
+            }
+        )
     return results

@@ -29,8 +29,12 @@ class TimingStats:
         return items_per_call / self.median_s
 
     def to_json(self) -> dict[str, float | int]:
-        return {"min_ms": 1e3 * self.min_s, "median_ms": 1e3 * self.median_s, "max_ms": 1e3 * self.max_s,
-                "repeats": self.repeats}
+        return {
+            "min_ms": 1e3 * self.min_s,
+            "median_ms": 1e3 * self.median_s,
+            "max_ms": 1e3 * self.max_s,
+            "repeats": self.repeats,
+        }
 
 
 def time_call(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 10) -> TimingStats:

@@ -34,11 +34,31 @@ from segmime_jax.data.promise12 import PROMISE12_CLASSES, load_promise12
 from segmime_jax.data.splits import ACDC_TEST, ACDC_TRAIN, ACDC_VALIDATION
 
 __all__ = [
-    "ACDC_CLASSES", "ACDC_TEST", "ACDC_TRAIN", "ACDC_VALIDATION", "PROMISE12_CLASSES",
-    "Batch", "DataError", "DatasetSplits", "DeviceDataset", "SliceDataset", "VolumeInfo",
-    "augment_batch", "default_cache_dir", "eval_batches", "fingerprint_differences", "load_acdc", "load_promise12",
-    "num_batches", "parse_info_cfg", "to_device", "train_batches", "transform_batch",
-    "write_prediction_nifti", "write_synthetic_acdc", "write_synthetic_promise12",
+    "ACDC_CLASSES",
+    "ACDC_TEST",
+    "ACDC_TRAIN",
+    "ACDC_VALIDATION",
+    "PROMISE12_CLASSES",
+    "Batch",
+    "DataError",
+    "DatasetSplits",
+    "DeviceDataset",
+    "SliceDataset",
+    "VolumeInfo",
+    "augment_batch",
+    "default_cache_dir",
+    "eval_batches",
+    "fingerprint_differences",
+    "load_acdc",
+    "load_promise12",
+    "num_batches",
+    "parse_info_cfg",
+    "to_device",
+    "train_batches",
+    "transform_batch",
+    "write_prediction_nifti",
+    "write_synthetic_acdc",
+    "write_synthetic_promise12",
 ]
 
 

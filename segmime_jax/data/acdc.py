@@ -103,8 +103,10 @@ def find_acdc_folders(root: str | os.PathLike, *, include_testing: bool = False)
     if training is None and _patient_dirs(root):
         training = root
     if training is None:
-        raise DataError(root, "not an ACDC folder: expected training/patientNNN/, database/training/patientNNN/ "
-                              "or patientNNN/ folders")
+        raise DataError(
+            root,
+            "not an ACDC folder: expected training/patientNNN/, database/training/patientNNN/ or patientNNN/ folders",
+        )
     if not _patient_dirs(training):
         raise DataError(training, "no patientNNN folders")
     if not include_testing:
@@ -151,8 +153,9 @@ def import_nibabel():
     return nibabel
 
 
-def read_nifti(path: str | os.PathLike, *,
-               labels: bool = False) -> tuple[np.ndarray, list[np.ndarray], tuple[float, ...]]:
+def read_nifti(
+    path: str | os.PathLike, *, labels: bool = False
+) -> tuple[np.ndarray, list[np.ndarray], tuple[float, ...]]:
     """``(array, affines, zooms)`` of a NIfTI file; :class:`DataError` naming the file if it cannot be read.
 
     Images come back as float32, labels with their stored dtype. A trailing singleton 4th axis is dropped.
@@ -181,21 +184,36 @@ def _load_frames(frames: Sequence[_Frame], size: tuple[int, int]) -> SliceDatase
     for volume_id, frame in enumerate(frames):
         image, image_affines, zooms = read_nifti(frame.image_path)
         label, label_affines, _ = read_nifti(frame.label_path, labels=True)
-        label = validate_pair(image, label, image_path=frame.image_path, label_path=frame.label_path,
-                              num_classes=len(ACDC_CLASSES))
+        label = validate_pair(
+            image, label, image_path=frame.image_path, label_path=frame.label_path, num_classes=len(ACDC_CLASSES)
+        )
         check_same_geometry(image_affines, label_affines, image_path=frame.image_path, label_path=frame.label_path)
         slice_images, slice_labels = slices_to_working_size(image, label, slice_axis=2, size=size)
         extra = dict(frame.info, phase=frame.phase, frame=frame.frame, axes="xyz", slice_axis=2, subset=frame.subset)
-        volumes.append((slice_images, slice_labels, VolumeInfo(
-            volume_id=volume_id, name=frame.name, patient=frame.patient, image_path=os.fspath(frame.image_path),
-            label_path=os.fspath(frame.label_path), original_shape=image.shape, affine=image_affines[0],
-            spacing=zooms, num_slices=slice_images.shape[0], extra=extra,
-        )))
+        volumes.append(
+            (
+                slice_images,
+                slice_labels,
+                VolumeInfo(
+                    volume_id=volume_id,
+                    name=frame.name,
+                    patient=frame.patient,
+                    image_path=os.fspath(frame.image_path),
+                    label_path=os.fspath(frame.label_path),
+                    original_shape=image.shape,
+                    affine=image_affines[0],
+                    spacing=zooms,
+                    num_slices=slice_images.shape[0],
+                    extra=extra,
+                ),
+            )
+        )
     return SliceDataset.from_volumes(volumes, ACDC_CLASSES)
 
 
-def resolve_acdc_split(patients: Sequence[str], split: Split, seed: int, *,
-                       folder: str | os.PathLike = ".") -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+def resolve_acdc_split(
+    patients: Sequence[str], split: Split, seed: int, *, folder: str | os.PathLike = "."
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """Train/val/test patient names: ``"fixed"`` (the author's tutorial lists), ``"seeded"`` (70/10/20) or
     ``"auto"``."""
     present = set(patients)
@@ -205,12 +223,18 @@ def resolve_acdc_split(patients: Sequence[str], split: Split, seed: int, *,
         missing = [p for p in ACDC_PATIENTS if p not in present]
         if missing:
             shown = ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else "")
-            raise DataError(folder, f"split='fixed' lists patients absent from this dataset: {shown} "
-                                    f"(use split='seeded' for other patient sets)")
+            raise DataError(
+                folder,
+                f"split='fixed' lists patients absent from this dataset: {shown} "
+                f"(use split='seeded' for other patient sets)",
+            )
         extra = sorted(present - set(ACDC_PATIENTS))
         if extra:
-            raise DataError(folder, f"split='fixed' covers patient001-patient100 only, but the folder also holds "
-                                    f"{', '.join(extra[:12])} (use split='seeded')")
+            raise DataError(
+                folder,
+                f"split='fixed' covers patient001-patient100 only, but the folder also holds "
+                f"{', '.join(extra[:12])} (use split='seeded')",
+            )
         return ACDC_TRAIN, ACDC_VALIDATION, ACDC_TEST
     if split == "seeded":
         try:

@@ -18,8 +18,9 @@ MAX_ANGLE_DEGREES = 45.0
 PROBABILITY = 0.5
 
 
-def _transform_one(image: jax.Array, label: jax.Array, flip_v: jax.Array, flip_h: jax.Array,
-                   angle: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _transform_one(
+    image: jax.Array, label: jax.Array, flip_v: jax.Array, flip_h: jax.Array, angle: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     height, width = label.shape
     rows = jnp.arange(height, dtype=jnp.float32)[:, None]
     cols = jnp.arange(width, dtype=jnp.float32)[None, :]
@@ -44,8 +45,9 @@ def _transform_one(image: jax.Array, label: jax.Array, flip_v: jax.Array, flip_h
 
 
 @jax.jit
-def transform_batch(image: jax.Array, label: jax.Array, flip_v: jax.Array, flip_h: jax.Array,
-                    angle: jax.Array) -> tuple[jax.Array, jax.Array]:
+def transform_batch(
+    image: jax.Array, label: jax.Array, flip_v: jax.Array, flip_h: jax.Array, angle: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """Apply given per-sample transforms: ``image`` (B, H, W, C), ``label`` (B, H, W), ``flip_v`` and
     ``flip_h`` bool (B,), ``angle`` float (B,) in degrees (0 = no rotation, exactly)."""
     return jax.vmap(_transform_one)(image, label, flip_v, flip_h, angle)

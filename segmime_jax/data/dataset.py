@@ -78,19 +78,31 @@ class VolumeInfo:
     def to_json(self) -> dict:
         """JSON-ready dict (the inverse of :meth:`from_json`)."""
         return {
-            "volume_id": self.volume_id, "name": self.name, "patient": self.patient,
-            "image_path": self.image_path, "label_path": self.label_path,
-            "original_shape": list(self.original_shape), "affine": self.affine.tolist(),
-            "spacing": list(self.spacing), "num_slices": self.num_slices, "extra": dict(self.extra),
+            "volume_id": self.volume_id,
+            "name": self.name,
+            "patient": self.patient,
+            "image_path": self.image_path,
+            "label_path": self.label_path,
+            "original_shape": list(self.original_shape),
+            "affine": self.affine.tolist(),
+            "spacing": list(self.spacing),
+            "num_slices": self.num_slices,
+            "extra": dict(self.extra),
         }
 
     @classmethod
     def from_json(cls, data: Mapping) -> VolumeInfo:
         return cls(
-            volume_id=int(data["volume_id"]), name=str(data["name"]), patient=str(data["patient"]),
-            image_path=str(data["image_path"]), label_path=str(data["label_path"]),
-            original_shape=tuple(data["original_shape"]), affine=np.asarray(data["affine"], dtype=np.float64),
-            spacing=tuple(data["spacing"]), num_slices=int(data["num_slices"]), extra=dict(data["extra"]),
+            volume_id=int(data["volume_id"]),
+            name=str(data["name"]),
+            patient=str(data["patient"]),
+            image_path=str(data["image_path"]),
+            label_path=str(data["label_path"]),
+            original_shape=tuple(data["original_shape"]),
+            affine=np.asarray(data["affine"], dtype=np.float64),
+            spacing=tuple(data["spacing"]),
+            num_slices=int(data["num_slices"]),
+            extra=dict(data["extra"]),
         )
 
 
@@ -144,11 +156,12 @@ class SliceDataset:
         # Slice positions of each volume, in slice order (stable for equal indices).
         order = np.lexsort((slice_indices, volume_ids))
         bounds = np.searchsorted(volume_ids[order], np.arange(len(volumes) + 1))
-        object.__setattr__(self, "_slices", tuple(order[bounds[v]:bounds[v + 1]] for v in range(len(volumes))))
+        object.__setattr__(self, "_slices", tuple(order[bounds[v] : bounds[v + 1]] for v in range(len(volumes))))
 
     @classmethod
-    def from_volumes(cls, volumes: Sequence[tuple[np.ndarray, np.ndarray, VolumeInfo]],
-                     class_names: Sequence[str]) -> SliceDataset:
+    def from_volumes(
+        cls, volumes: Sequence[tuple[np.ndarray, np.ndarray, VolumeInfo]], class_names: Sequence[str]
+    ) -> SliceDataset:
         """The dataset of ``(images, labels, info)`` per volume: ``(S, H, W)`` uint8 slices in slice order,
         ``info.volume_id`` the volume's position in ``volumes`` and ``info.num_slices == S`` (what the loaders
         build, one volume at a time)."""
@@ -156,14 +169,17 @@ class SliceDataset:
             raise ValueError("no volumes to make a dataset of")
         for images, labels, info in volumes:
             if info.num_slices != images.shape[0] or images.shape != labels.shape:
-                raise ValueError(f"volume {info.name!r}: {info.num_slices} slices in its info, images "
-                                 f"{images.shape} and labels {labels.shape}")
+                raise ValueError(
+                    f"volume {info.name!r}: {info.num_slices} slices in its info, images "
+                    f"{images.shape} and labels {labels.shape}"
+                )
         return cls(
             images=np.concatenate([images for images, _, _ in volumes]),
             labels=np.concatenate([labels for _, labels, _ in volumes]),
             volume_ids=np.concatenate([np.full(info.num_slices, info.volume_id, np.int32) for *_, info in volumes]),
             slice_indices=np.concatenate([np.arange(info.num_slices, dtype=np.int32) for *_, info in volumes]),
-            volumes=tuple(info for *_, info in volumes), class_names=class_names,
+            volumes=tuple(info for *_, info in volumes),
+            class_names=class_names,
         )
 
     @property
@@ -194,8 +210,11 @@ class SliceDataset:
         cached = self.__dict__.get("_fingerprint")
         if cached is None:
             digest = hashlib.sha256()
-            header = {"names": [info.name for info in self.volumes], "classes": list(self.class_names),
-                      "shape": list(self.images.shape)}
+            header = {
+                "names": [info.name for info in self.volumes],
+                "classes": list(self.class_names),
+                "shape": list(self.images.shape),
+            }
             digest.update(json.dumps(header, sort_keys=True).encode())
             for array in (self.images, self.labels, self.volume_ids, self.slice_indices):
                 digest.update(np.ascontiguousarray(array).data)
@@ -219,12 +238,19 @@ class SliceDataset:
         volume_ids = [int(v) for v in volume_ids]
         pieces = [self.slices_of(v) for v in volume_ids]
         idx = np.concatenate(pieces) if pieces else np.zeros((0,), dtype=np.int64)
-        new_ids = np.concatenate([np.full(len(p), i, dtype=np.int32) for i, p in enumerate(pieces)]) if pieces \
+        new_ids = (
+            np.concatenate([np.full(len(p), i, dtype=np.int32) for i, p in enumerate(pieces)])
+            if pieces
             else np.zeros((0,), dtype=np.int32)
+        )
         volumes = tuple(dataclasses.replace(self.volumes[v], volume_id=i) for i, v in enumerate(volume_ids))
         return SliceDataset(
-            images=self.images[idx], labels=self.labels[idx], volume_ids=new_ids,
-            slice_indices=self.slice_indices[idx], volumes=volumes, class_names=self.class_names,
+            images=self.images[idx],
+            labels=self.labels[idx],
+            volume_ids=new_ids,
+            slice_indices=self.slice_indices[idx],
+            volumes=volumes,
+            class_names=self.class_names,
         )
 
     def select_patients(self, patients: Sequence[str]) -> SliceDataset:
@@ -260,8 +286,11 @@ class DatasetSplits:
         :meth:`SliceDataset.fingerprint`). Runs store it, so that resuming or reusing one on other data is refused
         (:func:`fingerprint_differences`)."""
         size = "x".join(str(n) for n in self.train.image_size)
-        return {"name": str(self.name), "image_size": size,
-                **{split: getattr(self, split).fingerprint() for split in ("train", "val", "test")}}
+        return {
+            "name": str(self.name),
+            "image_size": size,
+            **{split: getattr(self, split).fingerprint() for split in ("train", "val", "test")},
+        }
 
 
 def fingerprint_differences(saved: Mapping[str, str] | None, current: Mapping[str, str]) -> list[str]:
@@ -272,6 +301,7 @@ def fingerprint_differences(saved: Mapping[str, str] | None, current: Mapping[st
     changed = []
     for key in ("name", "image_size", "train", "val", "test"):
         if key in saved and saved.get(key) != current.get(key):
-            changed.append(f"{key.replace('_', ' ')} {saved[key]} -> {current.get(key)}"
-                           if key in ("name", "image_size") else key)
+            changed.append(
+                f"{key.replace('_', ' ')} {saved[key]} -> {current.get(key)}" if key in ("name", "image_size") else key
+            )
     return changed

@@ -117,8 +117,7 @@ def _finalize(image: jax.Array, label: jax.Array) -> tuple[jax.Array, jax.Array]
 
 
 @jax.jit
-def _gather(images: jax.Array, labels: jax.Array, index: jax.Array,
-            valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _gather(images: jax.Array, labels: jax.Array, index: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
     image = jnp.where(valid[:, None, None], jnp.take(images, index, axis=0, mode="clip"), 0)
     label = jnp.where(valid[:, None, None], jnp.take(labels, index, axis=0, mode="clip"), 0)
     return (image.astype(jnp.float32) / 255.0)[..., None], label.astype(jnp.int32)
@@ -128,8 +127,9 @@ def _put(array: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Array
     return jax.device_put(array, sharding) if sharding is not None else jax.device_put(array)
 
 
-def _make_batch(dataset: AnyDataset, index: np.ndarray, batch_size: int,
-                sharding: jax.sharding.Sharding | None) -> Batch:
+def _make_batch(
+    dataset: AnyDataset, index: np.ndarray, batch_size: int, sharding: jax.sharding.Sharding | None
+) -> Batch:
     host = dataset.host if isinstance(dataset, DeviceDataset) else dataset
     count = len(index)
     mask = np.arange(batch_size) < count
@@ -143,8 +143,9 @@ def _make_batch(dataset: AnyDataset, index: np.ndarray, batch_size: int,
         # Gather with replicated indices (unambiguous under explicit and automatic sharding alike), then
         # split the batch over the devices: a local slice of replicated data, no communication.
         placement = dataset.images.sharding
-        image, label = _gather(dataset.images, dataset.labels, jax.device_put(padded, placement),
-                               jax.device_put(mask, placement))
+        image, label = _gather(
+            dataset.images, dataset.labels, jax.device_put(padded, placement), jax.device_put(mask, placement)
+        )
         if sharding is not None:
             image, label = jax.device_put(image, sharding), jax.device_put(label, sharding)
     else:
@@ -155,8 +156,11 @@ def _make_batch(dataset: AnyDataset, index: np.ndarray, batch_size: int,
         label_u8[:count] = host.labels[index]
         image, label = _finalize(_put(image_u8, sharding), _put(label_u8, sharding))
     return {
-        "image": image, "label": label, "mask": _put(mask, sharding),
-        "volume_id": _put(volume_id, sharding), "slice_index": _put(slice_index, sharding),
+        "image": image,
+        "label": label,
+        "mask": _put(mask, sharding),
+        "volume_id": _put(volume_id, sharding),
+        "slice_index": _put(slice_index, sharding),
     }
 
 
@@ -177,20 +181,28 @@ def epoch_order(num_items: int, *, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([int(seed), int(epoch)]).permutation(num_items)
 
 
-def train_batches(dataset: AnyDataset, batch_size: int, *, seed: int, epoch: int,
-                  sharding: jax.sharding.Sharding | None = None, prefetch: int = 2) -> Iterator[Batch]:
+def train_batches(
+    dataset: AnyDataset,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    sharding: jax.sharding.Sharding | None = None,
+    prefetch: int = 2,
+) -> Iterator[Batch]:
     """One epoch of shuffled, fixed-shape batches (same order for the same ``(seed, epoch)``).
 
     The last batch is padded to ``batch_size`` (mask False on padding); every slice appears exactly once.
     """
     _check_batch_size(batch_size)
     order = epoch_order(len(dataset), seed=seed, epoch=epoch)
-    chunks = (order[start:start + batch_size] for start in range(0, len(order), batch_size))
+    chunks = (order[start : start + batch_size] for start in range(0, len(order), batch_size))
     return _prefetch((_make_batch(dataset, chunk, batch_size, sharding) for chunk in chunks), prefetch)
 
 
-def eval_batches(dataset: AnyDataset, batch_size: int, *, sharding: jax.sharding.Sharding | None = None,
-                 prefetch: int = 2) -> Iterator[tuple[np.ndarray, Batch]]:
+def eval_batches(
+    dataset: AnyDataset, batch_size: int, *, sharding: jax.sharding.Sharding | None = None, prefetch: int = 2
+) -> Iterator[tuple[np.ndarray, Batch]]:
     """Every slice once, volume after volume (each volume's slices in :meth:`SliceDataset.slices_of` order),
     packed into fixed-shape batches: ``(index, batch)`` with ``index`` the dataset positions of the batch's
     real slices (host int array, the padding excluded).
@@ -200,7 +212,7 @@ def eval_batches(dataset: AnyDataset, batch_size: int, *, sharding: jax.sharding
     """
     _check_batch_size(batch_size)
     order = evaluation_order(dataset)
-    chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     return _prefetch(((chunk, _make_batch(dataset, chunk, batch_size, sharding)) for chunk in chunks), prefetch)
 
 

@@ -89,8 +89,14 @@ def check_size(size: tuple[int, int] | int) -> tuple[int, int]:
     return size  # type: ignore[return-value]
 
 
-def validate_pair(image: np.ndarray, label: np.ndarray, *, image_path: str | os.PathLike,
-                  label_path: str | os.PathLike, num_classes: int) -> np.ndarray:
+def validate_pair(
+    image: np.ndarray,
+    label: np.ndarray,
+    *,
+    image_path: str | os.PathLike,
+    label_path: str | os.PathLike,
+    num_classes: int,
+) -> np.ndarray:
     """Check an image volume and its label volume; return the labels as uint8.
 
     Raises :class:`DataError` naming the file for: a shape mismatch, a volume that is not 3D, non-finite
@@ -99,8 +105,9 @@ def validate_pair(image: np.ndarray, label: np.ndarray, *, image_path: str | os.
     if image.ndim != 3:
         raise DataError(image_path, f"expected a 3D volume, got an array of shape {image.shape}")
     if image.shape != label.shape:
-        raise DataError(label_path, f"label shape {label.shape} does not match image shape {image.shape} "
-                                    f"({os.fspath(image_path)})")
+        raise DataError(
+            label_path, f"label shape {label.shape} does not match image shape {image.shape} ({os.fspath(image_path)})"
+        )
     if min(image.shape) < 1:
         raise DataError(image_path, f"empty volume of shape {image.shape}")
     if not np.all(np.isfinite(image)):
@@ -124,9 +131,14 @@ def validate_pair(image: np.ndarray, label: np.ndarray, *, image_path: str | os.
     return label.astype(np.uint8)
 
 
-def check_same_geometry(image_affines: np.ndarray | Sequence[np.ndarray],
-                        label_affines: np.ndarray | Sequence[np.ndarray], *, image_path: str | os.PathLike,
-                        label_path: str | os.PathLike, voxel_fraction: float = 0.02) -> None:
+def check_same_geometry(
+    image_affines: np.ndarray | Sequence[np.ndarray],
+    label_affines: np.ndarray | Sequence[np.ndarray],
+    *,
+    image_path: str | os.PathLike,
+    label_path: str | os.PathLike,
+    voxel_fraction: float = 0.02,
+) -> None:
     """Raise :class:`DataError` naming the label file when its voxel-to-world affine (spacing, orientation,
     origin) is not the image's: a label of the same shape but another geometry is almost always a
     mismatched pair of files.
@@ -142,8 +154,11 @@ def check_same_geometry(image_affines: np.ndarray | Sequence[np.ndarray],
     tolerance = max(1e-3, voxel_fraction * voxel)
     worst = min(float(np.max(np.abs(a - b))) for a in images for b in labels)
     if worst > tolerance:
-        raise DataError(label_path, f"geometry (voxel-to-world affine) differs from the image's by up to {worst:.4g} "
-                                    f"(tolerance {tolerance:.2g}; {os.fspath(image_path)})")
+        raise DataError(
+            label_path,
+            f"geometry (voxel-to-world affine) differs from the image's by up to {worst:.4g} "
+            f"(tolerance {tolerance:.2g}; {os.fspath(image_path)})",
+        )
 
 
 def _as_list(affines: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -159,8 +174,9 @@ def normalize_volume(image: np.ndarray) -> np.ndarray:
     return ((image - lo) / (hi - lo)).astype(np.float32)
 
 
-def slices_to_working_size(image: np.ndarray, label: np.ndarray, *, slice_axis: int,
-                           size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def slices_to_working_size(
+    image: np.ndarray, label: np.ndarray, *, slice_axis: int, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Normalise ``image``, cut both volumes along ``slice_axis`` and resize each slice to ``size``.
 
     Returns ``(S, H, W)`` uint8 images (``round(255 * normalised)``) and uint8 labels.

@@ -110,8 +110,11 @@ def read_metaimage(path: str | os.PathLike, *, labels: bool = False):
     except Exception as err:
         raise DataError(path, f"cannot read MetaImage ({type(err).__name__}: {str(err).strip()[-300:]})") from err
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise DataError(path, f"expected a 3D scalar image, got {image.GetDimension()}D with "
-                              f"{image.GetNumberOfComponentsPerPixel()} component(s)")
+        raise DataError(
+            path,
+            f"expected a 3D scalar image, got {image.GetDimension()}D with "
+            f"{image.GetNumberOfComponentsPerPixel()} component(s)",
+        )
     return (array if labels else array.astype(np.float32)), image
 
 
@@ -120,20 +123,33 @@ def _load_cases(cases: Sequence[tuple[str, pathlib.Path, pathlib.Path]], size: t
     for volume_id, (name, image_path, label_path) in enumerate(cases):
         image, itk_image = read_metaimage(image_path)
         label, itk_label = read_metaimage(label_path, labels=True)
-        label = validate_pair(image, label, image_path=image_path, label_path=label_path,
-                              num_classes=len(PROMISE12_CLASSES))
+        label = validate_pair(
+            image, label, image_path=image_path, label_path=label_path, num_classes=len(PROMISE12_CLASSES)
+        )
         origin, spacing, direction = itk_image.GetOrigin(), itk_image.GetSpacing(), itk_image.GetDirection()
         affine = affine_from_itk(origin, spacing, direction)
         label_affine = affine_from_itk(itk_label.GetOrigin(), itk_label.GetSpacing(), itk_label.GetDirection())
         check_same_geometry(affine, label_affine, image_path=image_path, label_path=label_path)
         slice_images, slice_labels = slices_to_working_size(image, label, slice_axis=0, size=size)
         extra = {"axes": "zyx", "slice_axis": 0, "origin": list(origin), "direction": list(direction)}
-        volumes.append((slice_images, slice_labels, VolumeInfo(
-            volume_id=volume_id, name=name, patient=name, image_path=os.fspath(image_path),
-            label_path=os.fspath(label_path), original_shape=image.shape,
-            affine=affine, spacing=spacing,
-            num_slices=slice_images.shape[0], extra=extra,
-        )))
+        volumes.append(
+            (
+                slice_images,
+                slice_labels,
+                VolumeInfo(
+                    volume_id=volume_id,
+                    name=name,
+                    patient=name,
+                    image_path=os.fspath(image_path),
+                    label_path=os.fspath(label_path),
+                    original_shape=image.shape,
+                    affine=affine,
+                    spacing=spacing,
+                    num_slices=slice_images.shape[0],
+                    extra=extra,
+                ),
+            )
+        )
     return SliceDataset.from_volumes(volumes, PROMISE12_CLASSES)
 
 
@@ -167,6 +183,8 @@ def load_promise12(
     description = _cache.cache_key("promise12", root, {"size": list(size)}, sources)
     full = _cache.cached(cache_dir, description, lambda: _load_cases(cases, size))
     return DatasetSplits(
-        train=full.select_patients(train), val=full.select_patients(val), test=full.select_patients(test),
+        train=full.select_patients(train),
+        val=full.select_patients(val),
+        test=full.select_patients(test),
         name="promise12",
     )

@@ -50,6 +50,6 @@ def seeded_split(names: Sequence[str], seed: int) -> tuple[tuple[str, ...], tupl
     perm = np.random.default_rng(seed).permutation(len(ordered))
     shuffled = [ordered[i] for i in perm]
     train = tuple(sorted(shuffled[:n_train]))
-    val = tuple(sorted(shuffled[n_train:n_train + n_val]))
-    test = tuple(sorted(shuffled[n_train + n_val:]))
+    val = tuple(sorted(shuffled[n_train : n_train + n_val]))
+    test = tuple(sorted(shuffled[n_train + n_val :]))
     return train, val, test

@@ -16,9 +16,7 @@ import numpy as np
 DYNAMIC_RANGE_CONVENTIONS = ("power", "amplitude")
 
 
-def loss_gradient(
-    loss_fn: Callable[..., jax.Array], probs: jax.Array, target: jax.Array, **kwargs: Any
-) -> jax.Array:
+def loss_gradient(loss_fn: Callable[..., jax.Array], probs: jax.Array, target: jax.Array, **kwargs: Any) -> jax.Array:
     """``∂loss_fn(probs, target, **kwargs)/∂probs`` by ``jax.grad``, in float32 (``probs`` is cast first).
 
     ``loss_fn`` is any loss of :mod:`segmime_jax.losses` (or a :func:`~segmime_jax.losses.build_loss` result);
@@ -123,8 +121,9 @@ def dynamic_range_db(
         raise ValueError(f"convention must be one of {DYNAMIC_RANGE_CONVENTIONS}; got {convention!r}")
     factor = 10.0 if convention == "power" else 20.0
     magnitude = jnp.abs(jnp.asarray(grad).astype(jnp.float32))
-    selected = jnp.ones(magnitude.shape, bool) if mask is None else jnp.broadcast_to(jnp.asarray(mask, bool),
-                                                                                        magnitude.shape)
+    selected = (
+        jnp.ones(magnitude.shape, bool) if mask is None else jnp.broadcast_to(jnp.asarray(mask, bool), magnitude.shape)
+    )
     largest = jnp.max(jnp.where(selected, magnitude, 0.0))
     counted = selected & (magnitude > 0) & (magnitude > relative_floor * largest)
     top = jnp.max(jnp.where(counted, magnitude, 0.0))

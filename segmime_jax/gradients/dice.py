@@ -133,9 +133,7 @@ def dice_gradient_values(
     References:
       Kervadec & de Bruijne (2023), §2.2, Eq. 6 (``ε``: footnote 1).
     """
-    _, _, inter, union, scale, _ = _dice_terms(
-        probs, target, epsilon=epsilon, classes=classes, batch=batch, mask=mask
-    )
+    _, _, inter, union, scale, _ = _dice_terms(probs, target, epsilon=epsilon, classes=classes, batch=batch, mask=mask)
     denom = (union + epsilon) ** 2
     background = scale * (2.0 * inter + epsilon) / denom
     foreground = -scale * 2.0 / (union + epsilon) + background
@@ -257,9 +255,7 @@ def dice_gradient_bound(
     References:
       Kervadec & de Bruijne (2023), §2.2, Eq. 7.
     """
-    s, _, _, union, scale, idx = _dice_terms(
-        probs, target, epsilon=epsilon, classes=classes, batch=batch, mask=mask
-    )
+    s, _, _, union, scale, idx = _dice_terms(probs, target, epsilon=epsilon, classes=classes, batch=batch, mask=mask)
     bound = scale * 2.0 / (union + epsilon)
     full_shape = (s.shape[0], jnp.shape(probs)[-1])
     return scatter_classes(bound, full_shape, idx)

@@ -40,7 +40,6 @@ References:
   equation numbers in these docstrings are its own). Reference code: LIVIAETS/boundary-loss (``losses.py``).
 """
 
-
 from segmime_jax.losses.functions import (
     cross_entropy,
     dice_loss,

@@ -371,5 +371,3 @@ def dice_surrogate_loss(
     """
     s, y, m, _ = prepare_masked(probs, target, classes, mask)
     return dice_surrogate_terms(s, y, m, all_selected(s), epsilon=epsilon)
-
-

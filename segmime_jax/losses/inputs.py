@@ -39,8 +39,9 @@ def prepare(
     probs = jnp.asarray(probs)
     target = jnp.asarray(target)
     if probs.shape != target.shape:
-        raise ValueError(f"probs and target must have the same shape (B, *spatial, K); got {probs.shape} and "
-                         f"{target.shape}")
+        raise ValueError(
+            f"probs and target must have the same shape (B, *spatial, K); got {probs.shape} and {target.shape}"
+        )
     if probs.ndim < 2:
         raise ValueError(f"probs must be shaped (B, *spatial, K) with at least 2 axes; got shape {probs.shape}")
     idx = class_indices(probs.shape[-1], classes)
@@ -101,8 +102,10 @@ def per_class_weight(value: Any, name: str, num_classes: int, idx: tuple[int, ..
     if arr.ndim == 0:
         return arr
     if arr.ndim != 1 or arr.shape[0] != num_classes:
-        raise ValueError(f"{name} must be a scalar or a per-class array of shape ({num_classes},) (one entry per "
-                         f"class of probs, indexed by class label); got shape {arr.shape}")
+        raise ValueError(
+            f"{name} must be a scalar or a per-class array of shape ({num_classes},) (one entry per "
+            f"class of probs, indexed by class label); got shape {arr.shape}"
+        )
     return arr[jnp.asarray(idx)]
 
 

@@ -63,8 +63,10 @@ def mime_weights_from_frequencies(
     if not np.all(np.isfinite(f)) or np.any(f < 0):
         raise ValueError(f"frequencies must be finite and non-negative; got {f.tolist()}")
     if np.any(f == 0):
-        raise ValueError(f"class(es) {np.flatnonzero(f == 0).tolist()} have frequency 0: no finite mime weight; "
-                         "drop them with classes=... or give them a small positive frequency")
+        raise ValueError(
+            f"class(es) {np.flatnonzero(f == 0).tolist()} have frequency 0: no finite mime weight; "
+            "drop them with classes=... or give them a small positive frequency"
+        )
     if not (a_mean > 0 and b_mean >= 0):
         raise ValueError(f"need a_mean > 0 and b_mean >= 0; got a_mean={a_mean}, b_mean={b_mean}")
     f = f / f.sum()

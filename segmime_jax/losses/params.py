@@ -97,9 +97,14 @@ class LossParams:
         return self.weights[..., TERMS.index(term)]
 
 
-def loss_params(spec: str, num_classes: int, *, classes: Sequence[int] | None = None,
-                a: float | Sequence[float] | np.ndarray = 1.9,
-                b: float | Sequence[float] | np.ndarray = 0.1) -> LossParams:
+def loss_params(
+    spec: str,
+    num_classes: int,
+    *,
+    classes: Sequence[int] | None = None,
+    a: float | Sequence[float] | np.ndarray = 1.9,
+    b: float | Sequence[float] | np.ndarray = 0.1,
+) -> LossParams:
     """The :class:`LossParams` of a :func:`~segmime_jax.losses.build_loss` spec.
 
     Args:
@@ -131,8 +136,9 @@ def loss_params(spec: str, num_classes: int, *, classes: Sequence[int] | None = 
         weights[TERMS.index(name)] += weight
     selected = np.zeros(num_classes, np.float32)
     selected[list(class_indices(num_classes, classes))] = 1.0
-    return LossParams(weights=weights, a=_per_class(a, "a", num_classes), b=_per_class(b, "b", num_classes),
-                      classes=selected)
+    return LossParams(
+        weights=weights, a=_per_class(a, "a", num_classes), b=_per_class(b, "b", num_classes), classes=selected
+    )
 
 
 def _per_class(value: Any, name: str, num_classes: int) -> np.ndarray:
@@ -224,8 +230,9 @@ class LossProgram:
         if missing:
             raise ValueError(f"the loss weights terms {missing} that this program does not compute ({self.terms})")
 
-    def __call__(self, params: LossParams, probs: jax.Array, target: jax.Array, *,
-                 mask: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, params: LossParams, probs: jax.Array, target: jax.Array, *, mask: jax.Array | None = None
+    ) -> jax.Array:
         """The loss of ``params`` for a batch.
 
         Args:

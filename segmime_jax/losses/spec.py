@@ -172,8 +172,10 @@ def parse_spec(spec: str) -> list[tuple[float, str]]:
     while True:
         match = _TERM.match(spec, pos)
         if match is None or match.end() == pos:
-            raise ValueError(f"cannot parse loss spec {spec!r} at position {pos}: expected 'name' or 'w*name' "
-                             f"(w a non-negative number) with names {valid}")
+            raise ValueError(
+                f"cannot parse loss spec {spec!r} at position {pos}: expected 'name' or 'w*name' "
+                f"(w a non-negative number) with names {valid}"
+            )
         name = match.group("name").lower()
         name = LOSS_ALIASES.get(name, name)
         if name not in LOSSES:
@@ -184,8 +186,10 @@ def parse_spec(spec: str) -> list[tuple[float, str]]:
         if pos == len(spec):
             return terms
         if spec[pos] != "+":
-            raise ValueError(f"cannot parse loss spec {spec!r} at position {pos}: expected '+' between terms "
-                             f"(grammar 'name' or 'w*name+w*name...', names {valid})")
+            raise ValueError(
+                f"cannot parse loss spec {spec!r} at position {pos}: expected '+' between terms "
+                f"(grammar 'name' or 'w*name+w*name...', names {valid})"
+            )
         pos += 1
 
 
@@ -238,8 +242,9 @@ def build_loss(spec: str, **options: Any) -> LossFn:
     valid_options = sorted(set().union(*accepted.values()))
     unknown = sorted(set(options) - set(valid_options))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for loss spec {spec!r}; valid options for its terms: "
-                         f"{valid_options}")
+        raise ValueError(
+            f"unknown option(s) {unknown} for loss spec {spec!r}; valid options for its terms: {valid_options}"
+        )
     configured = [
         (weight, _Configured(name, LOSSES[name], {k: v for k, v in options.items() if k in accepted[name]}))
         for weight, name in terms
@@ -247,5 +252,3 @@ def build_loss(spec: str, **options: Any) -> LossFn:
     if len(configured) == 1 and configured[0][0] == 1.0:
         return configured[0][1]
     return _WeightedSum(tuple(configured), name=spec.strip())
-
-

@@ -21,6 +21,7 @@ from segmime_jax.losses.inputs import image_axis, per_image_class_sums, safe_div
 #: The ``+1e-10`` inside ``log`` and in the normaliser of the cross-entropy (as in the reference code).
 CE_EPSILON = 1e-10
 
+
 def cross_entropy_terms(s: jax.Array, y: jax.Array, m: jax.Array, c: jax.Array) -> jax.Array:
     """:func:`cross_entropy` of prepared ``s, y`` ``(B, *spatial, K)``, image weights ``m`` ``(B,)`` and class
     weights ``c`` ``(K,)`` (1 selected, 0 not)."""
@@ -46,8 +47,9 @@ def dice_terms(s: jax.Array, y: jax.Array, m: jax.Array, c: jax.Array, *, epsilo
 GDL_ABSENT = ("reference", "max")
 
 
-def generalized_dice_terms(s: jax.Array, y: jax.Array, m: jax.Array, c: jax.Array, *, epsilon: float,
-                           absent: str = "reference") -> jax.Array:
+def generalized_dice_terms(
+    s: jax.Array, y: jax.Array, m: jax.Array, c: jax.Array, *, epsilon: float, absent: str = "reference"
+) -> jax.Array:
     """:func:`generalized_dice_loss` of prepared arrays (see :func:`cross_entropy_terms`)."""
     if absent not in GDL_ABSENT:
         raise ValueError(f"absent must be one of {GDL_ABSENT}, got {absent!r}")
@@ -65,8 +67,9 @@ def generalized_dice_terms(s: jax.Array, y: jax.Array, m: jax.Array, c: jax.Arra
     return safe_div(jnp.sum(m * per_image), jnp.sum(m))
 
 
-def linear_terms(s: jax.Array, y: jax.Array, m: jax.Array, c: jax.Array, a: jax.Array, b: jax.Array, *,
-                 normalize: bool) -> jax.Array:
+def linear_terms(
+    s: jax.Array, y: jax.Array, m: jax.Array, c: jax.Array, a: jax.Array, b: jax.Array, *, normalize: bool
+) -> jax.Array:
     """:func:`mime_loss` of prepared arrays (see :func:`cross_entropy_terms`), ``a``, ``b`` scalars or ``(K,)``;
     normalised by ``Σ_b m_b · |Ω| · Σ_k c_k``."""
     omega = c * (-a * y + b * (1.0 - y))

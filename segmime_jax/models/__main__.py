@@ -16,8 +16,9 @@ from segmime_jax.models.registry import MODELS, build_model, check_input_size
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m segmime_jax.models", description=__doc__.splitlines()[0],
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="python -m segmime_jax.models", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
     parser.add_argument("--size", type=int, default=256, help="image height and width (default 256)")
     parser.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
     args = parser.parse_args(argv)

@@ -78,13 +78,27 @@ def conv_general_dilated(
     Same signature and forward result; see the module docstring for what changes in the gradient.
     """
     plain = functools.partial(
-        lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count, precision=precision, preferred_element_type=preferred_element_type)
+        lax.conv_general_dilated,
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
     if out_sharding is not None:
         return plain(out_sharding=out_sharding)
-    if (isinstance(padding, str) or feature_group_count != 1 or batch_group_count != 1
-            or not _is_nhwc_hwio(lhs.ndim, rhs.ndim, dimension_numbers)):
+    if (
+        isinstance(padding, str)
+        or feature_group_count != 1
+        or batch_group_count != 1
+        or not _is_nhwc_hwio(lhs.ndim, rhs.ndim, dimension_numbers)
+    ):
         return plain()
     strides, in_dil, k_dil = _ints(window_strides, 2), _ints(lhs_dilation, 2), _ints(rhs_dilation, 2)
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
@@ -94,9 +108,17 @@ def conv_general_dilated(
 
 
 def _forward(x, kernel, in_dil, k_dil, pads, precision, preferred_element_type):
-    return lax.conv_general_dilated(x, kernel, (1, 1), pads, lhs_dilation=in_dil, rhs_dilation=k_dil,
-                                    dimension_numbers=_NHWC, precision=precision,
-                                    preferred_element_type=preferred_element_type)
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        (1, 1),
+        pads,
+        lhs_dilation=in_dil,
+        rhs_dilation=k_dil,
+        dimension_numbers=_NHWC,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
@@ -133,13 +155,21 @@ def _adjoint_padding(in_len: int, out_len: int, k: int, s: int, lo: int) -> tupl
 
 def _adjoint_conv(z, kernel, strides, pads, precision, preferred_element_type):
     flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
-    return lax.conv_general_dilated(z, flipped, strides, pads, dimension_numbers=_NHWC, precision=precision,
-                                    preferred_element_type=preferred_element_type)
+    return lax.conv_general_dilated(
+        z,
+        flipped,
+        strides,
+        pads,
+        dimension_numbers=_NHWC,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
 
 
 def _transposed_grads(x, kernel, dy, dilation, pads, precision, preferred_element_type):
     adjoint_pads = tuple(
-        _adjoint_padding(x.shape[1 + i], dy.shape[1 + i], kernel.shape[i], dilation[i], pads[i][0]) for i in range(2))
+        _adjoint_padding(x.shape[1 + i], dy.shape[1 + i], kernel.shape[i], dilation[i], pads[i][0]) for i in range(2)
+    )
     dy = dy.astype(jnp.promote_types(x.dtype, kernel.dtype))
 
     def adjoint(k):
@@ -159,10 +189,18 @@ def _atrous_grads(x, kernel, dy, dilation, pads, precision, preferred_element_ty
     out_h, out_w = dy.shape[1], dy.shape[2]
     # Negative padding crops, as in lax.conv_general_dilated.
     padded = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
-    columns = jnp.stack([
-        lax.slice(padded, (0, a * dilation[0], b * dilation[1], 0),
-                  (padded.shape[0], a * dilation[0] + out_h, b * dilation[1] + out_w, padded.shape[3]))
-        for a in range(kh) for b in range(kw)])
-    dkernel = jnp.einsum("tnhwi,nhwo->tio", columns, dy.astype(columns.dtype), precision=precision,
-                         preferred_element_type=jnp.float32)
+    columns = jnp.stack(
+        [
+            lax.slice(
+                padded,
+                (0, a * dilation[0], b * dilation[1], 0),
+                (padded.shape[0], a * dilation[0] + out_h, b * dilation[1] + out_w, padded.shape[3]),
+            )
+            for a in range(kh)
+            for b in range(kw)
+        ]
+    )
+    dkernel = jnp.einsum(
+        "tnhwi,nhwo->tio", columns, dy.astype(columns.dtype), precision=precision, preferred_element_type=jnp.float32
+    )
     return dx.astype(x.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)

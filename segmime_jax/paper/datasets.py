@@ -38,8 +38,10 @@ def dataset_root(dataset: str, config: GridConfig, *, log: Callable[[str], None]
         writers[dataset](final, cases=config.synthetic_cases, seed=config.data_seed, zoom=config.synthetic_zoom)
 
     if not final.is_dir():
-        log(f"generating a synthetic {dataset} dataset ({config.synthetic_cases} cases, seed {config.data_seed}) "
-            f"into {final} ...")
+        log(
+            f"generating a synthetic {dataset} dataset ({config.synthetic_cases} cases, seed {config.data_seed}) "
+            f"into {final} ..."
+        )
         try:
             write()
         except FileExistsError:
@@ -51,11 +53,18 @@ def dataset_root(dataset: str, config: GridConfig, *, log: Callable[[str], None]
 def data_info(data: DatasetSplits, root: Path, synthetic: bool) -> dict:
     """Where the data came from and how big each split is."""
     return {
-        "name": data.name, "root": str(root), "synthetic": synthetic, "class_names": list(data.class_names),
+        "name": data.name,
+        "root": str(root),
+        "synthetic": synthetic,
+        "class_names": list(data.class_names),
         "image_size": list(data.train.images.shape[1:3]),
-        **{f"{split}_{what}": value
-           for split in ("train", "val", "test")
-           for what, value in (("slices", len(getattr(data, split))),
-                               ("volumes", len(getattr(data, split).volumes)),
-                               ("patients", len(getattr(data, split).patients)))},
+        **{
+            f"{split}_{what}": value
+            for split in ("train", "val", "test")
+            for what, value in (
+                ("slices", len(getattr(data, split))),
+                ("volumes", len(getattr(data, split).volumes)),
+                ("patients", len(getattr(data, split).patients)),
+            )
+        },
     }

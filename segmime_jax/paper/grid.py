@@ -50,38 +50,55 @@ class GridConfig:
     """Options of a paper experiment (one ``--kebab-case`` flag each); ``train`` holds the per-run options."""
 
     losses: tuple[str, ...] = option(
-        ("ce", "dsc", "mime", "nm"), "comma-separated loss specs (segmime_jax.losses.build_loss: ce, dsc, mime, nm, "
-        "gdl, surrogate, 1*ce+1*dsc)", metavar="LOSS,...")
+        ("ce", "dsc", "mime", "nm"),
+        "comma-separated loss specs (segmime_jax.losses.build_loss: ce, dsc, mime, nm, gdl, surrogate, 1*ce+1*dsc)",
+        metavar="LOSS,...",
+    )
     foreground_only: tuple[str, ...] = option(
-        (), "losses of --losses computed on the foreground classes only (1..K-1); the binary mime of the paper acts "
+        (),
+        "losses of --losses computed on the foreground classes only (1..K-1); the binary mime of the paper acts "
         "on the foreground channel (§2.4: its b > 0 is what stops the all-foreground solution), while with the "
         "background channel too, the far more numerous background pixels dominate and the network can collapse "
         "to background everywhere; names not in --losses are ignored (aliases such as dice = dsc match); '' for "
-        "none", metavar="LOSS,...")
+        "none",
+        metavar="LOSS,...",
+    )
     optimizers: tuple[str, ...] = option(("adam",), "comma-separated optimisers: adam, sgd", metavar="OPT,...")
-    seeds: int = option(1, "runs per (optimiser, loss), with seeds --seed, --seed+1, ...; the losses are compared "
-                           "paired by seed and test volume")
+    seeds: int = option(
+        1,
+        "runs per (optimiser, loss), with seeds --seed, --seed+1, ...; the losses are compared "
+        "paired by seed and test volume",
+    )
     reference_loss: str = option("dsc", "the loss every other one is compared with (paired differences)")
     data_root: Path | None = option(
-        None, "folder of the real dataset download; none: a synthetic dataset in the same format, generated into "
-        "<cache-dir>/synthetic/ on first use and reused")
+        None,
+        "folder of the real dataset download; none: a synthetic dataset in the same format, generated into "
+        "<cache-dir>/synthetic/ on first use and reused",
+    )
     synthetic_cases: int = option(20, "number of patients/cases of the synthetic dataset (ignored with --data-root)")
     synthetic_zoom: float = option(
-        1.0, "synthetic data only: field of view shrunk by this factor around the heart (ACDC) or the prostate "
-        "(PROMISE12), at the same matrix size (1: as in the real datasets; see segmime_jax.data.synthetic)")
+        1.0,
+        "synthetic data only: field of view shrunk by this factor around the heart (ACDC) or the prostate "
+        "(PROMISE12), at the same matrix size (1: as in the real datasets; see segmime_jax.data.synthetic)",
+    )
     data_seed: int = option(0, "seed of the synthetic dataset and of the seeded split")
     image_size: int = option(256, "working size: every slice is resized to SIZE x SIZE")
     adam_lr: float = option(5e-4, "Adam learning rate (paper: 5e-4, betas 0.99, 0.999)")
     sgd_lr: float = option(1e-2, "SGD learning rate (paper: 1e-2, momentum 0.9, weight decay 5e-4)")
     out: Path = option(Path("results"), "output folder")
     cache_dir: Path = option(
-        Path(".cache"), "cache folder: synthetic datasets (synthetic/), preprocessed slices (preprocessed/) and "
-        "compiled XLA programs (jax-compilation/)")
+        Path(".cache"),
+        "cache folder: synthetic datasets (synthetic/), preprocessed slices (preprocessed/) and "
+        "compiled XLA programs (jax-compilation/)",
+    )
     compilation_cache: bool = option(
-        True, "keep compiled programs in <cache-dir>/jax-compilation/ so that later runs skip compilation")
+        True, "keep compiled programs in <cache-dir>/jax-compilation/ so that later runs skip compilation"
+    )
     overwrite: bool = option(
-        False, "retrain this grid's runs found in --out (by default a rerun reuses finished runs and continues "
-        "unfinished ones from their checkpoints)")
+        False,
+        "retrain this grid's runs found in --out (by default a rerun reuses finished runs and continues "
+        "unfinished ones from their checkpoints)",
+    )
     train: TrainConfig = nested(TrainConfig(), exclude=PER_RUN_FIELDS)
 
     def __post_init__(self) -> None:
@@ -93,8 +110,10 @@ class GridConfig:
             build_loss(spec)  # ValueError naming the valid losses
         unknown = [o for o in self.optimizers if o not in OPTIMIZERS]
         if unknown or not self.optimizers:
-            raise ValueError(f"--optimizers: expected a comma-separated subset of {','.join(OPTIMIZERS)}, "
-                             f"got {','.join(self.optimizers) or 'nothing'}")
+            raise ValueError(
+                f"--optimizers: expected a comma-separated subset of {','.join(OPTIMIZERS)}, "
+                f"got {','.join(self.optimizers) or 'nothing'}"
+            )
         if len(set(self.optimizers)) != len(self.optimizers):
             raise ValueError(f"--optimizers: repeated optimiser in {','.join(self.optimizers)}")
         for name in ("image_size", "synthetic_cases", "seeds"):
@@ -143,9 +162,14 @@ def grid_runs(config: GridConfig, *, model: str, num_classes: int) -> tuple[Grid
             for i in range(config.seeds):
                 seed = config.train.seed + i
                 train = dataclasses.replace(
-                    config.train, model=model, loss=loss, optimizer=optimizer, seed=seed,
+                    config.train,
+                    model=model,
+                    loss=loss,
+                    optimizer=optimizer,
+                    seed=seed,
                     loss_classes=tuple(range(1, num_classes)) if foreground_only(config, loss) else None,
-                    learning_rate=config.adam_lr if optimizer == "adam" else config.sgd_lr)
+                    learning_rate=config.adam_lr if optimizer == "adam" else config.sgd_lr,
+                )
                 name = run_name(optimizer, loss, seed)
                 runs.append(GridRun(optimizer, loss, seed, name, Path(config.out) / "runs" / name, train))
     return tuple(runs)
@@ -170,32 +194,43 @@ def _plan(run: GridRun, data: DatasetSplits, overwrite: bool) -> str:
         stored = load_run_result(directory)
         other_data = fingerprint_differences(stored.data, data.fingerprint())
         if other_data:
-            raise ValueError(f"{directory} was trained on other data (different {', '.join(other_data)}); pass "
-                             "--overwrite to retrain it, or choose another --out")
+            raise ValueError(
+                f"{directory} was trained on other data (different {', '.join(other_data)}); pass "
+                "--overwrite to retrain it, or choose another --out"
+            )
         before, now = json_ready(stored.config), json_ready(run.config)
         changed = [k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k]]
         if changed:
-            raise ValueError(f"{directory} was trained with another configuration (different "
-                             f"{', '.join(changed)}); pass --overwrite to retrain it, or choose another --out")
+            raise ValueError(
+                f"{directory} was trained with another configuration (different "
+                f"{', '.join(changed)}); pass --overwrite to retrain it, or choose another --out"
+            )
         done = len(stored.history)
         if done == run.config.epochs:
             return "reuse"
         if done > run.config.epochs:
-            raise ValueError(f"{directory} was trained for {done} epochs, more than --epochs {run.config.epochs}; "
-                             f"pass --epochs {done} to reuse it or --overwrite to retrain it")
+            raise ValueError(
+                f"{directory} was trained for {done} epochs, more than --epochs {run.config.epochs}; "
+                f"pass --epochs {done} to reuse it or --overwrite to retrain it"
+            )
     has_checkpoint = (directory / "checkpoints").is_dir() and any(
-        p.name.isdigit() for p in (directory / "checkpoints").iterdir())
+        p.name.isdigit() for p in (directory / "checkpoints").iterdir()
+    )
     return "continue" if has_checkpoint and run.config.checkpoints else "restart"
 
 
-def _train_or_reuse(run: GridRun, action: str, data: DatasetSplits, terms: Sequence[str], *, overwrite: bool,
-                    log: Callable[[str], None]) -> RunResult:
+def _train_or_reuse(
+    run: GridRun, action: str, data: DatasetSplits, terms: Sequence[str], *, overwrite: bool, log: Callable[[str], None]
+) -> RunResult:
     if action == "reuse":
         log(f"      finished earlier: reusing {run.directory / 'result.json'}")
         return load_run_result(run.directory)
     if action == "restart":
-        log("      --overwrite: training it again" if overwrite else
-            "      unfinished, with no checkpoint to continue from: training it again")
+        log(
+            "      --overwrite: training it again"
+            if overwrite
+            else "      unfinished, with no checkpoint to continue from: training it again"
+        )
         shutil.rmtree(run.directory)
     return train_and_evaluate(run.config, data, run.directory, resume=action == "continue", loss_terms=terms, log=log)
 
@@ -216,8 +251,16 @@ def enable_compilation_cache(path: Path) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def run_grid(config: GridConfig, data: DatasetSplits, *, model: str, data_root: Path, synthetic: bool,
-             calibration_class: str | None = None, log: Callable[[str], None] = print) -> GridResult:
+def run_grid(
+    config: GridConfig,
+    data: DatasetSplits,
+    *,
+    model: str,
+    data_root: Path,
+    synthetic: bool,
+    calibration_class: str | None = None,
+    log: Callable[[str], None] = print,
+) -> GridResult:
     """Train (or reuse) every run of ``config`` on ``data`` and write the report into ``config.out``.
 
     Args:
@@ -240,25 +283,39 @@ def run_grid(config: GridConfig, data: DatasetSplits, *, model: str, data_root: 
     actions = {run.name: _plan(run, data, config.overwrite) for run in grid}
     terms = loss_terms(grid, data.num_classes)
     info = data_info(data, data_root, synthetic)
-    log(f"{data.name}: {info['train_slices']} train / {info['val_slices']} val / {info['test_slices']} test slices "
+    log(
+        f"{data.name}: {info['train_slices']} train / {info['val_slices']} val / {info['test_slices']} test slices "
         f"({info['train_volumes']}/{info['val_volumes']}/{info['test_volumes']} volumes) at "
-        f"{config.image_size}x{config.image_size}, {'synthetic' if synthetic else 'real'} data from {data_root}")
+        f"{config.image_size}x{config.image_size}, {'synthetic' if synthetic else 'real'} data from {data_root}"
+    )
     runs: dict[str, RunResult] = {}
     for i, run in enumerate(grid, start=1):
         where = " (foreground classes only)" if run.config.loss_classes else ""
-        log(f"[{i}/{len(grid)}] {model} {run.optimizer} {run.loss}{where} seed {run.seed}: {run.config.epochs} "
-            f"epochs -> {run.directory}")
+        log(
+            f"[{i}/{len(grid)}] {model} {run.optimizer} {run.loss}{where} seed {run.seed}: {run.config.epochs} "
+            f"epochs -> {run.directory}"
+        )
         result = _train_or_reuse(run, actions[run.name], data, terms, overwrite=config.overwrite, log=log)
         runs[run.name] = result
-        log(f"      test DSC (foreground mean) {100 * mean_foreground(result.test_dsc).mean():.1f}%, best epoch "
-            f"{result.best_epoch}, {result.wall_time_s:.0f} s")
-    return write_grid_report(config, data, grid, runs, model=model, info=info, calibration_class=calibration_class,
-                             start=start)
+        log(
+            f"      test DSC (foreground mean) {100 * mean_foreground(result.test_dsc).mean():.1f}%, best epoch "
+            f"{result.best_epoch}, {result.wall_time_s:.0f} s"
+        )
+    return write_grid_report(
+        config, data, grid, runs, model=model, info=info, calibration_class=calibration_class, start=start
+    )
 
 
 # ------------------------------------------------------------------------------------------ entry points
-def run_experiment(config: GridConfig, *, dataset: str, model: str, load: Callable[[Path], DatasetSplits],
-                   calibration_class: str | None = None, log: Callable[[str], None] = print) -> GridResult:
+def run_experiment(
+    config: GridConfig,
+    *,
+    dataset: str,
+    model: str,
+    load: Callable[[Path], DatasetSplits],
+    calibration_class: str | None = None,
+    log: Callable[[str], None] = print,
+) -> GridResult:
     """What ``python -m experiments.<dataset>`` does: find or make the data, run the grid, print the summary.
 
     A user's mistake (bad option value, data, run folder) ends the program with one ``error:`` line; so does a
@@ -268,8 +325,9 @@ def run_experiment(config: GridConfig, *, dataset: str, model: str, load: Callab
         check_grid(config, model)  # before any data is prepared or run folder made
         root, synthetic = dataset_root(dataset, config, log=log)
         data = load(root)
-        result = run_grid(config, data, model=model, data_root=root, synthetic=synthetic,
-                          calibration_class=calibration_class, log=log)
+        result = run_grid(
+            config, data, model=model, data_root=root, synthetic=synthetic, calibration_class=calibration_class, log=log
+        )
     except (DataError, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     except NonFiniteLossError as err:

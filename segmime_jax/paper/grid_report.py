@@ -71,8 +71,13 @@ def compare_losses(config: GridConfig, result_of: Callable[[str, str], list[RunR
             other = result_of(optimizer, loss)
             dsc = statistics.paired_difference(np.stack([mean_foreground(r.test_dsc) for r in other]), base_dsc)
             epochs = statistics.paired_epoch_difference([_to_90(r) for r in other], base_epochs)
-            comparisons[f"{optimizer}/{loss}"] = {"optimizer": optimizer, "loss": loss, "reference": reference,
-                                                  "test_all_dsc": dsc, "epochs_to_90pct_best_val": epochs}
+            comparisons[f"{optimizer}/{loss}"] = {
+                "optimizer": optimizer,
+                "loss": loss,
+                "reference": reference,
+                "test_all_dsc": dsc,
+                "epochs_to_90pct_best_val": epochs,
+            }
     return comparisons
 
 
@@ -80,14 +85,25 @@ def _format_comparisons(comparisons: dict[str, dict]) -> list[str]:
     lines = []
     for c in comparisons.values():
         dsc, epochs = c["test_all_dsc"], c["epochs_to_90pct_best_val"]
-        lines.append(f"  {tables.optimizer_display_name(c['optimizer'])}, {tables.loss_display_name(c['loss'])} − "
-                     f"{tables.loss_display_name(c['reference'])}: test All-DSC {dsc.format()}; epochs to 90 % of "
-                     f"the best validation DSC {epochs.format(scale=1, unit='epochs')}")
+        lines.append(
+            f"  {tables.optimizer_display_name(c['optimizer'])}, {tables.loss_display_name(c['loss'])} − "
+            f"{tables.loss_display_name(c['reference'])}: test All-DSC {dsc.format()}; epochs to 90 % of "
+            f"the best validation DSC {epochs.format(scale=1, unit='epochs')}"
+        )
     return lines
 
 
-def write_grid_report(config: GridConfig, data: DatasetSplits, grid: Sequence[GridRun], runs: dict[str, RunResult], *,
-            model: str, info: dict, calibration_class: str | None, start: float) -> GridResult:
+def write_grid_report(
+    config: GridConfig,
+    data: DatasetSplits,
+    grid: Sequence[GridRun],
+    runs: dict[str, RunResult],
+    *,
+    model: str,
+    info: dict,
+    calibration_class: str | None,
+    start: float,
+) -> GridResult:
     """Write Table 1 (with the comparisons), the figures and results.json into ``config.out``; return the
     :class:`GridResult`."""
     out = Path(config.out)
@@ -98,65 +114,108 @@ def write_grid_report(config: GridConfig, data: DatasetSplits, grid: Sequence[Gr
 
     keys = [(o, l) for o in config.optimizers for l in config.losses]
     over = "test volumes" if config.seeds == 1 else f"test volumes and {config.seeds} seeds"
-    table = tables.build_table1([(o, l, _pooled_dsc(result_of(o, l))) for o, l in keys], class_names,
-                                title=f"{data.name}: testing DSC (%), mean (std) over {over}")
+    table = tables.build_table1(
+        [(o, l, _pooled_dsc(result_of(o, l))) for o, l in keys],
+        class_names,
+        title=f"{data.name}: testing DSC (%), mean (std) over {over}",
+    )
     paper = tables.paper_table1(data.name)
     comparisons = compare_losses(config, result_of)
     files: dict[str, Path] = {}
-    files["table1.md"], files["table1.csv"] = tables.write_table1(table, out, paper=paper,
-                                                                  comparisons=_format_comparisons(comparisons))
+    files["table1.md"], files["table1.csv"] = tables.write_table1(
+        table, out, paper=paper, comparisons=_format_comparisons(comparisons)
+    )
     histories = {key: [r.history for r in result_of(*key)] for key in keys}
-    files["fig2.png"] = figures.plot_validation_curves(histories, out / "fig2.png",
-                                                       title=f"{data.name}: validation DSC over epochs")
-    files["train_loss.png"] = figures.plot_training_loss(histories, out / "train_loss.png",
-                                                         title=f"{data.name}: training loss over epochs")
+    files["fig2.png"] = figures.plot_validation_curves(
+        histories, out / "fig2.png", title=f"{data.name}: validation DSC over epochs"
+    )
+    files["train_loss.png"] = figures.plot_training_loss(
+        histories, out / "train_loss.png", title=f"{data.name}: training loss over epochs"
+    )
     if config.train.telemetry:
         files["gradient_range.png"] = figures.plot_gradient_range(
-            histories, out / "gradient_range.png",
-            title=f"{data.name}: dynamic range of ∂L/∂s per (image, class) during training")
+            histories,
+            out / "gradient_range.png",
+            title=f"{data.name}: dynamic range of ∂L/∂s per (image, class) during training",
+        )
     k = _class_index(class_names, calibration_class)
     for j, optimizer in enumerate(config.optimizers):
         suffix = "" if j == 0 else f"-{optimizer}"
         label = tables.optimizer_display_name(optimizer)
         first = {l: result_of(optimizer, l)[0] for l in config.losses}
         files[f"fig3{suffix}.png"] = figures.plot_calibration(
-            {l: r.test_clece for l, r in first.items()}, {l: r.reliability for l, r in first.items()},
-            class_names, out / f"fig3{suffix}.png", class_index=k,
-            title=f"{data.name}, {label}: test calibration (seed {config.train.seed})")
+            {l: r.test_clece for l, r in first.items()},
+            {l: r.reliability for l, r in first.items()},
+            class_names,
+            out / f"fig3{suffix}.png",
+            class_index=k,
+            title=f"{data.name}, {label}: test calibration (seed {config.train.seed})",
+        )
         if config.train.num_examples > 0:
             files[f"fig4{suffix}.png"] = figures.plot_examples(
-                {l: r.examples for l, r in first.items()}, class_names, out / f"fig4{suffix}.png",
-                max_rows=config.train.num_examples, title=f"{data.name}, {label}: test slices")
+                {l: r.examples for l, r in first.items()},
+                class_names,
+                out / f"fig4{suffix}.png",
+                max_rows=config.train.num_examples,
+                title=f"{data.name}, {label}: test slices",
+            )
     wall = time.perf_counter() - start
     results = {
-        "dataset": data.name, "model": model, "config": config, "environment": environment(), "data": info,
-        "table1": table.to_dict(), "paper_table1": paper.to_dict(),
-        "comparisons": {key: {**{k: v for k, v in c.items() if not isinstance(v, statistics.Difference)},
-                              "test_all_dsc": c["test_all_dsc"].to_json(),
-                              "epochs_to_90pct_best_val": c["epochs_to_90pct_best_val"].to_json()}
-                        for key, c in comparisons.items()},
+        "dataset": data.name,
+        "model": model,
+        "config": config,
+        "environment": environment(),
+        "data": info,
+        "table1": table.to_dict(),
+        "paper_table1": paper.to_dict(),
+        "comparisons": {
+            key: {
+                **{k: v for k, v in c.items() if not isinstance(v, statistics.Difference)},
+                "test_all_dsc": c["test_all_dsc"].to_json(),
+                "epochs_to_90pct_best_val": c["epochs_to_90pct_best_val"].to_json(),
+            }
+            for key, c in comparisons.items()
+        },
         "conventions": {
             "test_dsc": "3D DSC per test volume (all slices stacked) and class, background at index 0, in [0, 1]",
             "table1": list(table.notes),
             "comparisons": "candidate − reference, paired by seed and test volume: mean of per-volume All-DSC "
-                           "differences (fraction, not %), 95 % BCa bootstrap interval resampling test volumes (and "
-                           "seeds, independently, when there are several); epochs_to_90pct_best_val: first epoch "
-                           "at which a run's validation DSC reaches 90 % of its best, paired by seed",
+            "differences (fraction, not %), 95 % BCa bootstrap interval resampling test volumes (and "
+            "seeds, independently, when there are several); epochs_to_90pct_best_val: first epoch "
+            "at which a run's validation DSC reaches 90 % of its best, paired by seed",
             "late_gain": "max validation DSC minus its max before the last quarter of the epochs (a flat curve: "
-                         "under 0.01)",
+            "under 0.01)",
             "clece": "test_clece[k]: class-wise ECE of class k over every test pixel (background pixels included), "
-                     "15 equal-width bins, p = 0 in the first bin; the background class is at index 0",
+            "15 equal-width bins, p = 0 in the first bin; the background class is at index 0",
         },
-        "runs": {r.name: {"optimizer": r.optimizer, "loss": r.loss, "seed": r.seed, "run_dir": str(r.directory),
-                          "epochs_to_90pct_best_val": _to_90(runs[r.name]),
-                          "late_gain": statistics.late_gain([h["val_dsc_fg"] for h in runs[r.name].history]),
-                          **runs[r.name].to_json(include_examples=False)} for r in grid},
+        "runs": {
+            r.name: {
+                "optimizer": r.optimizer,
+                "loss": r.loss,
+                "seed": r.seed,
+                "run_dir": str(r.directory),
+                "epochs_to_90pct_best_val": _to_90(runs[r.name]),
+                "late_gain": statistics.late_gain([h["val_dsc_fg"] for h in runs[r.name].history]),
+                **runs[r.name].to_json(include_examples=False),
+            }
+            for r in grid
+        },
         "wall_time_s": wall,
         "runs_wall_time_s": sum(float(run.wall_time_s) for run in runs.values()),
     }
     files["results.json"] = write_json_atomic(out / "results.json", results)
-    return GridResult(dataset=data.name, class_names=class_names, runs=runs, grid=tuple(grid), table=table,
-                      paper=paper, comparisons=comparisons, files=files, wall_time_s=wall, data_info=info)
+    return GridResult(
+        dataset=data.name,
+        class_names=class_names,
+        runs=runs,
+        grid=tuple(grid),
+        table=table,
+        paper=paper,
+        comparisons=comparisons,
+        files=files,
+        wall_time_s=wall,
+        data_info=info,
+    )
 
 
 def _class_index(class_names: Sequence[str], wanted: str | None) -> int:
@@ -172,29 +231,48 @@ def format_summary(result: GridResult) -> str:
     out_dir = result.files["results.json"].parent
     run_time = sum(float(run.wall_time_s) for run in result.runs.values())
     seeds = len({r.seed for r in result.grid})
-    lines = [f"== {result.dataset}: {len(result.runs)} runs, {run_time / 60:.1f} min of training "
-             f"(this call {result.wall_time_s / 60:.1f} min), "
-             f"{'synthetic' if result.data_info.get('synthetic') else 'real'} data ==", "",
-             "Testing DSC (%), mean (std) over test volumes" + (f" and {seeds} seeds" if seeds > 1 else "")
-             + " — ours / paper:", "", tables.format_comparison(result.table, result.paper)]
+    lines = [
+        f"== {result.dataset}: {len(result.runs)} runs, {run_time / 60:.1f} min of training "
+        f"(this call {result.wall_time_s / 60:.1f} min), "
+        f"{'synthetic' if result.data_info.get('synthetic') else 'real'} data ==",
+        "",
+        "Testing DSC (%), mean (std) over test volumes"
+        + (f" and {seeds} seeds" if seeds > 1 else "")
+        + " — ours / paper:",
+        "",
+        tables.format_comparison(result.table, result.paper),
+    ]
     if result.comparisons:
         volumes = result.data_info.get("test_volumes")
-        lines += [f"Each loss against the reference, paired by test volume ({volumes})"
-                  + (f" and seed ({seeds})" if seeds > 1 else " (one seed: the interval covers the choice of test "
-                     "volumes, not training randomness)") + "; mean difference [95 % bootstrap interval]:"]
+        lines += [
+            f"Each loss against the reference, paired by test volume ({volumes})"
+            + (
+                f" and seed ({seeds})"
+                if seeds > 1
+                else " (one seed: the interval covers the choice of test volumes, not training randomness)"
+            )
+            + "; mean difference [95 % bootstrap interval]:"
+        ]
         lines += _format_comparisons(result.comparisons) + [""]
-    lines.append("Runs: best epoch (by validation DSC), first epoch at 90 % of the best, what the best rose by in the "
-                 "last quarter of the epochs (flat: under 1 point), ClECE, wall time:")
+    lines.append(
+        "Runs: best epoch (by validation DSC), first epoch at 90 % of the best, what the best rose by in the "
+        "last quarter of the epochs (flat: under 1 point), ClECE, wall time:"
+    )
     for run in result.grid:
         r = result.runs[run.name]
         curve = [h["val_dsc_fg"] for h in r.history]
-        lines.append(f"  {run.name:<24} best epoch {r.best_epoch:>4}/{len(curve)}  90 % at {_to_90(r):>4}  "
-                     f"late gain {100 * statistics.late_gain(curve):4.1f} points  "
-                     f"ClECE {100 * float(np.mean(r.test_clece)):.2f}%  {r.wall_time_s:7.1f} s")
+        lines.append(
+            f"  {run.name:<24} best epoch {r.best_epoch:>4}/{len(curve)}  90 % at {_to_90(r):>4}  "
+            f"late gain {100 * statistics.late_gain(curve):4.1f} points  "
+            f"ClECE {100 * float(np.mean(r.test_clece)):.2f}%  {r.wall_time_s:7.1f} s"
+        )
     lines += ["", f"Outputs in {out_dir}/:"]
     lines += [f"  {name}" for name in sorted(result.files)]
     lines.append("  runs/<optimizer>-<loss>-seed<S>/  (metrics.jsonl, checkpoints/, predictions/, result.json)")
     if result.data_info.get("synthetic"):
-        lines += ["", "Synthetic data: the numbers show what the code does on data made to look like the real "
-                  "dataset; the paper's claim is tested on the real one (--data-root, --preset paper)."]
+        lines += [
+            "",
+            "Synthetic data: the numbers show what the code does on data made to look like the real "
+            "dataset; the paper's claim is tested on the real one (--data-root, --preset paper).",
+        ]
     return "\n".join(lines)

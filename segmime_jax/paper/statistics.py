@@ -65,12 +65,19 @@ class Difference:
         def finite(x: float) -> float | None:
             return float(x) if math.isfinite(x) else None
 
-        return {"mean": finite(self.mean), "ci95": [finite(self.low), finite(self.high)],
-                "n_seeds": self.n_seeds, "n_units": self.n_units, "method": self.method, "rough": self.rough}
+        return {
+            "mean": finite(self.mean),
+            "ci95": [finite(self.low), finite(self.high)],
+            "n_seeds": self.n_seeds,
+            "n_units": self.n_units,
+            "method": self.method,
+            "rough": self.rough,
+        }
 
 
-def paired_difference(candidate: np.ndarray, reference: np.ndarray, *, seed: int = 0,
-                      n_resamples: int = RESAMPLES) -> Difference:
+def paired_difference(
+    candidate: np.ndarray, reference: np.ndarray, *, seed: int = 0, n_resamples: int = RESAMPLES
+) -> Difference:
     """Mean paired difference ``candidate − reference`` and its 95 % bootstrap interval.
 
     Args:
@@ -113,8 +120,15 @@ def paired_difference(candidate: np.ndarray, reference: np.ndarray, *, seed: int
         with warnings.catch_warnings():  # a degenerate BCa interval is NaN: the percentile one is used then
             warnings.simplefilter("ignore", RuntimeWarning)
             warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-            result = stats.bootstrap(tuple(samples), statistic, n_resamples=n_resamples, vectorized=True,
-                                     confidence_level=CONFIDENCE, method=method, rng=rng)
+            result = stats.bootstrap(
+                tuple(samples),
+                statistic,
+                n_resamples=n_resamples,
+                vectorized=True,
+                confidence_level=CONFIDENCE,
+                method=method,
+                rng=rng,
+            )
         low, high = result.confidence_interval
         if math.isfinite(low) and math.isfinite(high):
             return Difference(mean, float(low), float(high), n_seeds, n_units, method.lower())

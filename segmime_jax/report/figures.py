@@ -27,8 +27,15 @@ from segmime_jax.atomic_files import atomic_output
 from segmime_jax.report.tables import class_display_name, loss_display_name, optimizer_display_name
 
 # Label colours: background transparent, then RV/prostate red, Myo green, LV blue, more classes from tab10.
-_LABEL_COLOURS = ((0.0, 0.0, 0.0), (0.89, 0.10, 0.11), (0.30, 0.69, 0.29), (0.22, 0.49, 0.72),
-                  (1.0, 0.50, 0.0), (0.60, 0.31, 0.64), (1.0, 1.0, 0.2))
+_LABEL_COLOURS = (
+    (0.0, 0.0, 0.0),
+    (0.89, 0.10, 0.11),
+    (0.30, 0.69, 0.29),
+    (0.22, 0.49, 0.72),
+    (1.0, 0.50, 0.0),
+    (0.60, 0.31, 0.64),
+    (1.0, 1.0, 0.2),
+)
 
 
 def _pyplot():
@@ -69,8 +76,9 @@ def _epoch_values(history: Sequence[Mapping], value: Callable[[Mapping], float |
     return epochs, values
 
 
-def _seed_band(ax, runs: Sequence[Sequence[Mapping]], value: Callable[[Mapping], float | None], *, colour,
-               label: str) -> None:
+def _seed_band(
+    ax, runs: Sequence[Sequence[Mapping]], value: Callable[[Mapping], float | None], *, colour, label: str
+) -> None:
     """The mean over seeds of ``value`` per epoch as a line, the seeds' range as a band (one seed: the line)."""
     curves = [_epoch_values(history, value) for history in runs if history]
     if not curves:
@@ -79,12 +87,19 @@ def _seed_band(ax, runs: Sequence[Sequence[Mapping]], value: Callable[[Mapping],
     epochs = curves[0][0][:length]
     stacked = np.stack([values[:length] for _, values in curves])
     with np.errstate(all="ignore"):
-        ax.plot(epochs, np.nanmean(stacked, axis=0), color=colour, linewidth=1.5,
-                label=label if len(curves) == 1 else f"{label} (mean of {len(curves)} seeds, range shaded)",
-                marker="o" if length <= 20 else None, markersize=3)
+        ax.plot(
+            epochs,
+            np.nanmean(stacked, axis=0),
+            color=colour,
+            linewidth=1.5,
+            label=label if len(curves) == 1 else f"{label} (mean of {len(curves)} seeds, range shaded)",
+            marker="o" if length <= 20 else None,
+            markersize=3,
+        )
         if len(curves) > 1:
-            ax.fill_between(epochs, np.nanmin(stacked, axis=0), np.nanmax(stacked, axis=0), color=colour, alpha=0.2,
-                            linewidth=0)
+            ax.fill_between(
+                epochs, np.nanmin(stacked, axis=0), np.nanmax(stacked, axis=0), color=colour, alpha=0.2, linewidth=0
+            )
 
 
 def plot_epoch_curves(
@@ -107,12 +122,12 @@ def plot_epoch_curves(
     """
     optimizers, losses, colours = _grid_of(histories, "plot_epoch_curves")
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(optimizers), figsize=(5.0 * len(optimizers), 3.8), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(1, len(optimizers), figsize=(5.0 * len(optimizers), 3.8), squeeze=False, sharey=True)
     for ax, optimizer in zip(axes[0], optimizers, strict=True):
         for loss in losses:
-            _seed_band(ax, histories.get((optimizer, loss), ()), value, colour=colours[loss],
-                       label=loss_display_name(loss))
+            _seed_band(
+                ax, histories.get((optimizer, loss), ()), value, colour=colours[loss], label=loss_display_name(loss)
+            )
         ax.set_title(optimizer_display_name(optimizer))
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
@@ -125,15 +140,24 @@ def plot_epoch_curves(
     return _save(fig, path, dpi)
 
 
-def plot_validation_curves(histories: Histories, path: Path, *, title: str = "Validation DSC over epochs",
-                           dpi: int = 120) -> Path:
+def plot_validation_curves(
+    histories: Histories, path: Path, *, title: str = "Validation DSC over epochs", dpi: int = 120
+) -> Path:
     """Figure 2: validation DSC (%, mean 3D DSC over the foreground classes, ``val_dsc_fg``) per epoch."""
-    return plot_epoch_curves(histories, path, value=lambda r: 100.0 * r["val_dsc_fg"],
-                             ylabel="validation DSC (%), foreground mean", title=title, ylim=(0, 100), dpi=dpi)
+    return plot_epoch_curves(
+        histories,
+        path,
+        value=lambda r: 100.0 * r["val_dsc_fg"],
+        ylabel="validation DSC (%), foreground mean",
+        title=title,
+        ylim=(0, 100),
+        dpi=dpi,
+    )
 
 
-def plot_gradient_range(histories: Histories, path: Path, *, title: str = "Dynamic range of the loss gradient",
-                        dpi: int = 120) -> Path:
+def plot_gradient_range(
+    histories: Histories, path: Path, *, title: str = "Dynamic range of the loss gradient", dpi: int = 120
+) -> Path:
     """The paper's dynamic-range argument (§2.2, Figure 1) watched during training: per epoch, the dynamic range
     of ``∂L/∂s`` over one (image, class) map in dB (median over the probe batch's images, then the mean over the
     foreground classes; see :mod:`segmime_jax.train.telemetry`)."""
@@ -143,23 +167,37 @@ def plot_gradient_range(histories: Histories, path: Path, *, title: str = "Dynam
         values = [v for v in medians[1:] if v is not None]
         return float(np.mean(values)) if values else None
 
-    return plot_epoch_curves(histories, path, value=foreground_range, legend="upper right",
-                             ylabel="dB per (image, class) map, foreground classes", title=title, dpi=dpi)
+    return plot_epoch_curves(
+        histories,
+        path,
+        value=foreground_range,
+        legend="upper right",
+        ylabel="dB per (image, class) map, foreground classes",
+        title=title,
+        dpi=dpi,
+    )
 
 
-def plot_training_loss(histories: Histories, path: Path, *, title: str = "Training loss over epochs",
-                       dpi: int = 120) -> Path:
+def plot_training_loss(
+    histories: Histories, path: Path, *, title: str = "Training loss over epochs", dpi: int = 120
+) -> Path:
     """The mean training loss per epoch; one panel per (optimiser, loss), since the losses have different scales
     (the mimes are negative). Seeds as in :func:`plot_epoch_curves`."""
     optimizers, losses, colours = _grid_of(histories, "plot_training_loss")
     plt = _pyplot()
-    fig, axes = plt.subplots(len(optimizers), len(losses), figsize=(3.4 * len(losses), 2.8 * len(optimizers)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(optimizers), len(losses), figsize=(3.4 * len(losses), 2.8 * len(optimizers)), squeeze=False
+    )
     for i, optimizer in enumerate(optimizers):
         for j, loss in enumerate(losses):
             ax = axes[i][j]
-            _seed_band(ax, histories.get((optimizer, loss), ()), lambda r: r["train_loss"], colour=colours[loss],
-                       label=loss_display_name(loss))
+            _seed_band(
+                ax,
+                histories.get((optimizer, loss), ()),
+                lambda r: r["train_loss"],
+                colour=colours[loss],
+                label=loss_display_name(loss),
+            )
             ax.set_title(f"{optimizer_display_name(optimizer)}, {loss_display_name(loss)}", fontsize="medium")
             ax.set_xlabel("epoch")
             ax.grid(True, alpha=0.3)
@@ -203,10 +241,24 @@ def plot_calibration(
     mean_ece = [float(np.mean(np.asarray(clece[loss], dtype=float))) * 100.0 for loss in losses]
     class_ece = [float(np.asarray(clece[loss], dtype=float)[k]) * 100.0 for loss in losses]
     width = 0.38
-    bars.bar(x - width / 2, mean_ece, width, color=[colours[l] for l in losses], alpha=0.55,
-             label="mean over classes (background incl.)", edgecolor="black")
-    bars.bar(x + width / 2, class_ece, width, color=[colours[l] for l in losses], label=class_label,
-             edgecolor="black", hatch="//")
+    bars.bar(
+        x - width / 2,
+        mean_ece,
+        width,
+        color=[colours[l] for l in losses],
+        alpha=0.55,
+        label="mean over classes (background incl.)",
+        edgecolor="black",
+    )
+    bars.bar(
+        x + width / 2,
+        class_ece,
+        width,
+        color=[colours[l] for l in losses],
+        label=class_label,
+        edgecolor="black",
+        hatch="//",
+    )
     for xi, (m, c) in enumerate(zip(mean_ece, class_ece, strict=True)):
         bars.text(xi - width / 2, m, f"{m:.2f}", ha="center", va="bottom", fontsize="x-small")
         bars.text(xi + width / 2, c, f"{c:.2f}", ha="center", va="bottom", fontsize="x-small")
@@ -224,8 +276,15 @@ def plot_calibration(
         accuracy = np.asarray(table["accuracy"], dtype=float)[k]
         count = np.asarray(table["count"], dtype=float)[k]
         used = count > 0
-        diagram.plot(confidence[used], accuracy[used], color=colours[loss], marker="o", markersize=3,
-                     linewidth=1.5, label=loss_display_name(loss))
+        diagram.plot(
+            confidence[used],
+            accuracy[used],
+            color=colours[loss],
+            marker="o",
+            markersize=3,
+            linewidth=1.5,
+            label=loss_display_name(loss),
+        )
     diagram.set_xlim(0, 1)
     diagram.set_ylim(0, 1)
     diagram.set_xlabel(f"confidence (mean predicted p of {class_label} in the bin)")
@@ -248,8 +307,11 @@ def label_overlay(image: np.ndarray, label: np.ndarray, *, alpha: float = 0.45) 
     for value in np.unique(label):
         if value <= 0:
             continue
-        colour = np.asarray(_LABEL_COLOURS[int(value)] if value < len(_LABEL_COLOURS)
-                            else matplotlib.colormaps["tab10"](int(value) % 10)[:3])
+        colour = np.asarray(
+            _LABEL_COLOURS[int(value)]
+            if value < len(_LABEL_COLOURS)
+            else matplotlib.colormaps["tab10"](int(value) % 10)[:3]
+        )
         where = label == value
         rgb[where] = (1.0 - alpha) * rgb[where] + alpha * colour
     return rgb
@@ -291,10 +353,14 @@ def plot_examples(
     columns = 2 + len(losses)
     fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.2 * rows + 0.6), squeeze=False)
     for r in range(rows):
-        panels = [("image", np.repeat(_unit(images[r])[..., None], 3, axis=-1)),
-                  ("ground truth", label_overlay(images[r], labels[r]))]
-        panels += [(loss_display_name(loss), label_overlay(images[r], np.asarray(examples[loss]["prediction"])[r]))
-                   for loss in losses]
+        panels = [
+            ("image", np.repeat(_unit(images[r])[..., None], 3, axis=-1)),
+            ("ground truth", label_overlay(images[r], labels[r])),
+        ]
+        panels += [
+            (loss_display_name(loss), label_overlay(images[r], np.asarray(examples[loss]["prediction"])[r]))
+            for loss in losses
+        ]
         for c, (name, rgb) in enumerate(panels):
             ax = axes[r][c]
             ax.imshow(rgb, interpolation="nearest")
@@ -302,9 +368,11 @@ def plot_examples(
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(name)
-    handles = [Patch(color=_LABEL_COLOURS[k] if k < len(_LABEL_COLOURS) else "black",
-                                        label=class_display_name(name))
-               for k, name in enumerate(class_names) if k > 0]
+    handles = [
+        Patch(color=_LABEL_COLOURS[k] if k < len(_LABEL_COLOURS) else "black", label=class_display_name(name))
+        for k, name in enumerate(class_names)
+        if k > 0
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=max(1, len(handles)), fontsize="small", frameon=False)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.05, 1, 1))

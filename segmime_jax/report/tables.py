@@ -45,8 +45,15 @@ _CLASS_DISPLAY = {
     "leftventriclecavity": "LV",
     "prostate": "Prostate",
 }
-_LOSS_DISPLAY = {"ce": "CE", "dsc": "DSC", "dice": "DSC", "mime": "Mime", "nm": "NM", "gdl": "GDL",
-                 "surrogate": "Surrogate"}
+_LOSS_DISPLAY = {
+    "ce": "CE",
+    "dsc": "DSC",
+    "dice": "DSC",
+    "mime": "Mime",
+    "nm": "NM",
+    "gdl": "GDL",
+    "surrogate": "Surrogate",
+}
 _OPTIMIZER_DISPLAY = {"adam": "Adam", "sgd": "SGD"}
 
 
@@ -103,8 +110,11 @@ class Table1:
             "title": self.title,
             "columns": list(self.columns),
             "rows": [
-                {"optimizer": r.optimizer, "loss": r.loss,
-                 **{c: (None if v is None else [v[0], v[1]]) for c, v in zip(self.columns, r.values, strict=True)}}
+                {
+                    "optimizer": r.optimizer,
+                    "loss": r.loss,
+                    **{c: (None if v is None else [v[0], v[1]]) for c, v in zip(self.columns, r.values, strict=True)},
+                }
                 for r in self.rows
             ],
             "notes": list(self.notes),
@@ -125,13 +135,16 @@ def dsc_summary(test_dsc: np.ndarray, class_names: Sequence[str]) -> dict[str, t
     if dsc.ndim != 2 or dsc.shape[0] == 0:
         raise ValueError(f"test_dsc must be a non-empty (volumes, classes) array, got shape {dsc.shape}")
     if dsc.shape[1] != len(class_names):
-        raise ValueError(f"test_dsc has {dsc.shape[1]} classes but class_names has {len(class_names)}: "
-                         f"{tuple(class_names)}")
+        raise ValueError(
+            f"test_dsc has {dsc.shape[1]} classes but class_names has {len(class_names)}: {tuple(class_names)}"
+        )
     if dsc.shape[1] < 2:
         raise ValueError("test_dsc needs a background column and at least one foreground class")
     foreground = dsc[:, 1:] * 100.0
-    out = {class_display_name(name): (float(foreground[:, j].mean()), float(foreground[:, j].std()))
-           for j, name in enumerate(class_names[1:])}
+    out = {
+        class_display_name(name): (float(foreground[:, j].mean()), float(foreground[:, j].std()))
+        for j, name in enumerate(class_names[1:])
+    }
     if foreground.shape[1] > 1:
         out[ALL] = (float(foreground.mean()), float(foreground.std()))
     return out
@@ -159,17 +172,20 @@ def build_table1(
         summary = dsc_summary(test_dsc, class_names)
         if columns is None:
             columns = tuple(summary)
-        rows.append(Table1Row(optimizer_display_name(optimizer), loss_display_name(loss),
-                              tuple(summary[c] for c in columns)))
+        rows.append(
+            Table1Row(optimizer_display_name(optimizer), loss_display_name(loss), tuple(summary[c] for c in columns))
+        )
     if columns is None:
         columns = tuple(class_display_name(n) for n in class_names[1:])
         if len(columns) > 1:
             columns += (ALL,)
     notes = (
-        "Background excluded. Mean and population std (numpy ddof=0) over test volumes of the 3D DSC.",
-        "All: mean (std) over every (volume, foreground class) value, as the reference code's report.py.",
-    ) if len(columns) > 1 else (
-        "Background excluded. Mean and population std (numpy ddof=0) over test volumes of the 3D DSC.",
+        (
+            "Background excluded. Mean and population std (numpy ddof=0) over test volumes of the 3D DSC.",
+            "All: mean (std) over every (volume, foreground class) value, as the reference code's report.py.",
+        )
+        if len(columns) > 1
+        else ("Background excluded. Mean and population std (numpy ddof=0) over test volumes of the 3D DSC.",)
     )
     return Table1(columns=columns, rows=tuple(rows), title=title, notes=notes)
 
@@ -228,8 +244,12 @@ def _fmt(value: tuple[float, float] | None, digits: int) -> str:
 
 def format_markdown(table: Table1, *, digits: int = 1) -> str:
     """A markdown table: ``| optimizer | loss | RV | ... |`` with cells ``mean (std)``."""
-    lines = [f"**{table.title}**", "", "| optimizer | loss | " + " | ".join(table.columns) + " |",
-             "|---|---|" + "---|" * len(table.columns)]
+    lines = [
+        f"**{table.title}**",
+        "",
+        "| optimizer | loss | " + " | ".join(table.columns) + " |",
+        "|---|---|" + "---|" * len(table.columns),
+    ]
     for row in table.rows:
         cells = " | ".join(_fmt(v, digits) for v in row.values)
         lines.append(f"| {row.optimizer} | {row.loss} | {cells} |")
@@ -241,8 +261,10 @@ def format_markdown(table: Table1, *, digits: int = 1) -> str:
 
 def format_comparison(ours: Table1, paper: Table1, *, digits: int = 1) -> str:
     """Markdown with our rows next to the paper's: each cell ``ours / paper`` (``–`` where one is missing)."""
-    lines = ["| optimizer | loss | " + " | ".join(f"{c} (ours / paper)" for c in ours.columns) + " |",
-             "|---|---|" + "---|" * len(ours.columns)]
+    lines = [
+        "| optimizer | loss | " + " | ".join(f"{c} (ours / paper)" for c in ours.columns) + " |",
+        "|---|---|" + "---|" * len(ours.columns),
+    ]
     for row in ours.rows:
         cells = []
         for column, value in zip(ours.columns, row.values, strict=True):
@@ -272,7 +294,11 @@ def format_csv(table: Table1, *, digits: int = 4) -> str:
 
 
 def write_table1(
-    table: Table1, out_dir: Path, *, paper: Table1 | None = None, stem: str = "table1",
+    table: Table1,
+    out_dir: Path,
+    *,
+    paper: Table1 | None = None,
+    stem: str = "table1",
     comparisons: Sequence[str] = (),
 ) -> tuple[Path, Path]:
     """Write ``<stem>.md`` (ours, then ours next to ``paper`` when given, then the ``comparisons`` lines) and
@@ -282,8 +308,10 @@ def write_table1(
     if paper is not None:
         markdown += "\n**Ours / paper**\n\n" + format_comparison(table, paper)
     if comparisons:
-        markdown += ("\n**Each loss against the reference** (paired by test volume and seed; mean difference "
-                     "[95 % bootstrap interval])\n\n" + "\n".join(f"- {line.strip()}" for line in comparisons) + "\n")
+        markdown += (
+            "\n**Each loss against the reference** (paired by test volume and seed; mean difference "
+            "[95 % bootstrap interval])\n\n" + "\n".join(f"- {line.strip()}" for line in comparisons) + "\n"
+        )
     md = write_text_atomic(out_dir / f"{stem}.md", markdown)
     csv_path = write_text_atomic(out_dir / f"{stem}.csv", format_csv(table))
     return md, csv_path

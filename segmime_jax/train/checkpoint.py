@@ -35,35 +35,55 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss, the gradient or the trained state became NaN or infinite; the run stopped and its
     last good checkpoint was kept. ``what`` says which (e.g. ``"training loss (nan)"``)."""
 
-    def __init__(self, value: float, *, epoch: int, step: int | None, checkpoint_epoch: int | None = None,
-                 checkpoint_dir: str | None = None, what: str | None = None):
+    def __init__(
+        self,
+        value: float,
+        *,
+        epoch: int,
+        step: int | None,
+        checkpoint_epoch: int | None = None,
+        checkpoint_dir: str | None = None,
+        what: str | None = None,
+    ):
         self.value, self.epoch, self.step = value, epoch, step
         self.checkpoint_epoch = checkpoint_epoch
         what = f"training loss ({value})" if what is None else what
         when = f"at epoch {epoch}, step {step}" if step is not None else f"after epoch {epoch}"
-        where = (f"the last good checkpoint (epoch {checkpoint_epoch}) is kept in {checkpoint_dir}"
-                 if checkpoint_epoch is not None else "no checkpoint had been written yet")
-        super().__init__(f"non-finite {what} {when}: training stopped; "
-                         f"{where}. Lower the learning rate, or check the data and the loss options.")
+        where = (
+            f"the last good checkpoint (epoch {checkpoint_epoch}) is kept in {checkpoint_dir}"
+            if checkpoint_epoch is not None
+            else "no checkpoint had been written yet"
+        )
+        super().__init__(
+            f"non-finite {what} {when}: training stopped; "
+            f"{where}. Lower the learning rate, or check the data and the loss options."
+        )
 
 
-def _raise_non_finite(value: float, *, epoch: int, step: int | None, store: CheckpointStore | None,
-                      what: str) -> None:
+def _raise_non_finite(value: float, *, epoch: int, step: int | None, store: CheckpointStore | None, what: str) -> None:
     checkpoint_epoch = store.latest_epoch() if store is not None else None
-    raise NonFiniteLossError(float(value), epoch=epoch, step=step, checkpoint_epoch=checkpoint_epoch,
-                             checkpoint_dir=str(store.directory) if store is not None else None, what=what)
+    raise NonFiniteLossError(
+        float(value),
+        epoch=epoch,
+        step=step,
+        checkpoint_epoch=checkpoint_epoch,
+        checkpoint_dir=str(store.directory) if store is not None else None,
+        what=what,
+    )
 
 
-def check_finite(value: float, *, epoch: int, step: int, store: CheckpointStore | None = None,
-                 grad_norm: float | None = None) -> None:
+def check_finite(
+    value: float, *, epoch: int, step: int, store: CheckpointStore | None = None, grad_norm: float | None = None
+) -> None:
     """Raise :class:`NonFiniteLossError` when the loss ``value`` (or the gradient norm ``grad_norm``, when
     given) is NaN or infinite: a finite loss with a NaN gradient would poison the parameters silently. (A
     norm also overflows for gradient elements of ~1e19 and more: a divergence, stopped as well.)"""
     if not math.isfinite(float(value)):
         _raise_non_finite(value, epoch=epoch, step=step, store=store, what=f"training loss ({float(value)})")
     if grad_norm is not None and not math.isfinite(float(grad_norm)):
-        _raise_non_finite(value, epoch=epoch, step=step, store=store,
-                          what=f"gradient (norm {float(grad_norm)}, loss {float(value)})")
+        _raise_non_finite(
+            value, epoch=epoch, step=step, store=store, what=f"gradient (norm {float(grad_norm)}, loss {float(value)})"
+        )
 
 
 @jax.jit
@@ -122,8 +142,9 @@ def unpack(template: Any, packed: Mapping[str, jax.Array]) -> Any:
         if dtype not in packed or packed[dtype].shape != (size,):
             got = None if dtype not in packed else tuple(packed[dtype].shape)
             raise ValueError(f"packed state has {dtype} vector of shape {got}, the template needs ({size},)")
-    return jax.tree.unflatten(treedef, _unpack(packed, tuple((e["dtype"], e["offset"], tuple(e["shape"]))
-                                                             for e in table)))
+    return jax.tree.unflatten(
+        treedef, _unpack(packed, tuple((e["dtype"], e["offset"], tuple(e["shape"])) for e in table))
+    )
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -140,8 +161,13 @@ def check_packed_finite(packed: Mapping[str, jax.Array], *, epoch: int, store: C
     before a checkpoint is written, so a poisoned state never becomes "last good"."""
     floating = [v for v in packed.values() if jnp.issubdtype(v.dtype, jnp.inexact)]
     if floating and not bool(_all_finite(floating)):
-        _raise_non_finite(float("nan"), epoch=epoch, step=None, store=store,
-                          what="parameters, BatchNorm statistics or optimiser state")
+        _raise_non_finite(
+            float("nan"),
+            epoch=epoch,
+            step=None,
+            store=store,
+            what="parameters, BatchNorm statistics or optimiser state",
+        )
 
 
 def check_state_finite(tree: Any, *, epoch: int, store: CheckpointStore | None = None) -> None:
@@ -164,23 +190,36 @@ class CheckpointStore:
 
     def __init__(self, directory: str | pathlib.Path, *, async_save: bool = True):
         self.directory = pathlib.Path(directory).absolute()
-        policy = preservation_policy.AnyPreservationPolicy([
-            preservation_policy.LatestN(n=1),
-            preservation_policy.BestN(get_metric_fn=_improved_at, n=1),
-        ])
-        options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=async_save,
-                                               cleanup_tmp_directories=True, preservation_policy=policy)
+        policy = preservation_policy.AnyPreservationPolicy(
+            [
+                preservation_policy.LatestN(n=1),
+                preservation_policy.BestN(get_metric_fn=_improved_at, n=1),
+            ]
+        )
+        options = ocp.CheckpointManagerOptions(
+            create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True, preservation_policy=policy
+        )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
-    def save(self, epoch: int, tree: Any, meta: Mapping[str, Any], *, improved: bool,
-             packed: Mapping[str, jax.Array] | None = None) -> None:
+    def save(
+        self,
+        epoch: int,
+        tree: Any,
+        meta: Mapping[str, Any],
+        *,
+        improved: bool,
+        packed: Mapping[str, jax.Array] | None = None,
+    ) -> None:
         """Save ``tree`` (e.g. ``state.checkpoint_tree()``; or its :func:`pack`, ``packed``, when already made)
         and the JSON ``meta`` as the checkpoint of ``epoch``; ``improved``: this epoch is the new best one."""
         packed = pack(tree) if packed is None else packed
         meta = {**meta, "packing": packing_table(tree)}
-        self._manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(dict(packed)),
-                                                         meta=ocp.args.JsonSave(meta)),
-                           metrics={"improved_at": epoch if improved else -1}, force=True)
+        self._manager.save(
+            epoch,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(dict(packed)), meta=ocp.args.JsonSave(meta)),
+            metrics={"improved_at": epoch if improved else -1},
+            force=True,
+        )
 
     def latest_epoch(self) -> int | None:
         """The epoch of the newest checkpoint, ``None`` when there is none."""
@@ -200,10 +239,13 @@ class CheckpointStore:
         if epoch is None or epoch not in self._manager.all_steps():
             return None
         meta = dict(self._manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
-        if [(e["name"], e["shape"]) for e in meta["packing"]] != [(e["name"], e["shape"]) for e in
-                                                                  packing_table(template)]:
-            raise ValueError(f"{self.directory / str(epoch)}: the checkpoint holds another state structure than "
-                             "this run's (another model, class count or optimiser?)")
+        if [(e["name"], e["shape"]) for e in meta["packing"]] != [
+            (e["name"], e["shape"]) for e in packing_table(template)
+        ]:
+            raise ValueError(
+                f"{self.directory / str(epoch)}: the checkpoint holds another state structure than "
+                "this run's (another model, class count or optimiser?)"
+            )
         packed = pack(template)
         target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding) for k, v in packed.items()}
         restored = self._manager.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))

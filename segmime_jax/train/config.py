@@ -23,10 +23,12 @@ class TrainConfig:
     the experiments (:mod:`segmime_jax.cli`), except where a grid sets it per run (model, loss, optimiser)."""
 
     model: str = option("enet", "network: enet | residualunet")
-    loss: str = option("ce", "loss spec (segmime_jax.losses.build_loss): ce, dsc, gdl, mime, nm, surrogate, or e.g. "
-                             "1*ce+1*dsc")
+    loss: str = option(
+        "ce", "loss spec (segmime_jax.losses.build_loss): ce, dsc, gdl, mime, nm, surrogate, or e.g. 1*ce+1*dsc"
+    )
     loss_classes: tuple[int, ...] | None = option(
-        None, "classes the loss looks at, comma-separated (none: all, background included)")
+        None, "classes the loss looks at, comma-separated (none: all, background included)"
+    )
     optimizer: str = option("adam", "optimizer", choices=OPTIMIZERS)
     learning_rate: float | None = option(None, "starting learning rate (none: 5e-4 for adam, 1e-2 for sgd)")
     adam_b1: float = option(0.99, "Adam beta1")
@@ -36,28 +38,34 @@ class TrainConfig:
     epochs: int = option(100, "training epochs per run")
     batch_size: int = option(8, "training batch size (global)")
     eval_batch_size: int = option(16, "validation/test batch size (global)")
-    plateau_patience: int = option(
-        20, "halve the learning rate after this many epochs without a better validation DSC")
+    plateau_patience: int = option(20, "halve the learning rate after this many epochs without a better validation DSC")
     plateau_factor: float = option(0.5, "learning-rate reduction factor")
     plateau_min_delta: float = option(0.0, "an improvement must exceed the best DSC by more than this")
     augment: bool = option(False, "on-device augmentation: vertical flip, mirror, rotation in +-45 degrees, each p=0.5")
-    precision: str = option("float32", "compute dtype of the model (parameters stay float32)",
-                            choices=tuple(PRECISIONS))
+    precision: str = option(
+        "float32", "compute dtype of the model (parameters stay float32)", choices=tuple(PRECISIONS)
+    )
     seed: int = option(0, "training seed (initialisation, shuffling, dropout)")
     checkpoints: bool = option(True, "keep orbax checkpoints of the latest and the best epoch (needed for --resume)")
     write_predictions: bool = option(True, "write NIfTI test predictions")
     num_examples: int = option(4, "test slices kept for Figure 4")
     progress: bool = option(True, "report progress: bars on a terminal, one line per epoch otherwise")
     telemetry: bool = option(True, "per-epoch gradient telemetry on a fixed validation batch")
-    last_batch: str = option("trim", "last partial training batch: trim its padding (exact BatchNorm) or drop it",
-                             choices=LAST_BATCH)
+    last_batch: str = option(
+        "trim", "last partial training batch: trim its padding (exact BatchNorm) or drop it", choices=LAST_BATCH
+    )
     num_devices: int | None = option(
-        None, "devices for data parallelism (none: as many local devices as divide both batch sizes)")
+        None, "devices for data parallelism (none: as many local devices as divide both batch sizes)"
+    )
     data_on_device: bool = option(True, "keep the uint8 slices on the device(s) and gather batches there")
 
     def __post_init__(self) -> None:
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
-                    "plateau_patience": self.plateau_patience}
+        positive = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "eval_batch_size": self.eval_batch_size,
+            "plateau_patience": self.plateau_patience,
+        }
         for name, value in positive.items():
             if int(value) != value or value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
@@ -97,5 +105,11 @@ class TrainConfig:
 
     def build_optimizer(self) -> optax.GradientTransformation:
         """The optimiser with this run's hyperparameters (they live in its state: see ``make_optimizer``)."""
-        return make_optimizer(self.optimizer, learning_rate=self.base_learning_rate, adam_b1=self.adam_b1,
-                              adam_b2=self.adam_b2, momentum=self.momentum, weight_decay=self.weight_decay)
+        return make_optimizer(
+            self.optimizer,
+            learning_rate=self.base_learning_rate,
+            adam_b1=self.adam_b1,
+            adam_b2=self.adam_b2,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+        )

@@ -128,5 +128,9 @@ def evaluate(
     if previous is not None:
         reduce(*previous)
     dsc = metrics_lib.dice_from_counts(counts["intersection"], counts["prediction"], counts["label"])
-    return Evaluation(volume_names=[v.name for v in dataset.volumes], dsc=dsc,
-                      loss=loss_sum / max(loss_weight, 1.0), calibration=calibration)
+    return Evaluation(
+        volume_names=[v.name for v in dataset.volumes],
+        dsc=dsc,
+        loss=loss_sum / max(loss_weight, 1.0),
+        calibration=calibration,
+    )

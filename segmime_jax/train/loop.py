@@ -96,9 +96,16 @@ class _Progress:
 
 
 # ---------------------------------------------------------------------------------------------- entry point
-def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLike, *, resume: bool = False,
-                       model_factory: ModelFactory | None = None, loss_terms: Sequence[str] | None = None,
-                       log: Callable[[str], None] | None = None) -> RunResult:
+def train_and_evaluate(
+    config: TrainConfig,
+    data: Any,
+    run_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    model_factory: ModelFactory | None = None,
+    loss_terms: Sequence[str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RunResult:
     """Train on ``data.train``, validate each epoch on ``data.val``, test the best epoch on ``data.test``.
 
     Args:
@@ -134,16 +141,24 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
       FileExistsError, ValueError: unusable run directory, data or configuration.
     """
     start_time = time.perf_counter()
-    run = _setup(config, data, pathlib.Path(run_dir), resume=resume, model_factory=model_factory,
-                 loss_terms=loss_terms, log=log)
+    run = _setup(
+        config, data, pathlib.Path(run_dir), resume=resume, model_factory=model_factory, loss_terms=loss_terms, log=log
+    )
     try:
         progress = _restore_or_start(run, resume)
         _compile(run, progress.state)
         for epoch in run.reporter.epochs(progress.epoch + 1, config.epochs):
             epoch_start = time.perf_counter()
             record = _train_epoch(run, progress, epoch)
-            evaluation, record["val_s"] = _timed(evaluate, run.programs.eval_step, progress.state, run.val_data,
-                                                  config.eval_batch_size, run.loss_params, sharding=run.sharding)
+            evaluation, record["val_s"] = _timed(
+                evaluate,
+                run.programs.eval_step,
+                progress.state,
+                run.val_data,
+                config.eval_batch_size,
+                run.loss_params,
+                sharding=run.sharding,
+            )
             record["grad_telemetry"], record["telemetry_s"] = _timed(_measure_gradient, run, progress.state)
             _end_epoch(run, progress, record, evaluation, epoch_start, start_time)
         test_eval, examples = _test(run, _best_state(run, progress))
@@ -151,10 +166,16 @@ def train_and_evaluate(config: TrainConfig, data: Any, run_dir: str | os.PathLik
         if run.store is not None:
             run.store.close()
     result = RunResult(
-        config=config, class_names=tuple(data.train.class_names), history=progress.history,
-        best_epoch=progress.best_epoch, test_volume_names=test_eval.volume_names, test_dsc=test_eval.dsc,
-        test_clece=test_eval.calibration.clece(), reliability=test_eval.calibration.reliability(),
-        examples=examples, wall_time_s=progress.elapsed_before + time.perf_counter() - start_time,
+        config=config,
+        class_names=tuple(data.train.class_names),
+        history=progress.history,
+        best_epoch=progress.best_epoch,
+        test_volume_names=test_eval.volume_names,
+        test_dsc=test_eval.dsc,
+        test_clece=test_eval.calibration.clece(),
+        reliability=test_eval.calibration.reliability(),
+        examples=examples,
+        wall_time_s=progress.elapsed_before + time.perf_counter() - start_time,
         data=run.fingerprint,
     )
     save_run_result(result, run.run_dir)
@@ -168,9 +189,16 @@ def _timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, floa
 
 
 # -------------------------------------------------------------------------------------------------- set-up
-def _setup(config: TrainConfig, data: Any, run_dir: pathlib.Path, *, resume: bool,
-           model_factory: ModelFactory | None, loss_terms: Sequence[str] | None,
-           log: Callable[[str], None] | None) -> _Run:
+def _setup(
+    config: TrainConfig,
+    data: Any,
+    run_dir: pathlib.Path,
+    *,
+    resume: bool,
+    model_factory: ModelFactory | None,
+    loss_terms: Sequence[str] | None,
+    log: Callable[[str], None] | None,
+) -> _Run:
     """Check the run folder and the data, build the mesh, the programs and the device-side data."""
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_run_dir(run_dir, resume)
@@ -183,8 +211,10 @@ def _setup(config: TrainConfig, data: Any, run_dir: pathlib.Path, *, resume: boo
     if data.val.num_classes != num_classes or data.test.num_classes != num_classes:
         raise ValueError("train, val and test splits have different class lists")
     if config.last_batch == "drop" and len(data.train) < config.batch_size:
-        raise ValueError(f"last_batch='drop' with {len(data.train)} training slices and batch size "
-                         f"{config.batch_size} leaves no batch")
+        raise ValueError(
+            f"last_batch='drop' with {len(data.train)} training slices and batch size "
+            f"{config.batch_size} leaves no batch"
+        )
 
     from segmime_jax.data.pipeline import to_device
 
@@ -200,10 +230,22 @@ def _setup(config: TrainConfig, data: Any, run_dir: pathlib.Path, *, resume: boo
     probe_batch = shard_batch(telemetry_batch(data.val, config.batch_size), mesh) if config.telemetry else None
     store = CheckpointStore(run_dir / "checkpoints") if config.checkpoints else None
     label = f"{config.model}/{config.optimizer}-{config.loss}" + (f"/seed{config.seed}" if config.seed else "")
-    return _Run(config=config, data=data, run_dir=run_dir, fingerprint=data.fingerprint(), mesh=mesh,
-                sharding=sharding, programs=programs, loss_params=replicate(params, mesh), train_data=train_data,
-                val_data=val_data, probe_batch=probe_batch, store=store,
-                reporter=Reporter(enabled=config.progress, label=label, log=log), model_factory=model_factory)
+    return _Run(
+        config=config,
+        data=data,
+        run_dir=run_dir,
+        fingerprint=data.fingerprint(),
+        mesh=mesh,
+        sharding=sharding,
+        programs=programs,
+        loss_params=replicate(params, mesh),
+        train_data=train_data,
+        val_data=val_data,
+        probe_batch=probe_batch,
+        store=store,
+        reporter=Reporter(enabled=config.progress, label=label, log=log),
+        model_factory=model_factory,
+    )
 
 
 def _build_model(config: TrainConfig, num_classes: int, model_factory: ModelFactory | None) -> nnx.Module:
@@ -218,11 +260,16 @@ def _build_model(config: TrainConfig, num_classes: int, model_factory: ModelFact
 
 
 def _check_run_dir(run_dir: pathlib.Path, resume: bool) -> None:
-    used = [p.name for p in (run_dir / "checkpoints", run_dir / METRICS_FILE, run_dir / RESULT_FILE)
-            if p.exists() and (not p.is_dir() or any(p.iterdir()))]
+    used = [
+        p.name
+        for p in (run_dir / "checkpoints", run_dir / METRICS_FILE, run_dir / RESULT_FILE)
+        if p.exists() and (not p.is_dir() or any(p.iterdir()))
+    ]
     if used and not resume:
-        raise FileExistsError(f"{run_dir} already holds a run ({', '.join(used)}); pass resume=True to continue "
-                              "it, or use a new run directory")
+        raise FileExistsError(
+            f"{run_dir} already holds a run ({', '.join(used)}); pass resume=True to continue "
+            "it, or use a new run directory"
+        )
 
 
 def _restore_or_start(run: _Run, resume: bool) -> _Progress:
@@ -241,26 +288,34 @@ def _restore_or_start(run: _Run, resume: bool) -> _Progress:
         progress.best_metric, progress.best_epoch = float(meta["best_metric"]), int(meta["best_epoch"])
         progress.epoch = epoch
         progress.elapsed_before = float(meta["elapsed_s"])
-        run.reporter.message(f"resuming {run.run_dir} from its epoch {epoch} of {config.epochs} (best so far: "
-                             f"epoch {progress.best_epoch}, validation DSC {100 * progress.best_metric:.1f}%)")
+        run.reporter.message(
+            f"resuming {run.run_dir} from its epoch {epoch} of {config.epochs} (best so far: "
+            f"epoch {progress.best_epoch}, validation DSC {100 * progress.best_metric:.1f}%)"
+        )
     write_text_atomic(run.run_dir / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in progress.history))
     return progress
 
 
 def _check_resumable(run: _Run, epoch: int, meta: dict[str, Any]) -> None:
     current = json_ready(run.config)
-    changed = [f"{k}: {meta['config'].get(k)!r} -> {v!r}" for k, v in current.items()
-               if k not in RESUMABLE_CHANGES and meta["config"].get(k) != v]
+    changed = [
+        f"{k}: {meta['config'].get(k)!r} -> {v!r}"
+        for k, v in current.items()
+        if k not in RESUMABLE_CHANGES and meta["config"].get(k) != v
+    ]
     if changed:
         raise ValueError(f"cannot resume {run.run_dir}: the configuration changed ({'; '.join(changed)})")
     other_data = fingerprint_differences(meta.get("data"), run.fingerprint)
     if other_data:
-        raise ValueError(f"cannot resume {run.run_dir}: it was trained on other data (different "
-                         f"{', '.join(other_data)}; did the image size, data root, number of cases, data seed or "
-                         "split change?)")
+        raise ValueError(
+            f"cannot resume {run.run_dir}: it was trained on other data (different "
+            f"{', '.join(other_data)}; did the image size, data root, number of cases, data seed or "
+            "split change?)"
+        )
     if epoch > run.config.epochs:
-        raise ValueError(f"cannot resume {run.run_dir}: its checkpoint is at epoch {epoch}, past "
-                         f"epochs={run.config.epochs}")
+        raise ValueError(
+            f"cannot resume {run.run_dir}: its checkpoint is at epoch {epoch}, past epochs={run.config.epochs}"
+        )
 
 
 def _compile(run: _Run, state: TrainState) -> None:
@@ -269,21 +324,30 @@ def _compile(run: _Run, state: TrainState) -> None:
 
     config, log = run.config, run.reporter.message
     key = step_key(config.seed, 0)
-    batch = next(iter(train_batches(run.train_data, config.batch_size, seed=config.seed, epoch=1,
-                                    sharding=run.sharding, prefetch=0)))
-    compile_announced(run.programs.train_step, (state, batch, key, run.loss_params),
-                      f"batches of {config.batch_size}", log)
+    batch = next(
+        iter(
+            train_batches(
+                run.train_data, config.batch_size, seed=config.seed, epoch=1, sharding=run.sharding, prefetch=0
+            )
+        )
+    )
+    compile_announced(
+        run.programs.train_step, (state, batch, key, run.loss_params), f"batches of {config.batch_size}", log
+    )
     remainder = len(run.data.train) % config.batch_size
     if remainder and config.last_batch == "trim":
         trimmed = shard_batch({k: v[:remainder] for k, v in batch.items()}, run.mesh)
-        compile_announced(run.programs.train_step, (state, trimmed, key, run.loss_params),
-                          f"the last batch of {remainder}", log)
+        compile_announced(
+            run.programs.train_step, (state, trimmed, key, run.loss_params), f"the last batch of {remainder}", log
+        )
     _, eval_batch = next(iter(eval_batches(run.val_data, config.eval_batch_size, sharding=run.sharding, prefetch=0)))
-    compile_announced(run.programs.eval_step, (state, eval_batch, run.loss_params),
-                      f"batches of {config.eval_batch_size}", log)
+    compile_announced(
+        run.programs.eval_step, (state, eval_batch, run.loss_params), f"batches of {config.eval_batch_size}", log
+    )
     if run.probe_batch is not None:
-        compile_announced(run.programs.probe, (state, run.probe_batch, run.loss_params),
-                          f"a batch of {config.batch_size}", log)
+        compile_announced(
+            run.programs.probe, (state, run.probe_batch, run.loss_params), f"a batch of {config.batch_size}", log
+        )
 
 
 # --------------------------------------------------------------------------------------------------- epochs
@@ -330,8 +394,13 @@ def _train_epoch(run: _Run, progress: _Progress, epoch: int) -> dict[str, Any]:
     if not math.isclose(held, learning_rate, rel_tol=1e-6):
         raise RuntimeError(f"epoch {epoch} trained with learning rate {held}, expected {learning_rate}")
     progress.state = state
-    return {"epoch": epoch, "train_loss": loss_sum / max(loss_count, 1), "learning_rate": learning_rate,
-            "steps": step, "train_s": time.perf_counter() - start}
+    return {
+        "epoch": epoch,
+        "train_loss": loss_sum / max(loss_count, 1),
+        "learning_rate": learning_rate,
+        "steps": step,
+        "train_s": time.perf_counter() - start,
+    }
 
 
 def _checked_loss(pending: _Pending, epoch: int, store: CheckpointStore | None) -> float:
@@ -357,18 +426,34 @@ def _measure_gradient(run: _Run, state: TrainState) -> dict[str, Any]:
     return summarize_gradient(run.programs.probe(state, run.probe_batch, run.loss_params))
 
 
-def _end_epoch(run: _Run, progress: _Progress, record: dict[str, Any], evaluation: Evaluation, epoch_start: float,
-               start_time: float) -> None:
+def _end_epoch(
+    run: _Run,
+    progress: _Progress,
+    record: dict[str, Any],
+    evaluation: Evaluation,
+    epoch_start: float,
+    start_time: float,
+) -> None:
     """Best epoch and plateau rule, then the checkpoint (or in-memory best copy) and the ``metrics.jsonl`` line."""
     config, epoch = run.config, record["epoch"]
     val_dsc_fg = evaluation.mean_dsc_fg
     improved = val_dsc_fg > progress.best_metric
     if improved:
         progress.best_metric, progress.best_epoch = val_dsc_fg, epoch
-    progress.plateau = plateau_update(progress.plateau, val_dsc_fg, patience=config.plateau_patience,
-                                      factor=config.plateau_factor, min_delta=config.plateau_min_delta)
-    record.update(val_loss=evaluation.loss, val_dsc=[float(v) for v in evaluation.mean_dsc], val_dsc_fg=val_dsc_fg,
-                  best=improved, checkpoint_s=None)
+    progress.plateau = plateau_update(
+        progress.plateau,
+        val_dsc_fg,
+        patience=config.plateau_patience,
+        factor=config.plateau_factor,
+        min_delta=config.plateau_min_delta,
+    )
+    record.update(
+        val_loss=evaluation.loss,
+        val_dsc=[float(v) for v in evaluation.mean_dsc],
+        val_dsc_fg=val_dsc_fg,
+        best=improved,
+        checkpoint_s=None,
+    )
     checkpoint_start = time.perf_counter()
     record["time_s"] = checkpoint_start - epoch_start
     progress.history.append(json_ready(record))
@@ -378,10 +463,16 @@ def _end_epoch(run: _Run, progress: _Progress, record: dict[str, Any], evaluatio
     packed = pack(tree)
     check_packed_finite(packed, epoch=epoch, store=run.store)
     if run.store is not None:
-        meta = {"epoch": epoch, "history": progress.history, "plateau": progress.plateau.to_json(),
-                "best_metric": progress.best_metric, "best_epoch": progress.best_epoch,
-                "config": json_ready(config), "data": run.fingerprint,
-                "elapsed_s": progress.elapsed_before + time.perf_counter() - start_time}
+        meta = {
+            "epoch": epoch,
+            "history": progress.history,
+            "plateau": progress.plateau.to_json(),
+            "best_metric": progress.best_metric,
+            "best_epoch": progress.best_epoch,
+            "config": json_ready(config),
+            "data": run.fingerprint,
+            "elapsed_s": progress.elapsed_before + time.perf_counter() - start_time,
+        }
         run.store.save(epoch, tree, meta, improved=improved, packed=packed)
     elif improved:
         progress.best_packed = packed  # a fresh array: the next steps donate the state, not this copy
@@ -389,8 +480,9 @@ def _end_epoch(run: _Run, progress: _Progress, record: dict[str, Any], evaluatio
     progress.history[-1].update(checkpoint_s=checkpoint_s, time_s=record["time_s"] + checkpoint_s)
     with (run.run_dir / METRICS_FILE).open("a") as handle:
         handle.write(json.dumps(progress.history[-1]) + "\n")
-    run.reporter.epoch_done(progress.history[-1], last=config.epochs, best_metric=progress.best_metric,
-                            best_epoch=progress.best_epoch)
+    run.reporter.epoch_done(
+        progress.history[-1], last=config.epochs, best_metric=progress.best_metric, best_epoch=progress.best_epoch
+    )
 
 
 # ----------------------------------------------------------------------------------------------------- test
@@ -431,6 +523,13 @@ def _test(run: _Run, state: TrainState) -> tuple[Evaluation, dict[str, np.ndarra
             if write is not None:
                 write(volume, prediction)
 
-        evaluation = evaluate(run.programs.eval_step, state, test, config.eval_batch_size, run.loss_params,
-                              sharding=run.sharding, on_volume=on_volume)
+        evaluation = evaluate(
+            run.programs.eval_step,
+            state,
+            test,
+            config.eval_batch_size,
+            run.loss_params,
+            sharding=run.sharding,
+            on_volume=on_volume,
+        )
     return evaluation, collect_examples(test, wanted, picked)

@@ -32,8 +32,9 @@ NUM_BINS = 15
 
 
 # --------------------------------------------------------------------------------------------- device side
-def dice_counts(prediction: jax.Array, label: jax.Array, num_classes: int,
-                weights: jax.Array | None = None) -> dict[str, jax.Array]:
+def dice_counts(
+    prediction: jax.Array, label: jax.Array, num_classes: int, weights: jax.Array | None = None
+) -> dict[str, jax.Array]:
     """Per-slice Dice statistics.
 
     Args:
@@ -48,9 +49,11 @@ def dice_counts(prediction: jax.Array, label: jax.Array, num_classes: int,
     p = prediction[..., None] == classes
     g = label[..., None] == classes
     axes = tuple(range(1, prediction.ndim))
-    out = {"intersection": jnp.sum(p & g, axis=axes, dtype=jnp.int32),
-           "prediction": jnp.sum(p, axis=axes, dtype=jnp.int32),
-           "label": jnp.sum(g, axis=axes, dtype=jnp.int32)}
+    out = {
+        "intersection": jnp.sum(p & g, axis=axes, dtype=jnp.int32),
+        "prediction": jnp.sum(p, axis=axes, dtype=jnp.int32),
+        "label": jnp.sum(g, axis=axes, dtype=jnp.int32),
+    }
     if weights is not None:
         keep = (weights > 0)[:, None]
         out = {k: jnp.where(keep, v, 0) for k, v in out.items()}
@@ -84,8 +87,9 @@ def bin_index(probs: jax.Array, num_bins: int = NUM_BINS) -> jax.Array:
     return jnp.searchsorted(thresholds, probs.astype(jnp.float32), side="right", method="compare_all").astype(jnp.int32)
 
 
-def calibration_counts(probs: jax.Array, onehot: jax.Array, *, num_bins: int = NUM_BINS,
-                       weights: jax.Array | None = None) -> dict[str, jax.Array]:
+def calibration_counts(
+    probs: jax.Array, onehot: jax.Array, *, num_bins: int = NUM_BINS, weights: jax.Array | None = None
+) -> dict[str, jax.Array]:
     """Reliability statistics of a batch, per class and bin, summed over the batch.
 
     Args:
@@ -110,13 +114,13 @@ def calibration_counts(probs: jax.Array, onehot: jax.Array, *, num_bins: int = N
         count.append(jnp.sum(in_bin, axis=axes, dtype=jnp.int32))
         prob_sum.append(jnp.sum(jnp.where(in_bin, probs, 0.0), axis=axes))
         label_sum.append(jnp.sum(in_bin & labelled, axis=axes, dtype=jnp.int32))
-    return {"count": jnp.stack(count, -1), "prob_sum": jnp.stack(prob_sum, -1),
-            "label_sum": jnp.stack(label_sum, -1)}
+    return {"count": jnp.stack(count, -1), "prob_sum": jnp.stack(prob_sum, -1), "label_sum": jnp.stack(label_sum, -1)}
 
 
 # ----------------------------------------------------------------------------------------------- host side
-def dice_from_counts(intersection: np.ndarray, prediction: np.ndarray, label: np.ndarray,
-                     smooth: float = DICE_SMOOTH) -> np.ndarray:
+def dice_from_counts(
+    intersection: np.ndarray, prediction: np.ndarray, label: np.ndarray, smooth: float = DICE_SMOOTH
+) -> np.ndarray:
     """``(2·I + smooth) / (|P| + |G| + smooth)`` elementwise (float64); 1 where a class is absent from both."""
     intersection = np.asarray(intersection, np.float64)
     denominator = np.asarray(prediction, np.float64) + np.asarray(label, np.float64)
@@ -171,4 +175,3 @@ class CalibrationStats:
 def bin_edges(num_bins: int = NUM_BINS) -> np.ndarray:
     """The ``num_bins + 1`` bin edges on [0, 1] (for plotting reliability diagrams)."""
     return np.linspace(0.0, 1.0, num_bins + 1)
-

@@ -122,14 +122,22 @@ class PlateauState:
     num_reductions: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"best": None if self.best == -math.inf else self.best, "bad_epochs": self.bad_epochs,
-                "scale": self.scale, "num_reductions": self.num_reductions}
+        return {
+            "best": None if self.best == -math.inf else self.best,
+            "bad_epochs": self.bad_epochs,
+            "scale": self.scale,
+            "num_reductions": self.num_reductions,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PlateauState:
         best = data.get("best")
-        return cls(best=-math.inf if best is None else float(best), bad_epochs=int(data["bad_epochs"]),
-                   scale=float(data["scale"]), num_reductions=int(data["num_reductions"]))
+        return cls(
+            best=-math.inf if best is None else float(best),
+            bad_epochs=int(data["bad_epochs"]),
+            scale=float(data["scale"]),
+            num_reductions=int(data["num_reductions"]),
+        )
 
 
 def plateau_update(
@@ -153,6 +161,7 @@ def plateau_update(
         return dataclasses.replace(state, best=metric, bad_epochs=0)
     bad = state.bad_epochs + 1
     if bad >= patience:
-        return dataclasses.replace(state, bad_epochs=0, scale=state.scale * factor,
-                                   num_reductions=state.num_reductions + 1)
+        return dataclasses.replace(
+            state, bad_epochs=0, scale=state.scale * factor, num_reductions=state.num_reductions + 1
+        )
     return dataclasses.replace(state, bad_epochs=bad)

@@ -111,8 +111,7 @@ class Programs:
 
 
 @functools.lru_cache(maxsize=32)
-def programs_for(optimizer: str, loss: LossProgram, num_classes: int, *, augment: bool,
-                 mesh: Mesh) -> Programs:
+def programs_for(optimizer: str, loss: LossProgram, num_classes: int, *, augment: bool, mesh: Mesh) -> Programs:
     """The (memoised) :class:`Programs` of runs with this optimiser kind, loss program, class count,
     augmentation and mesh."""
     tx = make_optimizer(optimizer)  # the structure only: the hyperparameters are in each run's state
@@ -123,8 +122,7 @@ def programs_for(optimizer: str, loss: LossProgram, num_classes: int, *, augment
     )
 
 
-def compile_announced(program: CompiledProgram, args: tuple[Any, ...], what: str,
-                      log: Callable[[str], None]) -> None:
+def compile_announced(program: CompiledProgram, args: tuple[Any, ...], what: str, log: Callable[[str], None]) -> None:
     """``program.compile(*args)``, saying so through ``log`` before and with its duration after (nothing when
     it was compiled already)."""
     if program.is_compiled(args[0], args[1]):

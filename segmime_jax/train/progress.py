@@ -27,8 +27,14 @@ class Reporter:
       stream: the stream bars are drawn on (default: standard error); bars only when it is a terminal.
     """
 
-    def __init__(self, *, enabled: bool = True, label: str = "", log: Callable[[str], None] | None = None,
-                 stream: TextIO | None = None):
+    def __init__(
+        self,
+        *,
+        enabled: bool = True,
+        label: str = "",
+        log: Callable[[str], None] | None = None,
+        stream: TextIO | None = None,
+    ):
         self.enabled = enabled
         self.label = label
         self._log = log or _print
@@ -52,8 +58,15 @@ class Reporter:
             return
         from tqdm.auto import tqdm
 
-        self._epoch_bar = tqdm(range(first, last + 1), initial=first - 1, total=last, desc=self.label,
-                               unit="epoch", dynamic_ncols=True, file=self.stream)
+        self._epoch_bar = tqdm(
+            range(first, last + 1),
+            initial=first - 1,
+            total=last,
+            desc=self.label,
+            unit="epoch",
+            dynamic_ncols=True,
+            file=self.stream,
+        )
         try:
             yield from self._epoch_bar
         finally:
@@ -74,9 +87,12 @@ class Reporter:
             return
         lr = record["learning_rate"]
         if self._epoch_bar is not None:
-            self._epoch_bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_dsc=f"{record['val_dsc_fg']:.4f}",
-                                        lr=f"{lr:.2e}", refresh=False)
+            self._epoch_bar.set_postfix(
+                loss=f"{record['train_loss']:.4f}", val_dsc=f"{record['val_dsc_fg']:.4f}", lr=f"{lr:.2e}", refresh=False
+            )
             return
-        self._log(f"{self.label}  epoch {record['epoch']}/{last}  loss {record['train_loss']:.4f}  "
-                  f"val DSC {100 * record['val_dsc_fg']:.1f}% (best {100 * best_metric:.1f}% at {best_epoch})  "
-                  f"lr {lr:.1e}  {record['time_s']:.1f} s")
+        self._log(
+            f"{self.label}  epoch {record['epoch']}/{last}  loss {record['train_loss']:.4f}  "
+            f"val DSC {100 * record['val_dsc_fg']:.1f}% (best {100 * best_metric:.1f}% at {best_epoch})  "
+            f"lr {lr:.1e}  {record['time_s']:.1f} s"
+        )

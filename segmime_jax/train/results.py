@@ -55,8 +55,10 @@ class RunResult:
         fg = metrics_lib.mean_foreground(dsc)
         clece = np.asarray(self.test_clece, np.float64)
         return {
-            "test_dsc_mean": dsc.mean(0).tolist(), "test_dsc_std": dsc.std(0).tolist(),
-            "test_dsc_all_mean": float(fg.mean()), "test_dsc_all_std": float(fg.std()),
+            "test_dsc_mean": dsc.mean(0).tolist(),
+            "test_dsc_std": dsc.std(0).tolist(),
+            "test_dsc_all_mean": float(fg.mean()),
+            "test_dsc_all_std": float(fg.std()),
             "test_clece_mean_all_classes": float(np.nanmean(clece)),
             "test_clece_mean_foreground": float(np.nanmean(clece[1:] if clece.size > 1 else clece)),
         }
@@ -64,10 +66,17 @@ class RunResult:
     def to_json(self, *, include_examples: bool = True) -> dict[str, Any]:
         """Everything JSON-ready (arrays as nested lists, NaN as null)."""
         out = {
-            "config": self.config, "class_names": list(self.class_names), "history": self.history,
-            "best_epoch": self.best_epoch, "test_volume_names": list(self.test_volume_names),
-            "test_dsc": self.test_dsc, "test_clece": self.test_clece, "reliability": self.reliability,
-            "wall_time_s": self.wall_time_s, "summary": self.summary(), "data": self.data,
+            "config": self.config,
+            "class_names": list(self.class_names),
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "test_volume_names": list(self.test_volume_names),
+            "test_dsc": self.test_dsc,
+            "test_clece": self.test_clece,
+            "reliability": self.reliability,
+            "wall_time_s": self.wall_time_s,
+            "summary": self.summary(),
+            "data": self.data,
         }
         if include_examples:
             out["examples"] = self.examples
@@ -80,12 +89,17 @@ class RunResult:
         if stored is not None:
             examples = {k: np.asarray(v) for k, v in stored.items()}
         return cls(
-            config=config_from_json(data["config"]), class_names=tuple(data["class_names"]),
-            history=list(data["history"]), best_epoch=int(data["best_epoch"]),
-            test_volume_names=list(data["test_volume_names"]), test_dsc=array_from_json(data["test_dsc"]),
+            config=config_from_json(data["config"]),
+            class_names=tuple(data["class_names"]),
+            history=list(data["history"]),
+            best_epoch=int(data["best_epoch"]),
+            test_volume_names=list(data["test_volume_names"]),
+            test_dsc=array_from_json(data["test_dsc"]),
             test_clece=array_from_json(data["test_clece"]),
             reliability={k: array_from_json(v) for k, v in data["reliability"].items()},
-            examples=dict(examples or {}), wall_time_s=float(data["wall_time_s"]), data=data.get("data"),
+            examples=dict(examples or {}),
+            wall_time_s=float(data["wall_time_s"]),
+            data=data.get("data"),
         )
 
 

@@ -44,8 +44,12 @@ def make_data_mesh(num_devices: int | None = None, *, batch_sizes: Sequence[int]
     for size in batch_sizes:
         if size % num_devices:
             raise ValueError(f"batch size {size} is not divisible by the {num_devices} devices of the mesh")
-    return jax.make_mesh((num_devices,), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
-                         devices=jax.local_devices()[:num_devices])
+    return jax.make_mesh(
+        (num_devices,),
+        (DATA_AXIS,),
+        axis_types=(jax.sharding.AxisType.Auto,),
+        devices=jax.local_devices()[:num_devices],
+    )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -41,8 +41,14 @@ class TrainState:
     def create(cls, model: nnx.Module, tx: optax.GradientTransformation) -> TrainState:
         """Split ``model`` and initialise the optimiser on its parameters."""
         graphdef, params, batch_stats, rngs = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-        return cls(graphdef=graphdef, params=params, batch_stats=batch_stats, rngs=rngs,
-                   opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
+        return cls(
+            graphdef=graphdef,
+            params=params,
+            batch_stats=batch_stats,
+            rngs=rngs,
+            opt_state=tx.init(params),
+            step=jnp.zeros((), jnp.int32),
+        )
 
     def model(self) -> nnx.Module:
         """A fresh model holding (references to) this state's arrays."""
@@ -50,10 +56,10 @@ class TrainState:
 
     def checkpoint_tree(self) -> dict[str, Any]:
         """What a checkpoint stores: parameters, BatchNorm statistics, optimiser state and step."""
-        return {"params": self.params, "batch_stats": self.batch_stats, "opt_state": self.opt_state,
-                "step": self.step}
+        return {"params": self.params, "batch_stats": self.batch_stats, "opt_state": self.opt_state, "step": self.step}
 
     def replace_from_checkpoint(self, tree: dict[str, Any]) -> TrainState:
         """This state with the fields of :meth:`checkpoint_tree` taken from ``tree`` (same structure)."""
-        return self.replace(params=tree["params"], batch_stats=tree["batch_stats"],
-                            opt_state=tree["opt_state"], step=tree["step"])
+        return self.replace(
+            params=tree["params"], batch_stats=tree["batch_stats"], opt_state=tree["opt_state"], step=tree["step"]
+        )

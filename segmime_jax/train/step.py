@@ -49,16 +49,18 @@ def _reseed(model: nnx.Module, key: jax.Array) -> None:
     nnx.reseed(model, dropout=dropout_key, default=default_key)
 
 
-def train_step_fn(tx: optax.GradientTransformation, loss: ParametricLoss, num_classes: int, *,
-                  augment: bool = False) -> Callable[..., tuple[TrainState, dict]]:
+def train_step_fn(
+    tx: optax.GradientTransformation, loss: ParametricLoss, num_classes: int, *, augment: bool = False
+) -> Callable[..., tuple[TrainState, dict]]:
     """The (un-jitted) train step; see the module docstring. Use :func:`make_train_step` to compile it."""
     if augment:
         from segmime_jax.data.augment import augment_batch
     else:
         augment_batch = None
 
-    def train_step(state: TrainState, batch: Batch, key: jax.Array,
-                   loss_params: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+    def train_step(
+        state: TrainState, batch: Batch, key: jax.Array, loss_params: Any
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
         model_key, augment_key = jax.random.split(key)
         image, label = batch["image"], batch["label"]
         if augment_batch is not None:
@@ -78,7 +80,8 @@ def train_step_fn(tx: optax.GradientTransformation, loss: ParametricLoss, num_cl
             return value.astype(jnp.float32), nnx.state(model, nnx.BatchStat)
 
         (value, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(
-            state.params, state.batch_stats, state.rngs)
+            state.params, state.batch_stats, state.rngs
+        )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state, step=state.step + 1)
@@ -90,8 +93,14 @@ def train_step_fn(tx: optax.GradientTransformation, loss: ParametricLoss, num_cl
     return train_step
 
 
-def make_train_step(tx: optax.GradientTransformation, loss: ParametricLoss, num_classes: int, *,
-                    augment: bool = False, mesh: Mesh | None = None) -> Callable[..., tuple[TrainState, dict]]:
+def make_train_step(
+    tx: optax.GradientTransformation,
+    loss: ParametricLoss,
+    num_classes: int,
+    *,
+    augment: bool = False,
+    mesh: Mesh | None = None,
+) -> Callable[..., tuple[TrainState, dict]]:
     """``jax.jit`` of :func:`train_step_fn`, state donated; with ``mesh``, its outputs are replicated on it.
 
     The batch's own sharding (split on ``'data'``, see :mod:`segmime_jax.train.sharding`) drives the data
@@ -104,8 +113,9 @@ def make_train_step(tx: optax.GradientTransformation, loss: ParametricLoss, num_
     return jax.jit(fn, donate_argnums=(0,), out_shardings=(replicated, replicated))
 
 
-def eval_step_fn(loss: ParametricLoss, num_classes: int, *,
-                 num_bins: int = metrics_lib.NUM_BINS) -> Callable[..., dict[str, Any]]:
+def eval_step_fn(
+    loss: ParametricLoss, num_classes: int, *, num_bins: int = metrics_lib.NUM_BINS
+) -> Callable[..., dict[str, Any]]:
     """The (un-jitted) evaluation step. Returns a dict of device arrays:
 
     ``loss`` the batch loss (padding excluded by the loss's mask), ``num_real`` the number of real slices,
@@ -132,7 +142,8 @@ def eval_step_fn(loss: ParametricLoss, num_classes: int, *,
     return eval_step
 
 
-def make_eval_step(loss: ParametricLoss, num_classes: int, *,
-                   num_bins: int = metrics_lib.NUM_BINS) -> Callable[..., dict[str, Any]]:
+def make_eval_step(
+    loss: ParametricLoss, num_classes: int, *, num_bins: int = metrics_lib.NUM_BINS
+) -> Callable[..., dict[str, Any]]:
     """``jax.jit`` of :func:`eval_step_fn` (the state is not donated: it is reused)."""
     return jax.jit(eval_step_fn(loss, num_classes, num_bins=num_bins))

@@ -48,15 +48,22 @@ def make_gradient_probe(loss: ParametricLoss, num_classes: int) -> Callable[...,
         mask = batch["mask"].astype(jnp.float32)
         grad = loss_gradient(lambda p, t, mask: loss(loss_params, p, t, mask=mask), probs, onehot, mask=mask)
         real = (mask > 0).reshape((-1,) + (1,) * (grad.ndim - 1))
-        per_class = jnp.stack([
-            dynamic_range_db(grad[..., k], mask=jnp.broadcast_to(real[..., 0], grad.shape[:-1]))
-            for k in range(num_classes)
-        ])
+        per_class = jnp.stack(
+            [
+                dynamic_range_db(grad[..., k], mask=jnp.broadcast_to(real[..., 0], grad.shape[:-1]))
+                for k in range(num_classes)
+            ]
+        )
         # (B, K): the range of each image's map of each class, as in the paper's Figure 1
         per_image = jax.vmap(jax.vmap(dynamic_range_db, in_axes=-1), in_axes=0)(grad)
-        return {"grad": grad, "onehot": onehot, "mask": mask,
-                "dynamic_range_db": dynamic_range_db(grad, mask=jnp.broadcast_to(real, grad.shape)),
-                "class_dynamic_range_db": per_class, "image_class_dynamic_range_db": per_image}
+        return {
+            "grad": grad,
+            "onehot": onehot,
+            "mask": mask,
+            "dynamic_range_db": dynamic_range_db(grad, mask=jnp.broadcast_to(real, grad.shape)),
+            "class_dynamic_range_db": per_class,
+            "image_class_dynamic_range_db": per_image,
+        }
 
     return jax.jit(probe)
 
@@ -78,8 +85,9 @@ def summarize_gradient(probe_output: dict[str, Any]) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "dynamic_range_db": float(out["dynamic_range_db"]),
         "class_dynamic_range_db": [float(v) for v in np.asarray(out["class_dynamic_range_db"])],
-        "image_dynamic_range_db_median": [_finite_or_none(float(np.median(v))) if v.size else None
-                                          for v in per_image.T],
+        "image_dynamic_range_db_median": [
+            _finite_or_none(float(np.median(v))) if v.size else None for v in per_image.T
+        ],
         "image_dynamic_range_db_max": [_finite_or_none(float(np.max(v))) if v.size else None for v in per_image.T],
     }
     for name in ("fg_median", "bg_median", "fg_distinct", "bg_distinct", "fg_min", "fg_max", "bg_min", "bg_max"):

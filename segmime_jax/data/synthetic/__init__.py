@@ -44,5 +44,10 @@ from segmime_jax.data.synthetic.cli import main
 from segmime_jax.data.synthetic.promise12 import PROMISE12_SIZES, write_synthetic_promise12
 
 __all__ = [
-    "ACDC_GROUP_NAMES", "ACDC_SIZES", "PROMISE12_SIZES", "main", "write_synthetic_acdc", "write_synthetic_promise12",
+    "ACDC_GROUP_NAMES",
+    "ACDC_SIZES",
+    "PROMISE12_SIZES",
+    "main",
+    "write_synthetic_acdc",
+    "write_synthetic_promise12",
 ]

@@ -23,7 +23,14 @@ from segmime_jax.data.synthetic.shapes import check_new_folder, ellipse, harmoni
 from segmime_jax.data.synthetic.shapes import uniform as _u  # short: the parameter table below is mostly draws
 
 ACDC_SIZES: tuple[tuple[int, int], ...] = (
-    (216, 256), (256, 216), (232, 256), (256, 232), (224, 256), (256, 256), (208, 256), (240, 240),
+    (216, 256),
+    (256, 216),
+    (232, 256),
+    (256, 232),
+    (224, 256),
+    (256, 256),
+    (208, 256),
+    (240, 240),
 )
 
 # Base endocardial radius (mm), wall thickness (mm), ES/ED cavity radius ratio, RV size factor.
@@ -39,6 +46,7 @@ ACDC_GROUP_NAMES: tuple[str, ...] = tuple(_GROUPS)
 
 
 # ------------------------------------------------------------------------------------------- parameters
+
 
 def _acdc_patient(rng: np.random.Generator, group: str, scale: float, zoom: float = 1.0) -> dict:
     """Per-patient anatomy, acquisition and Info.cfg values (``zoom``: see :func:`write_synthetic_acdc`)."""
@@ -62,47 +70,90 @@ def _acdc_patient(rng: np.random.Generator, group: str, scale: float, zoom: floa
     heart_u, heart_v = body_u + _u(rng, -5, 30), body_v + _u(rng, -45, -15)
     spine_u, spine_v = body_u + _u(rng, -10, 10), body_v + a_v - _u(rng, 28, 40)
     return {
-        "group": group, "shape": (height, width), "spacing": spacing, "thickness": thickness,
-        "num_slices": num_slices, "heart_slices": heart_slices,
-        "info": {"ED": ed, "ES": es, "Group": group, "Height": round(_u(rng, 150, 195), 1), "NbFrame": nb_frame,
-                 "Weight": round(_u(rng, 50, 110), 1)},
+        "group": group,
+        "shape": (height, width),
+        "spacing": spacing,
+        "thickness": thickness,
+        "num_slices": num_slices,
+        "heart_slices": heart_slices,
+        "info": {
+            "ED": ed,
+            "ES": es,
+            "Group": group,
+            "Height": round(_u(rng, 150, 195), 1),
+            "NbFrame": nb_frame,
+            "Weight": round(_u(rng, 50, 110), 1),
+        },
         "orientation": float(np.deg2rad(rng.choice([0.0, 90.0]) + _u(rng, -20, 20))),
         "origin": (_u(rng, -200, -100), _u(rng, -250, -150), _u(rng, -50, 50)),
         # body
-        "body": (body_u, body_v, _u(rng, 140.0, 175.0), a_v), "fat": _u(rng, 6.0, 18.0), "chest_muscle": _u(rng, 8, 16),
+        "body": (body_u, body_v, _u(rng, 140.0, 175.0), a_v),
+        "fat": _u(rng, 6.0, 18.0),
+        "chest_muscle": _u(rng, 8, 16),
         # heart
         # the field of view's centre: the body's, moved towards the heart as the field of view shrinks (zoom)
         "view_centre": (heart_u * (1 - 1 / zoom), heart_v * (1 - 1 / zoom)),
-        "heart": (heart_u, heart_v), "drift": (_u(rng, -2, 2), _u(rng, -2, 2)), "endo": endo, "thick": thick,
-        "taper": _u(rng, 1.6, 2.6), "es_ratio": _u(rng, *g["es"]), "shorten": _u(rng, 0.84, 0.93),
-        "endo_shape": harmonics(rng, (2, 3), 0.06), "trabeculae": harmonics(rng, (5, 7, 9), 0.025),
+        "heart": (heart_u, heart_v),
+        "drift": (_u(rng, -2, 2), _u(rng, -2, 2)),
+        "endo": endo,
+        "thick": thick,
+        "taper": _u(rng, 1.6, 2.6),
+        "es_ratio": _u(rng, *g["es"]),
+        "shorten": _u(rng, 0.84, 0.93),
+        "endo_shape": harmonics(rng, (2, 3), 0.06),
+        "trabeculae": harmonics(rng, (5, 7, 9), 0.025),
         "epi_shape": harmonics(rng, (2, 3), 0.04),
         "thinning": (_u(rng, 0.45, 0.65), _u(rng, 0, 2 * np.pi), _u(rng, 0.5, 0.9)) if group == "MINF" else None,
-        "rv_angle": np.pi + _u(rng, -0.6, 0.2), "rv_offset": _u(rng, 0.55, 0.75),
-        "rv_width": _u(rng, 1.4, 1.75) * rv_size, "rv_depth": _u(rng, 0.9, 1.15) * np.sqrt(rv_size),
-        "rv_end": _u(rng, 0.65, 0.9), "rv_es": _u(rng, 0.75, 0.9) if group == "RV" else _u(rng, 0.55, 0.72),
-        "rv_shape": harmonics(rng, (2, 3, 4), 0.05), "rv_wall": _u(rng, 2.0, 3.5),
+        "rv_angle": np.pi + _u(rng, -0.6, 0.2),
+        "rv_offset": _u(rng, 0.55, 0.75),
+        "rv_width": _u(rng, 1.4, 1.75) * rv_size,
+        "rv_depth": _u(rng, 0.9, 1.15) * np.sqrt(rv_size),
+        "rv_end": _u(rng, 0.65, 0.9),
+        "rv_es": _u(rng, 0.75, 0.9) if group == "RV" else _u(rng, 0.55, 0.72),
+        "rv_shape": harmonics(rng, (2, 3, 4), 0.05),
+        "rv_wall": _u(rng, 2.0, 3.5),
         "papillary": [(_u(rng, 0.9, 1.4) + k * _u(rng, 1.5, 2.2), _u(rng, 0.1, 0.16)) for k in range(2)],
         "pericardial_fat": (_u(rng, 0, 2 * np.pi), _u(rng, 1.0, 3.0), _u(rng, 2.0, 5.0)),
         # surroundings
-        "lungs": [(heart_u + _u(rng, 55, 80), heart_v + _u(rng, 10, 30), _u(rng, 40, 55), _u(rng, 65, 85)),
-                  (heart_u - _u(rng, 70, 90), heart_v + _u(rng, 0, 25), _u(rng, 40, 55), _u(rng, 60, 80))],
-        "liver": (heart_u - _u(rng, 40, 70), heart_v + _u(rng, 25, 55), _u(rng, 60, 90), _u(rng, 50, 70),
-                  _u(rng, 0.15, 0.55)),
-        "stomach": (heart_u + _u(rng, 50, 80), heart_v + _u(rng, 25, 50), _u(rng, 18, 32), _u(rng, 0.4, 0.8),
-                    bool(rng.uniform() < 0.5)),
+        "lungs": [
+            (heart_u + _u(rng, 55, 80), heart_v + _u(rng, 10, 30), _u(rng, 40, 55), _u(rng, 65, 85)),
+            (heart_u - _u(rng, 70, 90), heart_v + _u(rng, 0, 25), _u(rng, 40, 55), _u(rng, 60, 80)),
+        ],
+        "liver": (
+            heart_u - _u(rng, 40, 70),
+            heart_v + _u(rng, 25, 55),
+            _u(rng, 60, 90),
+            _u(rng, 50, 70),
+            _u(rng, 0.15, 0.55),
+        ),
+        "stomach": (
+            heart_u + _u(rng, 50, 80),
+            heart_v + _u(rng, 25, 50),
+            _u(rng, 18, 32),
+            _u(rng, 0.4, 0.8),
+            bool(rng.uniform() < 0.5),
+        ),
         "spine": (spine_u, spine_v, _u(rng, 13, 17)),
         "aorta": (spine_u + _u(rng, 15, 30), spine_v - _u(rng, 24, 32), _u(rng, 9, 13)),
         # intensities (fractions of the blood signal ~ 1)
-        "blood": _u(rng, 0.75, 1.0), "myo": _u(rng, 0.2, 0.34), "soft": _u(rng, 0.3, 0.45),
-        "liver_rel": _u(rng, 0.95, 1.35), "muscle_rel": _u(rng, 0.9, 1.25), "fat_int": _u(rng, 0.7, 0.95),
-        "lung_int": _u(rng, 0.02, 0.08), "marrow": _u(rng, 0.35, 0.55), "aorta_rel": _u(rng, 0.85, 1.05),
-        "gain": _u(rng, 150, 600), "noise": _u(rng, 0.02, 0.05), "bias": _u(rng, 0.15, 0.3),
+        "blood": _u(rng, 0.75, 1.0),
+        "myo": _u(rng, 0.2, 0.34),
+        "soft": _u(rng, 0.3, 0.45),
+        "liver_rel": _u(rng, 0.95, 1.35),
+        "muscle_rel": _u(rng, 0.9, 1.25),
+        "fat_int": _u(rng, 0.7, 0.95),
+        "lung_int": _u(rng, 0.02, 0.08),
+        "marrow": _u(rng, 0.35, 0.55),
+        "aorta_rel": _u(rng, 0.85, 1.05),
+        "gain": _u(rng, 150, 600),
+        "noise": _u(rng, 0.02, 0.05),
+        "bias": _u(rng, 0.15, 0.3),
         "blur": _u(rng, 0.5, 0.9),
     }
 
 
 # ------------------------------------------------------------------------------------------------ frame
+
 
 @dataclasses.dataclass(frozen=True)
 class _Tones:
@@ -160,8 +211,9 @@ def _paint_body_wall(sl: _Slice, p: dict, tones: _Tones) -> tuple[np.ndarray, fl
     return body_r, fat_in, muscle_in
 
 
-def _paint_lungs(rng: np.random.Generator, sl: _Slice, p: dict, tones: _Tones, f_body: float,
-                 inside: np.ndarray) -> None:
+def _paint_lungs(
+    rng: np.random.Generator, sl: _Slice, p: dict, tones: _Tones, f_body: float, inside: np.ndarray
+) -> None:
     """Both lungs, smaller towards the apex, each with 2-5 vessels (bright dots) drawn anew for every slice."""
     u, v, img = sl.u, sl.v, sl.img
     lung_scale = 1 - 0.45 * f_body
@@ -208,14 +260,24 @@ def _lv_radii(p: dict, f: float, es: bool) -> tuple[float, float]:
     r_endo_ed, t_ed = p["endo"] * profile, p["thick"] * (1 + 0.25 * f)
     if es:
         r_endo = p["es_ratio"] * r_endo_ed
-        t = np.sqrt(r_endo ** 2 + (r_endo_ed + t_ed) ** 2 - r_endo_ed ** 2) - r_endo
+        t = np.sqrt(r_endo**2 + (r_endo_ed + t_ed) ** 2 - r_endo_ed**2) - r_endo
     else:
         r_endo, t = r_endo_ed, t_ed
     return r_endo, t
 
 
-def _paint_rv(rng: np.random.Generator, sl: _Slice, p: dict, tones: _Tones, f: float, es: bool,
-              centre: tuple[float, float], r_epi_mean: float, outside_lv: np.ndarray, epi: np.ndarray) -> None:
+def _paint_rv(
+    rng: np.random.Generator,
+    sl: _Slice,
+    p: dict,
+    tones: _Tones,
+    f: float,
+    es: bool,
+    centre: tuple[float, float],
+    r_epi_mean: float,
+    outside_lv: np.ndarray,
+    epi: np.ndarray,
+) -> None:
     """The right ventricle: an ellipse beside the LV, minus the LV (the septum belongs to the LV myocardium),
     with a thin unlabelled free wall; it ends before the apex and shrinks at ES."""
     u, v = sl.u, sl.v
@@ -237,8 +299,9 @@ def _paint_rv(rng: np.random.Generator, sl: _Slice, p: dict, tones: _Tones, f: f
         sl.lab[rv_cavity] = 1
 
 
-def _paint_heart(rng: np.random.Generator, sl: _Slice, p: dict, tones: _Tones, f: float, es: bool,
-                 centre: tuple[float, float]) -> None:
+def _paint_heart(
+    rng: np.random.Generator, sl: _Slice, p: dict, tones: _Tones, f: float, es: bool, centre: tuple[float, float]
+) -> None:
     """Pericardial fat, RV (label 1), LV myocardium (label 2) and LV cavity (label 3) with papillary muscles,
     which are labelled LV as in ACDC."""
     u, v, img, lab = sl.u, sl.v, sl.img, sl.lab
@@ -269,8 +332,16 @@ def _paint_heart(rng: np.random.Generator, sl: _Slice, p: dict, tones: _Tones, f
             img[cavity & (np.hypot(u - pu, v - pv) < pr * r_endo * 1.4)] = tones.myo * 1.1
 
 
-def _acdc_slice(rng: np.random.Generator, p: dict, u: np.ndarray, v: np.ndarray, k: int, es: bool,
-                jitter: tuple[float, float], tones: _Tones) -> tuple[np.ndarray, np.ndarray]:
+def _acdc_slice(
+    rng: np.random.Generator,
+    p: dict,
+    u: np.ndarray,
+    v: np.ndarray,
+    k: int,
+    es: bool,
+    jitter: tuple[float, float],
+    tones: _Tones,
+) -> tuple[np.ndarray, np.ndarray]:
     """Slice ``k`` (0 at the base) of a frame: float32 image and uint8 label, (H, W), before image formation."""
     f_body = k / max(p["num_slices"] - 1, 1)  # position in the stack; the heart's below
     f = k / max(p["heart_slices"] - 1, 1)  # 0 at the base, 1 at the apex, beyond it below the apex
@@ -318,6 +389,7 @@ def _acdc_frame(rng: np.random.Generator, p: dict, phase: str) -> tuple[np.ndarr
 
 # ------------------------------------------------------------------------------------------------ files
 
+
 def _write_nifti(path: pathlib.Path, array: np.ndarray, affine: np.ndarray) -> None:
     from segmime_jax.data.acdc import import_nibabel
 
@@ -329,8 +401,9 @@ def _write_nifti(path: pathlib.Path, array: np.ndarray, affine: np.ndarray) -> N
     nib.save(image, os.fspath(path))
 
 
-def _write_acdc_patient(folder: pathlib.Path, name: str, rng: np.random.Generator, group: str, scale: float,
-                        zoom: float) -> None:
+def _write_acdc_patient(
+    folder: pathlib.Path, name: str, rng: np.random.Generator, group: str, scale: float, zoom: float
+) -> None:
     p = _acdc_patient(rng, group, scale, zoom)
     folder.mkdir(parents=True)
     lines = [f"{key}: {value}" for key, value in p["info"].items()]
@@ -344,8 +417,15 @@ def _write_acdc_patient(folder: pathlib.Path, name: str, rng: np.random.Generato
         _write_nifti(folder / f"{stem}_gt.nii.gz", label, affine)
 
 
-def write_synthetic_acdc(out_dir: str | os.PathLike, *, cases: int = 20, seed: int = 0, testing_cases: int = 0,
-                         scale: float = 1.0, zoom: float = 1.0) -> pathlib.Path:
+def write_synthetic_acdc(
+    out_dir: str | os.PathLike,
+    *,
+    cases: int = 20,
+    seed: int = 0,
+    testing_cases: int = 0,
+    scale: float = 1.0,
+    zoom: float = 1.0,
+) -> pathlib.Path:
     """Write an ACDC-like dataset to ``out_dir`` (which must not exist or be empty) and return it.
 
     Args:
@@ -361,8 +441,9 @@ def write_synthetic_acdc(out_dir: str | os.PathLike, *, cases: int = 20, seed: i
             (e.g. 64x64) still resolves the myocardium. Anatomy and randomness are the same for every zoom.
     """
     if cases < 1 or testing_cases < 0 or not scale > 0 or not zoom >= 1:
-        raise ValueError(f"need cases >= 1, testing_cases >= 0, scale > 0, zoom >= 1; got {cases}, {testing_cases}, "
-                         f"{scale}, {zoom}")
+        raise ValueError(
+            f"need cases >= 1, testing_cases >= 0, scale > 0, zoom >= 1; got {cases}, {testing_cases}, {scale}, {zoom}"
+        )
     if cases > 100 and testing_cases:
         raise ValueError("with testing_cases, at most 100 training cases (testing starts at patient101)")
     out_dir = check_new_folder(out_dir)
@@ -374,6 +455,7 @@ def write_synthetic_acdc(out_dir: str | os.PathLike, *, cases: int = 20, seed: i
                 block = np.random.default_rng([seed, 1_000_003, first, i // 5]).permutation(len(ACDC_GROUP_NAMES))
                 group = ACDC_GROUP_NAMES[block[i % 5]]
                 name = f"patient{number:03d}"
-                _write_acdc_patient(tmp / subset / name, name, np.random.default_rng([seed, number]), group, scale,
-                                    zoom)
+                _write_acdc_patient(
+                    tmp / subset / name, name, np.random.default_rng([seed, number]), group, scale, zoom
+                )
     return out_dir

@@ -23,23 +23,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out_dir", type=pathlib.Path, help="output folder (must not exist or be empty)")
     parser.add_argument("--cases", type=int, default=20, help="number of patients/cases (default: 20)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="in-plane matrix size multiplier at constant field of view (default: 1)")
-    parser.add_argument("--zoom", type=float, default=1.0,
-                        help="field of view shrunk by this factor around the heart or prostate (default: 1)")
-    parser.add_argument("--testing-cases", type=int, default=0,
-                        help="ACDC only: patients in testing/ (patient101...), with ground truth (default: 0)")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="in-plane matrix size multiplier at constant field of view (default: 1)",
+    )
+    parser.add_argument(
+        "--zoom",
+        type=float,
+        default=1.0,
+        help="field of view shrunk by this factor around the heart or prostate (default: 1)",
+    )
+    parser.add_argument(
+        "--testing-cases",
+        type=int,
+        default=0,
+        help="ACDC only: patients in testing/ (patient101...), with ground truth (default: 0)",
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
         if args.dataset == "acdc":
-            path = write_synthetic_acdc(args.out_dir, cases=args.cases, seed=args.seed, scale=args.scale,
-                                        testing_cases=args.testing_cases, zoom=args.zoom)
+            path = write_synthetic_acdc(
+                args.out_dir,
+                cases=args.cases,
+                seed=args.seed,
+                scale=args.scale,
+                testing_cases=args.testing_cases,
+                zoom=args.zoom,
+            )
         else:
             if args.testing_cases:
                 parser.error("--testing-cases applies to acdc only")
-            path = write_synthetic_promise12(args.out_dir, cases=args.cases, seed=args.seed, scale=args.scale,
-                                             zoom=args.zoom)
+            path = write_synthetic_promise12(
+                args.out_dir, cases=args.cases, seed=args.seed, scale=args.scale, zoom=args.zoom
+            )
     except (FileExistsError, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

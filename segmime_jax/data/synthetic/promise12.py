@@ -118,12 +118,16 @@ def _paint_pelvis(rng: np.random.Generator, g: _Grid, gl: _Gland, tones: _Tones)
     img *= texture
     for side in (-1, 1):
         mx = gl.x0 + side * (gl.ax + _u(rng, 14, 24))
-        img[np.broadcast_to(ellipse(x, y, mx, gl.y0 + _u(rng, 0, 10), _u(rng, 7, 12), _u(rng, 25, 40),
-                                    side * _u(rng, 0.1, 0.4)) < 1, shape)] = tones.muscle
+        img[
+            np.broadcast_to(
+                ellipse(x, y, mx, gl.y0 + _u(rng, 0, 10), _u(rng, 7, 12), _u(rng, 25, 40), side * _u(rng, 0.1, 0.4))
+                < 1,
+                shape,
+            )
+        ] = tones.muscle
     py = gl.y0 - gl.ay - _u(rng, 14, 24)
     for side in (-1, 1):
-        bone = np.broadcast_to(ellipse(x, y, gl.x0 + side * _u(rng, 14, 20), py, _u(rng, 10, 14), _u(rng, 6, 9)),
-                               shape)
+        bone = np.broadcast_to(ellipse(x, y, gl.x0 + side * _u(rng, 14, 20), py, _u(rng, 10, 14), _u(rng, 6, 9)), shape)
         img[bone < 1] = 0.08  # cortex
         img[bone < 0.75] = _u(rng, 0.4, 0.6)  # marrow
     return img
@@ -144,8 +148,10 @@ def _paint_rectum(rng: np.random.Generator, img: np.ndarray, g: _Grid, gl: _Glan
 def _paint_bladder(rng: np.random.Generator, img: np.ndarray, g: _Grid, gl: _Gland, tones: _Tones) -> None:
     """The bladder above the base: bright urine in a dark wall."""
     bz = gl.z0 + gl.az + _u(rng, 10, 25)
-    bladder = ellipse(g.x, g.y, gl.x0 + _u(rng, -5, 5), gl.y0 - _u(rng, 0, 10), _u(rng, 30, 50),
-                      _u(rng, 22, 35)) ** 2 + ((g.z - bz) / _u(rng, 18, 30)) ** 2
+    bladder = (
+        ellipse(g.x, g.y, gl.x0 + _u(rng, -5, 5), gl.y0 - _u(rng, 0, 10), _u(rng, 30, 50), _u(rng, 22, 35)) ** 2
+        + ((g.z - bz) / _u(rng, 18, 30)) ** 2
+    )
     img[bladder < 1.25] = tones.muscle * 1.3
     img[bladder < 1] = _u(rng, 0.85, 1.0)
 
@@ -179,8 +185,11 @@ def _case_geometry(rng: np.random.Generator, g: _Grid) -> dict:
     """MetaImage spacing (x, y, z), origin and direction cosines: some cases oblique (rotated about x)."""
     tilt = _u(rng, -0.25, 0.25) if rng.uniform() < 0.3 else 0.0
     direction = (1.0, 0.0, 0.0, 0.0, np.cos(tilt), -np.sin(tilt), 0.0, np.sin(tilt), np.cos(tilt))
-    return {"spacing": (g.spacing, g.spacing, g.thickness),
-            "origin": (_u(rng, -100, -50), _u(rng, -100, -50), _u(rng, -60, 0)), "direction": direction}
+    return {
+        "spacing": (g.spacing, g.spacing, g.thickness),
+        "origin": (_u(rng, -100, -50), _u(rng, -100, -50), _u(rng, -60, 0)),
+        "direction": direction,
+    }
 
 
 def _promise12_case(rng: np.random.Generator, scale: float, zoom: float = 1.0) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -197,8 +206,9 @@ def _promise12_case(rng: np.random.Generator, scale: float, zoom: float = 1.0) -
     return image, gland.mask.astype(np.uint8), _case_geometry(rng, g)
 
 
-def write_synthetic_promise12(out_dir: str | os.PathLike, *, cases: int = 20, seed: int = 0,
-                              scale: float = 1.0, zoom: float = 1.0) -> pathlib.Path:
+def write_synthetic_promise12(
+    out_dir: str | os.PathLike, *, cases: int = 20, seed: int = 0, scale: float = 1.0, zoom: float = 1.0
+) -> pathlib.Path:
     """Write a PROMISE12-like dataset (``CaseNN.mhd/.raw`` + ``CaseNN_segmentation.mhd/.raw``) to ``out_dir``.
 
     Needs SimpleITK. ``out_dir`` must not exist or be empty. ``scale`` multiplies the in-plane matrix size

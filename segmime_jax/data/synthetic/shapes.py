@@ -20,8 +20,7 @@ def uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(rng.uniform(lo, hi))
 
 
-def harmonics(rng: np.random.Generator, orders: Sequence[int],
-              amplitude: float) -> Callable[[np.ndarray], np.ndarray]:
+def harmonics(rng: np.random.Generator, orders: Sequence[int], amplitude: float) -> Callable[[np.ndarray], np.ndarray]:
     """A random smooth periodic function of an angle: ``sum_k a_k cos(k t + phi_k)``."""
     amps = [rng.uniform(0.3, 1.0) * amplitude for _ in orders]
     phases = [rng.uniform(0, 2 * np.pi) for _ in orders]
@@ -35,8 +34,9 @@ def harmonics(rng: np.random.Generator, orders: Sequence[int],
     return fn
 
 
-def smooth_field(rng: np.random.Generator, shape: Sequence[int], coarse: Sequence[int], lo: float,
-                 hi: float) -> np.ndarray:
+def smooth_field(
+    rng: np.random.Generator, shape: Sequence[int], coarse: Sequence[int], lo: float, hi: float
+) -> np.ndarray:
     """A smooth random field of ``shape`` with values in [lo, hi]: a coarse random grid, interpolated."""
     field = rng.uniform(lo, hi, size=tuple(coarse)).astype(np.float32)
     for axis, n_out in enumerate(shape):
@@ -51,8 +51,7 @@ def rician(rng: np.random.Generator, signal: np.ndarray, sigma: float) -> np.nda
     return np.sqrt(real * real + imag * imag)
 
 
-def ellipse(u: np.ndarray, v: np.ndarray, cu: float, cv: float, au: float, av: float,
-            angle: float = 0.0) -> np.ndarray:
+def ellipse(u: np.ndarray, v: np.ndarray, cu: float, cv: float, au: float, av: float, angle: float = 0.0) -> np.ndarray:
     """Normalised elliptic radius (< 1 inside) of an ellipse centred at (cu, cv), rotated by ``angle``."""
     c, s = np.cos(angle), np.sin(angle)
     du, dv = u - cu, v - cv

@@ -56,12 +56,25 @@ def crop_box(labels: np.ndarray, margin: float = 0.25) -> tuple[slice, slice]:
     h, w = labels.shape
     pad_r = int(margin * (rows.max() - rows.min() + 1))
     pad_c = int(margin * (cols.max() - cols.min() + 1))
-    return (slice(max(0, rows.min() - pad_r), min(h, rows.max() + pad_r + 1)),
-            slice(max(0, cols.min() - pad_c), min(w, cols.max() + pad_c + 1)))
+    return (
+        slice(max(0, rows.min() - pad_r), min(h, rows.max() + pad_r + 1)),
+        slice(max(0, cols.min() - pad_c), min(w, cols.max() + pad_c + 1)),
+    )
 
 
-def plot_figure1(path: Path, y: np.ndarray, s: np.ndarray, dice: np.ndarray, ce: np.ndarray, *, class_name: str,
-                 dr_dice: float, dr_ce: float, convention: str, dpi: int) -> None:
+def plot_figure1(
+    path: Path,
+    y: np.ndarray,
+    s: np.ndarray,
+    dice: np.ndarray,
+    ce: np.ndarray,
+    *,
+    class_name: str,
+    dr_dice: float,
+    dr_ce: float,
+    convention: str,
+    dpi: int,
+) -> None:
     """Paper Figure 1 for one class ``k``: (a) ``y^(k)``, (b) ``s^(k)``, (c) ``∂L_DSC/∂s^(k)`` (Eq. 6: two
     values), (d) ``∂L_CE/∂s^(k)`` (Eq. 4, on a symmetric log scale), each gradient titled with its dynamic range.
 
@@ -88,16 +101,19 @@ def plot_figure1(path: Path, y: np.ndarray, s: np.ndarray, dice: np.ndarray, ce:
     fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
     unit = "dB" if convention == "power" else "dB (20 log10)"
     _symmetric_image(axes[2], fig, dice, f"(c) $\\partial L_{{DSC}}/\\partial s$: 2 values, range {dr_dice:.2f} {unit}")
-    _symmetric_image(axes[3], fig, ce, f"(d) $\\partial L_{{CE}}/\\partial s$, symlog: range {dr_ce:.2f} {unit}",
-                     log=True)
-    fig.suptitle("Partial derivatives wrt. the prediction (paper Figure 1), cropped around the heart; "
-                 "blue < 0 pushes s up, red > 0 pushes it down", fontsize=10)
+    _symmetric_image(
+        axes[3], fig, ce, f"(d) $\\partial L_{{CE}}/\\partial s$, symlog: range {dr_ce:.2f} {unit}", log=True
+    )
+    fig.suptitle(
+        "Partial derivatives wrt. the prediction (paper Figure 1), cropped around the heart; "
+        "blue < 0 pushes s up, red > 0 pushes it down",
+        fontsize=10,
+    )
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
 
 
-def plot_gradient_maps(path: Path, maps: Sequence[tuple[str, np.ndarray, float]], *, class_name: str,
-                       dpi: int) -> None:
+def plot_gradient_maps(path: Path, maps: Sequence[tuple[str, np.ndarray, float]], *, class_name: str, dpi: int) -> None:
     """Every loss's gradient ``∂L/∂s^(k)`` of one class, three per row; CE's on a symmetric log scale.
 
     Args:
@@ -113,10 +129,12 @@ def plot_gradient_maps(path: Path, maps: Sequence[tuple[str, np.ndarray, float]]
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.0 * rows), squeeze=False)
     for ax, (label, values, dr) in zip(axes.ravel(), maps, strict=False):
         _symmetric_image(ax, fig, values, f"{label}: range {dr:.2f} dB", log=label == "CE")
-    for ax in axes.ravel()[len(maps):]:
+    for ax in axes.ravel()[len(maps) :]:
         ax.axis("off")
-    fig.suptitle(f"$\\partial L/\\partial s^{{({class_name})}}$ for each loss (dynamic range: 10 log10; CE on a "
-                 "symlog scale)", fontsize=10)
+    fig.suptitle(
+        f"$\\partial L/\\partial s^{{({class_name})}}$ for each loss (dynamic range: 10 log10; CE on a symlog scale)",
+        fontsize=10,
+    )
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
 
@@ -136,10 +154,21 @@ def plot_bound(path: Path, rows: Sequence[Mapping[str, float]], *, dpi: int) -> 
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     grid = np.geomspace(union.min(), union.max(), 200)
     ax.loglog(grid, 2.0 / grid, "k-", label="bound $2/U$ (Eq. 7)")
-    ax.loglog(union, [r["max_abs_gradient"] for r in rows], "o", color="tab:blue",
-              label="measured max $|\\partial L_{DSC}/\\partial s|$")
-    ax.loglog(union, [r["min_abs_gradient"] for r in rows], "s", color="tab:orange", markersize=4,
-              label="measured min $|\\partial L_{DSC}/\\partial s|$")
+    ax.loglog(
+        union,
+        [r["max_abs_gradient"] for r in rows],
+        "o",
+        color="tab:blue",
+        label="measured max $|\\partial L_{DSC}/\\partial s|$",
+    )
+    ax.loglog(
+        union,
+        [r["min_abs_gradient"] for r in rows],
+        "s",
+        color="tab:orange",
+        markersize=4,
+        label="measured min $|\\partial L_{DSC}/\\partial s|$",
+    )
     ax.set_xlabel("$U = \\sum_i (y + s)$ (disc of growing radius)")
     ax.set_ylabel("gradient magnitude")
     ax.grid(True, which="both", alpha=0.3)

@@ -53,7 +53,7 @@ def disc(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> 
     Returns:
       ``(H, W)`` boolean mask.
     """
-    rows, cols = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64) + 0.5
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float64) + 0.5
     return np.hypot(rows - centre[0], cols - centre[1]) < radius
 
 
@@ -100,8 +100,10 @@ def error_blobs(labels: np.ndarray, error_class: int, radius: float) -> tuple[np
         lo_r, hi_r = radius + 1, shape[0] - radius - 1
         lo_c, hi_c = radius + 1, shape[1] - radius - 1
         candidates = [
-            (centre[0], min(hi_c, cols.max() + gap)), (centre[0], max(lo_c, cols.min() - gap)),
-            (min(hi_r, rows.max() + gap), centre[1]), (max(lo_r, rows.min() - gap), centre[1]),
+            (centre[0], min(hi_c, cols.max() + gap)),
+            (centre[0], max(lo_c, cols.min() - gap)),
+            (min(hi_r, rows.max() + gap), centre[1]),
+            (max(lo_r, rows.min() - gap), centre[1]),
         ]
     discs = [disc(shape, c, radius) for c in candidates]
     coverage = [float((d & allowed).sum()) / max(int(d.sum()), 1) for d in discs]

@@ -100,8 +100,10 @@ class GradientStudyResult:
             "class_index": self.class_index,
             "class_name": self.class_names[self.class_index],
             "default_convention": self.convention,
-            "conventions": {"power": "10*log10(max|g|/min|g|) over non-zero |g|",
-                            "amplitude": "20*log10(max|g|/min|g|) over non-zero |g|"},
+            "conventions": {
+                "power": "10*log10(max|g|/min|g|) over non-zero |g|",
+                "amplitude": "20*log10(max|g|/min|g|) over non-zero |g|",
+            },
             "source": self.source,
             "intersection": self.intersection,
             "union": self.union,

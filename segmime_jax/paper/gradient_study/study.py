@@ -94,15 +94,17 @@ def bound_sweep(
         grad = G.loss_gradient(L.dice_loss, p, y, classes=(1,))
         inter, union = G.intersection_union(p, y, classes=(1,))
         bound = G.dice_gradient_bound(p, y, classes=(1,))[0, 1]
-        rows.append({
-            "radius": float(radius),
-            "object_pixels": int(labels.sum()),
-            "union": float(union[0, 0]),
-            "intersection": float(inter[0, 0]),
-            "bound": float(bound),
-            "max_abs_gradient": float(jnp.max(jnp.abs(grad[..., 1]))),
-            "min_abs_gradient": float(jnp.min(jnp.abs(grad[..., 1]))),
-        })
+        rows.append(
+            {
+                "radius": float(radius),
+                "object_pixels": int(labels.sum()),
+                "union": float(union[0, 0]),
+                "intersection": float(inter[0, 0]),
+                "bound": float(bound),
+                "max_abs_gradient": float(jnp.max(jnp.abs(grad[..., 1]))),
+                "min_abs_gradient": float(jnp.min(jnp.abs(grad[..., 1]))),
+            }
+        )
     return rows
 
 
@@ -120,19 +122,31 @@ def _loss_rows(s: jax.Array, y: jax.Array, k: int) -> tuple[list[LossGradientRow
             conv: [float(G.dynamic_range_db(auto[..., j], convention=conv)) for j in range(num_classes)]
             for conv in G.DYNAMIC_RANGE_CONVENTIONS
         }
-        rows.append(LossGradientRow(
-            key=spec.key, label=spec.label, equation=spec.equation,
-            foreground=side_summary(summary, "foreground"), background=side_summary(summary, "background"),
-            dynamic_range_db={conv: per_class[conv][k] for conv in G.DYNAMIC_RANGE_CONVENTIONS},
-            dynamic_range_db_per_class=per_class,
-            max_abs_diff_closed_form=float(jnp.max(jnp.abs(auto - closed))),
-            max_abs_gradient=float(jnp.max(jnp.abs(auto))),
-        ))
+        rows.append(
+            LossGradientRow(
+                key=spec.key,
+                label=spec.label,
+                equation=spec.equation,
+                foreground=side_summary(summary, "foreground"),
+                background=side_summary(summary, "background"),
+                dynamic_range_db={conv: per_class[conv][k] for conv in G.DYNAMIC_RANGE_CONVENTIONS},
+                dynamic_range_db_per_class=per_class,
+                max_abs_diff_closed_form=float(jnp.max(jnp.abs(auto - closed))),
+                max_abs_gradient=float(jnp.max(jnp.abs(auto))),
+            )
+        )
     return rows, maps
 
 
-def _write_files(out_dir: Path, result: GradientStudyResult, labels: np.ndarray, probs: np.ndarray,
-                 maps: Mapping[str, np.ndarray], *, dpi: int) -> None:
+def _write_files(
+    out_dir: Path,
+    result: GradientStudyResult,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    maps: Mapping[str, np.ndarray],
+    *,
+    dpi: int,
+) -> None:
     """Write the study's files into ``out_dir`` together (:func:`~segmime_jax.atomic_files.atomic_files_into`)
     and record them in ``result.files``; a run without a bound sweep deletes an earlier run's ``bound.*``."""
     k, convention = result.class_index, result.convention
@@ -144,12 +158,23 @@ def _write_files(out_dir: Path, result: GradientStudyResult, labels: np.ndarray,
         box = figures.crop_box(labels)
         shown = {key: m[box] for key, m in maps.items()}
         dr = {key: float(G.dynamic_range_db(jnp.asarray(m), convention=convention)) for key, m in maps.items()}
-        figures.plot_figure1(staging / "figure1.png", (labels == k).astype(np.float32)[box], probs[..., k][box],
-                             shown["dsc"], shown["ce"], class_name=name, dr_dice=dr["dsc"], dr_ce=dr["ce"],
-                             convention=convention, dpi=dpi)
+        figures.plot_figure1(
+            staging / "figure1.png",
+            (labels == k).astype(np.float32)[box],
+            probs[..., k][box],
+            shown["dsc"],
+            shown["ce"],
+            class_name=name,
+            dr_dice=dr["dsc"],
+            dr_ce=dr["ce"],
+            convention=convention,
+            dpi=dpi,
+        )
         figures.plot_gradient_maps(
             staging / "gradient_maps.png",
-            [(r.label, shown[r.key], r.dynamic_range_db["power"]) for r in result.rows], class_name=name, dpi=dpi,
+            [(r.label, shown[r.key], r.dynamic_range_db["power"]) for r in result.rows],
+            class_name=name,
+            dpi=dpi,
         )
         if result.bound_rows:
             figures.plot_bound(staging / "bound.png", result.bound_rows, dpi=dpi)
@@ -215,13 +240,22 @@ def run_gradient_study(
     inter, union = (float(v[0, 0]) for v in G.intersection_union(s, y, classes=(k,)))
     fg_probs = probs[..., k][labels == k]
     result = GradientStudyResult(
-        class_names=tuple(class_names), class_index=k, convention=convention,
-        source=dict(source or {"kind": "array"}), intersection=inter, union=union, soft_dice=2 * inter / union,
-        dice_value_foreground=-2 * (union - inter) / union**2, dice_value_background=2 * inter / union**2,
-        dice_bound=2 / union, averaging=1.0 / num_classes,
+        class_names=tuple(class_names),
+        class_index=k,
+        convention=convention,
+        source=dict(source or {"kind": "array"}),
+        intersection=inter,
+        union=union,
+        soft_dice=2 * inter / union,
+        dice_value_foreground=-2 * (union - inter) / union**2,
+        dice_value_background=2 * inter / union**2,
+        dice_bound=2 / union,
+        averaging=1.0 / num_classes,
         foreground_prob_min=float(fg_probs.min()) if fg_probs.size else float("nan"),
         foreground_prob_max=float(fg_probs.max()) if fg_probs.size else float("nan"),
-        rows=rows, bound_rows=[dict(b) for b in bound_rows], files={},
+        rows=rows,
+        bound_rows=[dict(b) for b in bound_rows],
+        files={},
     )
     _write_files(Path(out_dir), result, labels, probs, maps, dpi=dpi)
     return result

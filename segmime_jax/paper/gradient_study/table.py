@@ -92,8 +92,10 @@ def format_table(result: GradientStudyResult) -> str:
         "|---|---|---|---|---|",
     ]
     for b in result.bound_rows:
-        lines.append(f"| {b['radius']:.1f} | {b['union']:.1f} | {_fmt(b['bound'])} | {_fmt(b['max_abs_gradient'])} "
-                     f"| {b['max_abs_gradient'] / b['bound']:.3f} |")
+        lines.append(
+            f"| {b['radius']:.1f} | {b['union']:.1f} | {_fmt(b['bound'])} | {_fmt(b['max_abs_gradient'])} "
+            f"| {b['max_abs_gradient'] / b['bound']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
