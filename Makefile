@@ -1,10 +1,10 @@
-# Every target that runs code depends on .venv, so each works on a fresh clone (device-check excepted: it runs
-# on a lent GPU machine with that machine's python).
+# Every target that runs code depends on .venv, so each works on a fresh clone (device-check excepted: it uses
+# the GPU machine's own python and jax).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test lint acdc promise12 gradients benchmark device-check clean
+.PHONY: test test-all lint format acdc promise12 gradients benchmark device-check clean
 
 $(VENV): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,11 +12,22 @@ $(VENV): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,promise12]'
 	touch $(VENV)
 
-test: $(VENV)
+SOURCES := segmime_jax experiments tests
+
+# The README's test command: style first, then every test but those marked slow (whole models and experiments).
+test: lint
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: lint
 	$(PY) -m pytest -q
 
 lint: $(VENV)
-	$(PY) -m ruff check segmime_jax experiments tests
+	$(PY) -m ruff check $(SOURCES)
+	$(PY) -m ruff format --check $(SOURCES)
+
+format: $(VENV)
+	$(PY) -m ruff check --fix $(SOURCES)
+	$(PY) -m ruff format $(SOURCES)
 
 # Options go through ARGS, e.g. make acdc ARGS="--seeds 3 --epochs 30"
 acdc: $(VENV)

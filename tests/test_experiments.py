@@ -173,6 +173,12 @@ def test_acdc_end_to_end(tmp_path, capsys):
     ]
     result = acdc.main(argv)
     printed = capsys.readouterr().out
+    _check_first_run(out, result, printed, tmp_path / "cache")
+    _check_report(out, printed)
+    _check_rerun(argv, result, capsys)
+
+
+def _check_first_run(out, result, printed, cache):
     # one compilation per program for the whole grid (the last batch is trimmed: a second train step shape)
     assert printed.count("compiling the train step (batches of 8)") == 1
     assert printed.count("compiling the train step (the last batch") == 1
@@ -194,11 +200,13 @@ def test_acdc_end_to_end(tmp_path, capsys):
         assert (run_dir / name).exists(), name
     mime = result.runs["adam-mime-seed0"]
     assert len(list((run_dir / "predictions").glob("*.nii.gz"))) == len(mime.test_dsc)
-    assert not (tmp_path / "cache" / "jax-compilation").exists()
-    assert (tmp_path / "cache" / "synthetic" / "acdc-5-0").is_dir()
+    assert not (cache / "jax-compilation").exists()
+    assert (cache / "synthetic" / "acdc-5-0").is_dir()
     record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert all(record[k] >= 0 for k in ("train_s", "val_s", "telemetry_s", "checkpoint_s"))
 
+
+def _check_report(out, printed):
     results = json.loads((out / "results.json").read_text())
     assert results["dataset"] == "acdc" and results["model"] == "enet"
     assert set(results["runs"]) == {"adam-dsc-seed0", "adam-mime-seed0"}
@@ -217,6 +225,9 @@ def test_acdc_end_to_end(tmp_path, capsys):
     assert "Mime − DSC: test All-DSC" in printed and "ours / paper" in printed
     assert "Mime − DSC" in (out / "table1.md").read_text()
 
+
+def _check_rerun(argv, result, capsys):
+    mime = result.runs["adam-mime-seed0"]
     # Rerunning the same command reuses the finished runs (and compiles nothing) ...
     again = acdc.main(argv)
     printed = capsys.readouterr().out

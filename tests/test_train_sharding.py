@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent("""
     from flax import nnx
     from train_support import tiny_factory, tiny_splits
     from segmime_jax.train import CheckpointStore, TrainConfig, TrainState, train_and_evaluate
-    from segmime_jax.train import loop
+    from segmime_jax.train import run as run_setup
 
     assert jax.device_count() == 8, jax.devices()
     meshes = []  # the meshes the runs really used
@@ -39,7 +39,7 @@ SCRIPT = textwrap.dedent("""
         meshes.append(real_mesh(*args, **kwargs))
         return meshes[-1]
 
-    real_mesh, loop.make_data_mesh = loop.make_data_mesh, recording_mesh
+    real_mesh, run_setup.make_data_mesh = run_setup.make_data_mesh, recording_mesh
     # 12 training slices, batch 8: one full batch split over the devices, one trimmed batch of 4 (replicated)
     data = tiny_splits(train_volumes=4, slices=3)
     out = {}

@@ -125,40 +125,7 @@ def write_grid_report(
     files["table1.md"], files["table1.csv"] = tables.write_table1(
         table, out, paper=paper, comparisons=_format_comparisons(comparisons)
     )
-    histories = {key: [r.history for r in result_of(*key)] for key in keys}
-    files["fig2.png"] = figures.plot_validation_curves(
-        histories, out / "fig2.png", title=f"{data.name}: validation DSC over epochs"
-    )
-    files["train_loss.png"] = figures.plot_training_loss(
-        histories, out / "train_loss.png", title=f"{data.name}: training loss over epochs"
-    )
-    if config.train.telemetry:
-        files["gradient_range.png"] = figures.plot_gradient_range(
-            histories,
-            out / "gradient_range.png",
-            title=f"{data.name}: dynamic range of ∂L/∂s per (image, class) during training",
-        )
-    k = _class_index(class_names, calibration_class)
-    for j, optimizer in enumerate(config.optimizers):
-        suffix = "" if j == 0 else f"-{optimizer}"
-        label = tables.optimizer_display_name(optimizer)
-        first = {l: result_of(optimizer, l)[0] for l in config.losses}
-        files[f"fig3{suffix}.png"] = figures.plot_calibration(
-            {l: r.test_clece for l, r in first.items()},
-            {l: r.reliability for l, r in first.items()},
-            class_names,
-            out / f"fig3{suffix}.png",
-            class_index=k,
-            title=f"{data.name}, {label}: test calibration (seed {config.train.seed})",
-        )
-        if config.train.num_examples > 0:
-            files[f"fig4{suffix}.png"] = figures.plot_examples(
-                {l: r.examples for l, r in first.items()},
-                class_names,
-                out / f"fig4{suffix}.png",
-                max_rows=config.train.num_examples,
-                title=f"{data.name}, {label}: test slices",
-            )
+    files.update(_write_figures(config, data.name, class_names, keys, result_of, calibration_class))
     wall = time.perf_counter() - start
     results = {
         "dataset": data.name,
@@ -168,38 +135,9 @@ def write_grid_report(
         "data": info,
         "table1": table.to_dict(),
         "paper_table1": paper.to_dict(),
-        "comparisons": {
-            key: {
-                **{k: v for k, v in c.items() if not isinstance(v, statistics.Difference)},
-                "test_all_dsc": c["test_all_dsc"].to_json(),
-                "epochs_to_90pct_best_val": c["epochs_to_90pct_best_val"].to_json(),
-            }
-            for key, c in comparisons.items()
-        },
-        "conventions": {
-            "test_dsc": "3D DSC per test volume (all slices stacked) and class, background at index 0, in [0, 1]",
-            "table1": list(table.notes),
-            "comparisons": "candidate − reference, paired by seed and test volume: mean of per-volume All-DSC "
-            "differences (fraction, not %), 95 % BCa bootstrap interval resampling test volumes (and "
-            "seeds, independently, when there are several); epochs_to_90pct_best_val: first epoch "
-            "at which a run's validation DSC reaches 90 % of its best, paired by seed",
-            "late_gain": "max validation DSC minus its max before the last quarter of the epochs (a flat curve: "
-            "under 0.01)",
-            "clece": "test_clece[k]: class-wise ECE of class k over every test pixel (background pixels included), "
-            "15 equal-width bins, p = 0 in the first bin; the background class is at index 0",
-        },
-        "runs": {
-            r.name: {
-                "optimizer": r.optimizer,
-                "loss": r.loss,
-                "seed": r.seed,
-                "run_dir": str(r.directory),
-                "epochs_to_90pct_best_val": _to_90(runs[r.name]),
-                "late_gain": statistics.late_gain([h["val_dsc_fg"] for h in runs[r.name].history]),
-                **runs[r.name].to_json(include_examples=False),
-            }
-            for r in grid
-        },
+        "comparisons": {key: _comparison_json(c) for key, c in comparisons.items()},
+        "conventions": _conventions(table),
+        "runs": {r.name: _run_json(r, runs[r.name]) for r in grid},
         "wall_time_s": wall,
         "runs_wall_time_s": sum(float(run.wall_time_s) for run in runs.values()),
     }
@@ -216,6 +154,89 @@ def write_grid_report(
         wall_time_s=wall,
         data_info=info,
     )
+
+
+def _write_figures(
+    config: GridConfig,
+    dataset: str,
+    class_names: tuple[str, ...],
+    keys: Sequence[tuple[str, str]],
+    result_of: Callable[[str, str], list[RunResult]],
+    calibration_class: str | None,
+) -> dict[str, Path]:
+    """The grid's figures: Figure 2 (validation curves), training loss, gradient range, and per optimiser
+    Figures 3 (calibration) and 4 (test slices) from each loss's first seed."""
+    out = Path(config.out)
+    files: dict[str, Path] = {}
+    histories = {key: [r.history for r in result_of(*key)] for key in keys}
+    files["fig2.png"] = figures.plot_validation_curves(
+        histories, out / "fig2.png", title=f"{dataset}: validation DSC over epochs"
+    )
+    files["train_loss.png"] = figures.plot_training_loss(
+        histories, out / "train_loss.png", title=f"{dataset}: training loss over epochs"
+    )
+    if config.train.telemetry:
+        files["gradient_range.png"] = figures.plot_gradient_range(
+            histories,
+            out / "gradient_range.png",
+            title=f"{dataset}: dynamic range of ∂L/∂s per (image, class) during training",
+        )
+    k = _class_index(class_names, calibration_class)
+    for j, optimizer in enumerate(config.optimizers):
+        suffix = "" if j == 0 else f"-{optimizer}"
+        label = tables.optimizer_display_name(optimizer)
+        first = {l: result_of(optimizer, l)[0] for l in config.losses}
+        files[f"fig3{suffix}.png"] = figures.plot_calibration(
+            {l: r.test_clece for l, r in first.items()},
+            {l: r.reliability for l, r in first.items()},
+            class_names,
+            out / f"fig3{suffix}.png",
+            class_index=k,
+            title=f"{dataset}, {label}: test calibration (seed {config.train.seed})",
+        )
+        if config.train.num_examples > 0:
+            files[f"fig4{suffix}.png"] = figures.plot_examples(
+                {l: r.examples for l, r in first.items()},
+                class_names,
+                out / f"fig4{suffix}.png",
+                max_rows=config.train.num_examples,
+                title=f"{dataset}, {label}: test slices",
+            )
+    return files
+
+
+def _comparison_json(comparison: dict) -> dict:
+    plain = {k: v for k, v in comparison.items() if not isinstance(v, statistics.Difference)}
+    differences = {k: v.to_json() for k, v in comparison.items() if isinstance(v, statistics.Difference)}
+    return {**plain, **differences}
+
+
+def _run_json(run: GridRun, result: RunResult) -> dict:
+    return {
+        "optimizer": run.optimizer,
+        "loss": run.loss,
+        "seed": run.seed,
+        "run_dir": str(run.directory),
+        "epochs_to_90pct_best_val": _to_90(result),
+        "late_gain": statistics.late_gain([h["val_dsc_fg"] for h in result.history]),
+        **result.to_json(include_examples=False),
+    }
+
+
+def _conventions(table: tables.Table1) -> dict:
+    """What each number in results.json means (written next to the numbers so the file stands alone)."""
+    return {
+        "test_dsc": "3D DSC per test volume (all slices stacked) and class, background at index 0, in [0, 1]",
+        "table1": list(table.notes),
+        "comparisons": "candidate − reference, paired by seed and test volume: mean of per-volume All-DSC "
+        "differences (fraction, not %), 95 % BCa bootstrap interval resampling test volumes (and "
+        "seeds, independently, when there are several); epochs_to_90pct_best_val: first epoch "
+        "at which a run's validation DSC reaches 90 % of its best, paired by seed",
+        "late_gain": "max validation DSC minus its max before the last quarter of the epochs (a flat curve: "
+        "under 0.01)",
+        "clece": "test_clece[k]: class-wise ECE of class k over every test pixel (background pixels included), "
+        "15 equal-width bins, p = 0 in the first bin; the background class is at index 0",
+    }
 
 
 def _class_index(class_names: Sequence[str], wanted: str | None) -> int:

@@ -237,6 +237,15 @@ def plot_calibration(
     colours = _loss_colours(losses)
     fig, (bars, diagram) = plt.subplots(1, 2, figsize=(10.0, 4.0))
 
+    _ece_bars(bars, clece, losses, colours, k, class_label)
+    _reliability_lines(diagram, reliability, losses, colours, k, class_label)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def _ece_bars(bars, clece, losses, colours, k: int, class_label: str) -> None:
+    """Figure 3, left: ClECE per loss, the mean over classes and class k side by side."""
     x = np.arange(len(losses))
     mean_ece = [float(np.mean(np.asarray(clece[loss], dtype=float))) * 100.0 for loss in losses]
     class_ece = [float(np.asarray(clece[loss], dtype=float)[k]) * 100.0 for loss in losses]
@@ -267,6 +276,9 @@ def plot_calibration(
     bars.set_title(f"ClECE: mean over all classes, background incl. (plain), {class_label} (hatched)")
     bars.grid(True, axis="y", alpha=0.3)
 
+
+def _reliability_lines(diagram, reliability, losses, colours, k: int, class_label: str) -> None:
+    """Figure 3, right: the reliability diagram of class k, one line per loss."""
     diagram.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
     for loss in losses:
         table = reliability.get(loss)
@@ -292,9 +304,6 @@ def plot_calibration(
     diagram.set_title(f"Reliability diagram, {class_label}")
     diagram.grid(True, alpha=0.3)
     diagram.legend(loc="upper left", fontsize="small")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path, dpi)
 
 
 def label_overlay(image: np.ndarray, label: np.ndarray, *, alpha: float = 0.45) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The training loop: train for a fixed number of epochs, validate, checkpoint, then test the best model.
 
-:func:`train_and_evaluate` reads top to bottom: set the run up (:func:`_setup`), restore it or start it
-(:func:`_restore_or_start`), compile its programs (:func:`_compile`), then per epoch :func:`_train_epoch`,
+:func:`train_and_evaluate` reads top to bottom: set the run up (:func:`setup_run`), restore it or start it
+(:func:`restore_or_start`), compile its programs (:func:`compile_programs`), then per epoch :func:`_train_epoch`,
 :func:`_validate`, :func:`_measure_gradient`, :func:`_end_epoch` (plateau rule, checkpoint, ``metrics.jsonl``),
 and at the end :func:`_test` on the best epoch's state.
 
@@ -31,68 +31,29 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
 
-from segmime_jax.atomic_files import json_ready, write_text_atomic
-from segmime_jax.data.dataset import fingerprint_differences
-from segmime_jax.losses import LossProgram
+from segmime_jax.atomic_files import json_ready
 from segmime_jax.train.checkpoint import CheckpointStore, check_finite, check_packed_finite, pack, unpack
-from segmime_jax.train.config import PRECISIONS, RESUMABLE_CHANGES, TrainConfig
+from segmime_jax.train.config import TrainConfig
 from segmime_jax.train.evaluate import Evaluation, evaluate
-from segmime_jax.train.optim import PlateauState, get_learning_rate, plateau_update, set_learning_rate
-from segmime_jax.train.programs import Programs, compile_announced, programs_for
-from segmime_jax.train.progress import Reporter
-from segmime_jax.train.results import METRICS_FILE, RESULT_FILE, RunResult, save_run_result
-from segmime_jax.train.samples import collect_examples, example_slices, telemetry_batch
-from segmime_jax.train.sharding import batch_sharding, make_data_mesh, replicate, shard_batch
+from segmime_jax.train.optim import get_learning_rate, plateau_update, set_learning_rate
+from segmime_jax.train.results import METRICS_FILE, RunResult, save_run_result
+from segmime_jax.train.run import (
+    ModelFactory,
+    Progress,
+    Run,
+    compile_programs,
+    restore_or_start,
+    setup_run,
+    step_key,
+    step_root,
+)
+from segmime_jax.train.samples import collect_examples, example_slices
+from segmime_jax.train.sharding import shard_batch
 from segmime_jax.train.state import TrainState
 from segmime_jax.train.telemetry import summarize_gradient
 
-# Model factory: (num_classes, *, rngs, dtype) -> nnx.Module
-ModelFactory = Callable[..., nnx.Module]
-
-
-def step_key(seed: int, step: int) -> jax.Array:
-    """The key of optimiser step ``step``: ``fold_in(fold_in(key(seed), 1), step)``."""
-    return jax.random.fold_in(_step_root(seed), step)
-
-
-def _step_root(seed: int) -> jax.Array:
-    return jax.random.fold_in(jax.random.key(seed), 1)
-
-
-@dataclasses.dataclass
-class _Run:
-    """What stays fixed during a run."""
-
-    config: TrainConfig
-    data: Any
-    run_dir: pathlib.Path
-    fingerprint: dict[str, str]
-    mesh: Any
-    sharding: Any
-    programs: Programs
-    loss_params: Any
-    train_data: Any
-    val_data: Any
-    probe_batch: dict[str, jax.Array] | None
-    store: CheckpointStore | None
-    reporter: Reporter
-    model_factory: ModelFactory | None
-
-
-@dataclasses.dataclass
-class _Progress:
-    """What changes from epoch to epoch, and what a checkpoint restores."""
-
-    state: TrainState
-    history: list[dict] = dataclasses.field(default_factory=list)
-    plateau: PlateauState = dataclasses.field(default_factory=PlateauState)
-    best_metric: float = -math.inf
-    best_epoch: int = 0
-    epoch: int = 0  # last completed epoch
-    elapsed_before: float = 0.0  # seconds spent on this run by earlier (interrupted) calls
-    best_packed: dict[str, jax.Array] | None = None  # in-memory copy of the best state when not checkpointing
+__all__ = ["step_key", "train_and_evaluate"]
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -141,12 +102,12 @@ def train_and_evaluate(
       FileExistsError, ValueError: unusable run directory, data or configuration.
     """
     start_time = time.perf_counter()
-    run = _setup(
+    run = setup_run(
         config, data, pathlib.Path(run_dir), resume=resume, model_factory=model_factory, loss_terms=loss_terms, log=log
     )
     try:
-        progress = _restore_or_start(run, resume)
-        _compile(run, progress.state)
+        progress = restore_or_start(run, resume)
+        compile_programs(run, progress.state)
         for epoch in run.reporter.epochs(progress.epoch + 1, config.epochs):
             epoch_start = time.perf_counter()
             record = _train_epoch(run, progress, epoch)
@@ -165,9 +126,17 @@ def train_and_evaluate(
     finally:
         if run.store is not None:
             run.store.close()
-    result = RunResult(
-        config=config,
-        class_names=tuple(data.train.class_names),
+    result = _run_result(run, progress, test_eval, examples, time.perf_counter() - start_time)
+    save_run_result(result, run.run_dir)
+    return result
+
+
+def _run_result(
+    run: Run, progress: Progress, test_eval: Evaluation, examples: dict[str, np.ndarray], wall_s: float
+) -> RunResult:
+    return RunResult(
+        config=run.config,
+        class_names=tuple(run.data.train.class_names),
         history=progress.history,
         best_epoch=progress.best_epoch,
         test_volume_names=test_eval.volume_names,
@@ -175,179 +144,15 @@ def train_and_evaluate(
         test_clece=test_eval.calibration.clece(),
         reliability=test_eval.calibration.reliability(),
         examples=examples,
-        wall_time_s=progress.elapsed_before + time.perf_counter() - start_time,
+        wall_time_s=progress.elapsed_before + wall_s,
         data=run.fingerprint,
     )
-    save_run_result(result, run.run_dir)
-    return result
 
 
 def _timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
     start = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - start
-
-
-# -------------------------------------------------------------------------------------------------- set-up
-def _setup(
-    config: TrainConfig,
-    data: Any,
-    run_dir: pathlib.Path,
-    *,
-    resume: bool,
-    model_factory: ModelFactory | None,
-    loss_terms: Sequence[str] | None,
-    log: Callable[[str], None] | None,
-) -> _Run:
-    """Check the run folder and the data, build the mesh, the programs and the device-side data."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _check_run_dir(run_dir, resume)
-    if resume and not config.checkpoints:
-        raise ValueError("resume=True needs checkpoints=True (there is nothing to resume from otherwise)")
-    for split in ("train", "val", "test"):
-        if len(getattr(data, split)) == 0:
-            raise ValueError(f"the {split} split of dataset {getattr(data, 'name', '?')!r} is empty")
-    num_classes = data.train.num_classes
-    if data.val.num_classes != num_classes or data.test.num_classes != num_classes:
-        raise ValueError("train, val and test splits have different class lists")
-    if config.last_batch == "drop" and len(data.train) < config.batch_size:
-        raise ValueError(
-            f"last_batch='drop' with {len(data.train)} training slices and batch size "
-            f"{config.batch_size} leaves no batch"
-        )
-
-    from segmime_jax.data.pipeline import to_device
-
-    mesh = make_data_mesh(config.num_devices, batch_sizes=(config.batch_size, config.eval_batch_size))
-    sharding = batch_sharding(mesh)
-    params = config.loss_params(num_classes)
-    loss = LossProgram(terms=tuple(loss_terms)) if loss_terms is not None else LossProgram.covering(params)
-    loss.check(params)
-    programs = programs_for(config.optimizer, loss, num_classes, augment=config.augment, mesh=mesh)
-    train_data, val_data = data.train, data.val
-    if config.data_on_device:
-        train_data, val_data = to_device(data.train, sharding=sharding), to_device(data.val, sharding=sharding)
-    probe_batch = shard_batch(telemetry_batch(data.val, config.batch_size), mesh) if config.telemetry else None
-    store = CheckpointStore(run_dir / "checkpoints") if config.checkpoints else None
-    label = f"{config.model}/{config.optimizer}-{config.loss}" + (f"/seed{config.seed}" if config.seed else "")
-    return _Run(
-        config=config,
-        data=data,
-        run_dir=run_dir,
-        fingerprint=data.fingerprint(),
-        mesh=mesh,
-        sharding=sharding,
-        programs=programs,
-        loss_params=replicate(params, mesh),
-        train_data=train_data,
-        val_data=val_data,
-        probe_batch=probe_batch,
-        store=store,
-        reporter=Reporter(enabled=config.progress, label=label, log=log),
-        model_factory=model_factory,
-    )
-
-
-def _build_model(config: TrainConfig, num_classes: int, model_factory: ModelFactory | None) -> nnx.Module:
-    root = jax.random.key(config.seed)
-    rngs = nnx.Rngs(params=jax.random.fold_in(root, 0), dropout=jax.random.fold_in(root, 2))
-    dtype = PRECISIONS[config.precision]
-    if model_factory is not None:
-        return model_factory(num_classes, rngs=rngs, dtype=dtype)
-    from segmime_jax.models import build_model
-
-    return build_model(config.model, num_classes, rngs=rngs, dtype=dtype)
-
-
-def _check_run_dir(run_dir: pathlib.Path, resume: bool) -> None:
-    used = [
-        p.name
-        for p in (run_dir / "checkpoints", run_dir / METRICS_FILE, run_dir / RESULT_FILE)
-        if p.exists() and (not p.is_dir() or any(p.iterdir()))
-    ]
-    if used and not resume:
-        raise FileExistsError(
-            f"{run_dir} already holds a run ({', '.join(used)}); pass resume=True to continue "
-            "it, or use a new run directory"
-        )
-
-
-def _restore_or_start(run: _Run, resume: bool) -> _Progress:
-    """A new state from the seed, replaced by the latest checkpoint's when resuming; ``metrics.jsonl``
-    rewritten to the history the run continues from."""
-    config = run.config
-    model = _build_model(config, run.data.train.num_classes, run.model_factory)
-    progress = _Progress(state=replicate(TrainState.create(model, config.build_optimizer()), run.mesh))
-    restored = run.store.restore(progress.state.checkpoint_tree()) if resume and run.store is not None else None
-    if restored is not None:
-        epoch, tree, meta = restored
-        _check_resumable(run, epoch, meta)
-        progress.state = progress.state.replace_from_checkpoint(tree)
-        progress.history = list(meta["history"])
-        progress.plateau = PlateauState.from_json(meta["plateau"])
-        progress.best_metric, progress.best_epoch = float(meta["best_metric"]), int(meta["best_epoch"])
-        progress.epoch = epoch
-        progress.elapsed_before = float(meta["elapsed_s"])
-        run.reporter.message(
-            f"resuming {run.run_dir} from its epoch {epoch} of {config.epochs} (best so far: "
-            f"epoch {progress.best_epoch}, validation DSC {100 * progress.best_metric:.1f}%)"
-        )
-    write_text_atomic(run.run_dir / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in progress.history))
-    return progress
-
-
-def _check_resumable(run: _Run, epoch: int, meta: dict[str, Any]) -> None:
-    current = json_ready(run.config)
-    changed = [
-        f"{k}: {meta['config'].get(k)!r} -> {v!r}"
-        for k, v in current.items()
-        if k not in RESUMABLE_CHANGES and meta["config"].get(k) != v
-    ]
-    if changed:
-        raise ValueError(f"cannot resume {run.run_dir}: the configuration changed ({'; '.join(changed)})")
-    other_data = fingerprint_differences(meta.get("data"), run.fingerprint)
-    if other_data:
-        raise ValueError(
-            f"cannot resume {run.run_dir}: it was trained on other data (different "
-            f"{', '.join(other_data)}; did the image size, data root, number of cases, data seed or "
-            "split change?)"
-        )
-    if epoch > run.config.epochs:
-        raise ValueError(
-            f"cannot resume {run.run_dir}: its checkpoint is at epoch {epoch}, past epochs={run.config.epochs}"
-        )
-
-
-def _compile(run: _Run, state: TrainState) -> None:
-    """Compile every program the epochs will call, announcing each (none when another run compiled them)."""
-    from segmime_jax.data.pipeline import eval_batches, train_batches
-
-    config, log = run.config, run.reporter.message
-    key = step_key(config.seed, 0)
-    batch = next(
-        iter(
-            train_batches(
-                run.train_data, config.batch_size, seed=config.seed, epoch=1, sharding=run.sharding, prefetch=0
-            )
-        )
-    )
-    compile_announced(
-        run.programs.train_step, (state, batch, key, run.loss_params), f"batches of {config.batch_size}", log
-    )
-    remainder = len(run.data.train) % config.batch_size
-    if remainder and config.last_batch == "trim":
-        trimmed = shard_batch({k: v[:remainder] for k, v in batch.items()}, run.mesh)
-        compile_announced(
-            run.programs.train_step, (state, trimmed, key, run.loss_params), f"the last batch of {remainder}", log
-        )
-    _, eval_batch = next(iter(eval_batches(run.val_data, config.eval_batch_size, sharding=run.sharding, prefetch=0)))
-    compile_announced(
-        run.programs.eval_step, (state, eval_batch, run.loss_params), f"batches of {config.eval_batch_size}", log
-    )
-    if run.probe_batch is not None:
-        compile_announced(
-            run.programs.probe, (state, run.probe_batch, run.loss_params), f"a batch of {config.batch_size}", log
-        )
 
 
 # --------------------------------------------------------------------------------------------------- epochs
@@ -360,7 +165,7 @@ class _Pending:
     size: int
 
 
-def _train_epoch(run: _Run, progress: _Progress, epoch: int) -> dict[str, Any]:
+def _train_epoch(run: Run, progress: Progress, epoch: int) -> dict[str, Any]:
     """One shuffled pass over the training slices at the plateau's learning rate; the start of the record."""
     from segmime_jax.data.pipeline import num_batches, train_batches
 
@@ -369,7 +174,7 @@ def _train_epoch(run: _Run, progress: _Progress, epoch: int) -> dict[str, Any]:
     learning_rate = config.base_learning_rate * progress.plateau.scale
     state = progress.state.replace(opt_state=set_learning_rate(progress.state.opt_state, learning_rate))
     step = int(jax.device_get(state.step))
-    step_root = _step_root(config.seed)
+    root = step_root(config.seed)
     remainder = len(run.data.train) % config.batch_size
     total = num_batches(run.data.train, config.batch_size)
     loss_sum, loss_count = 0.0, 0
@@ -381,7 +186,7 @@ def _train_epoch(run: _Run, progress: _Progress, epoch: int) -> dict[str, Any]:
             if config.last_batch == "drop":
                 continue
             batch, size = _trim(batch, remainder, run.mesh), remainder
-        state, metrics = run.programs.train_step(state, batch, jax.random.fold_in(step_root, step), run.loss_params)
+        state, metrics = run.programs.train_step(state, batch, jax.random.fold_in(root, step), run.loss_params)
         if pending is not None:
             loss_sum += _checked_loss(pending, epoch, run.store) * pending.size
             loss_count += pending.size
@@ -419,7 +224,7 @@ def _trim(batch: dict[str, jax.Array], count: int, mesh: Any) -> dict[str, jax.A
     return shard_batch({k: v[:count] for k, v in batch.items()}, mesh)
 
 
-def _measure_gradient(run: _Run, state: TrainState) -> dict[str, Any]:
+def _measure_gradient(run: Run, state: TrainState) -> dict[str, Any]:
     """Gradient telemetry on the fixed validation batch (``{}`` when off)."""
     if run.probe_batch is None:
         return {}
@@ -427,8 +232,8 @@ def _measure_gradient(run: _Run, state: TrainState) -> dict[str, Any]:
 
 
 def _end_epoch(
-    run: _Run,
-    progress: _Progress,
+    run: Run,
+    progress: Progress,
     record: dict[str, Any],
     evaluation: Evaluation,
     epoch_start: float,
@@ -486,7 +291,7 @@ def _end_epoch(
 
 
 # ----------------------------------------------------------------------------------------------------- test
-def _best_state(run: _Run, progress: _Progress) -> TrainState:
+def _best_state(run: Run, progress: Progress) -> TrainState:
     """The state of the best epoch: from its checkpoint, or from the in-memory copy."""
     state = progress.state
     if run.store is not None:
@@ -499,7 +304,7 @@ def _best_state(run: _Run, progress: _Progress) -> TrainState:
     return state.replace_from_checkpoint(unpack(state.checkpoint_tree(), progress.best_packed))
 
 
-def _test(run: _Run, state: TrainState) -> tuple[Evaluation, dict[str, np.ndarray]]:
+def _test(run: Run, state: TrainState) -> tuple[Evaluation, dict[str, np.ndarray]]:
     """Evaluate ``state`` on the test split; write the NIfTI predictions; collect the Figure 4 examples."""
     config, test = run.config, run.data.test
     wanted = example_slices(test, config.num_examples)

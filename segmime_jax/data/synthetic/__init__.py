@@ -39,7 +39,8 @@ generators and writers), :mod:`~segmime_jax.data.synthetic.shapes` (their shared
 helpers), :mod:`~segmime_jax.data.synthetic.cli` (the command line).
 """
 
-from segmime_jax.data.synthetic.acdc import ACDC_GROUP_NAMES, ACDC_SIZES, write_synthetic_acdc
+from segmime_jax.data.synthetic.acdc import write_synthetic_acdc
+from segmime_jax.data.synthetic.acdc_patient import ACDC_GROUP_NAMES, ACDC_SIZES
 from segmime_jax.data.synthetic.cli import main
 from segmime_jax.data.synthetic.promise12 import PROMISE12_SIZES, write_synthetic_promise12
 

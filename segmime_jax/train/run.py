@@ -1,0 +1,240 @@
+"""A training run's set-up: what stays fixed (:class:`Run`), what an epoch advances and a checkpoint restores
+(:class:`Progress`), and how a run starts: check the folder and the data, build the mesh and the programs
+(:func:`setup_run`), restore the latest checkpoint or initialise from the seed (:func:`restore_or_start`),
+and compile every program the epochs will call (:func:`compile_programs`).
+
+The loop that drives a run is :mod:`segmime_jax.train.loop`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+from flax import nnx
+
+from segmime_jax.atomic_files import json_ready, write_text_atomic
+from segmime_jax.data.dataset import fingerprint_differences
+from segmime_jax.losses import LossProgram
+from segmime_jax.train.checkpoint import CheckpointStore
+from segmime_jax.train.config import PRECISIONS, RESUMABLE_CHANGES, TrainConfig
+from segmime_jax.train.optim import PlateauState
+from segmime_jax.train.programs import Programs, compile_announced, programs_for
+from segmime_jax.train.progress import Reporter
+from segmime_jax.train.results import METRICS_FILE, RESULT_FILE
+from segmime_jax.train.samples import telemetry_batch
+from segmime_jax.train.sharding import batch_sharding, make_data_mesh, replicate, shard_batch
+from segmime_jax.train.state import TrainState
+
+# Model factory: (num_classes, *, rngs, dtype) -> nnx.Module
+ModelFactory = Callable[..., nnx.Module]
+
+
+def step_key(seed: int, step: int) -> jax.Array:
+    """The key of optimiser step ``step``: ``fold_in(fold_in(key(seed), 1), step)``."""
+    return jax.random.fold_in(step_root(seed), step)
+
+
+def step_root(seed: int) -> jax.Array:
+    """The root every step key folds its step number into."""
+    return jax.random.fold_in(jax.random.key(seed), 1)
+
+
+@dataclasses.dataclass
+class Run:
+    """What stays fixed during a run."""
+
+    config: TrainConfig
+    data: Any
+    run_dir: pathlib.Path
+    fingerprint: dict[str, str]
+    mesh: Any
+    sharding: Any
+    programs: Programs
+    loss_params: Any
+    train_data: Any
+    val_data: Any
+    probe_batch: dict[str, jax.Array] | None
+    store: CheckpointStore | None
+    reporter: Reporter
+    model_factory: ModelFactory | None
+
+
+@dataclasses.dataclass
+class Progress:
+    """What changes from epoch to epoch, and what a checkpoint restores."""
+
+    state: TrainState
+    history: list[dict] = dataclasses.field(default_factory=list)
+    plateau: PlateauState = dataclasses.field(default_factory=PlateauState)
+    best_metric: float = -math.inf
+    best_epoch: int = 0
+    epoch: int = 0  # last completed epoch
+    elapsed_before: float = 0.0  # seconds spent on this run by earlier (interrupted) calls
+    best_packed: dict[str, jax.Array] | None = None  # in-memory copy of the best state when not checkpointing
+
+
+# -------------------------------------------------------------------------------------------------- set-up
+def setup_run(
+    config: TrainConfig,
+    data: Any,
+    run_dir: pathlib.Path,
+    *,
+    resume: bool,
+    model_factory: ModelFactory | None,
+    loss_terms: Sequence[str] | None,
+    log: Callable[[str], None] | None,
+) -> Run:
+    """Check the run folder and the data, build the mesh, the programs and the device-side data."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_run_dir(run_dir, resume)
+    if resume and not config.checkpoints:
+        raise ValueError("resume=True needs checkpoints=True (there is nothing to resume from otherwise)")
+    for split in ("train", "val", "test"):
+        if len(getattr(data, split)) == 0:
+            raise ValueError(f"the {split} split of dataset {getattr(data, 'name', '?')!r} is empty")
+    num_classes = data.train.num_classes
+    if data.val.num_classes != num_classes or data.test.num_classes != num_classes:
+        raise ValueError("train, val and test splits have different class lists")
+    if config.last_batch == "drop" and len(data.train) < config.batch_size:
+        raise ValueError(
+            f"last_batch='drop' with {len(data.train)} training slices and batch size "
+            f"{config.batch_size} leaves no batch"
+        )
+
+    from segmime_jax.data.pipeline import to_device
+
+    mesh = make_data_mesh(config.num_devices, batch_sizes=(config.batch_size, config.eval_batch_size))
+    sharding = batch_sharding(mesh)
+    params = config.loss_params(num_classes)
+    loss = LossProgram(terms=tuple(loss_terms)) if loss_terms is not None else LossProgram.covering(params)
+    loss.check(params)
+    programs = programs_for(config.optimizer, loss, num_classes, augment=config.augment, mesh=mesh)
+    train_data, val_data = data.train, data.val
+    if config.data_on_device:
+        train_data, val_data = to_device(data.train, sharding=sharding), to_device(data.val, sharding=sharding)
+    probe_batch = shard_batch(telemetry_batch(data.val, config.batch_size), mesh) if config.telemetry else None
+    store = CheckpointStore(run_dir / "checkpoints") if config.checkpoints else None
+    label = f"{config.model}/{config.optimizer}-{config.loss}" + (f"/seed{config.seed}" if config.seed else "")
+    return Run(
+        config=config,
+        data=data,
+        run_dir=run_dir,
+        fingerprint=data.fingerprint(),
+        mesh=mesh,
+        sharding=sharding,
+        programs=programs,
+        loss_params=replicate(params, mesh),
+        train_data=train_data,
+        val_data=val_data,
+        probe_batch=probe_batch,
+        store=store,
+        reporter=Reporter(enabled=config.progress, label=label, log=log),
+        model_factory=model_factory,
+    )
+
+
+def build_model_for(config: TrainConfig, num_classes: int, model_factory: ModelFactory | None) -> nnx.Module:
+    root = jax.random.key(config.seed)
+    rngs = nnx.Rngs(params=jax.random.fold_in(root, 0), dropout=jax.random.fold_in(root, 2))
+    dtype = PRECISIONS[config.precision]
+    if model_factory is not None:
+        return model_factory(num_classes, rngs=rngs, dtype=dtype)
+    from segmime_jax.models import build_model
+
+    return build_model(config.model, num_classes, rngs=rngs, dtype=dtype)
+
+
+def _check_run_dir(run_dir: pathlib.Path, resume: bool) -> None:
+    used = [
+        p.name
+        for p in (run_dir / "checkpoints", run_dir / METRICS_FILE, run_dir / RESULT_FILE)
+        if p.exists() and (not p.is_dir() or any(p.iterdir()))
+    ]
+    if used and not resume:
+        raise FileExistsError(
+            f"{run_dir} already holds a run ({', '.join(used)}); pass resume=True to continue "
+            "it, or use a new run directory"
+        )
+
+
+def restore_or_start(run: Run, resume: bool) -> Progress:
+    """A new state from the seed, replaced by the latest checkpoint's when resuming; ``metrics.jsonl``
+    rewritten to the history the run continues from."""
+    config = run.config
+    model = build_model_for(config, run.data.train.num_classes, run.model_factory)
+    progress = Progress(state=replicate(TrainState.create(model, config.build_optimizer()), run.mesh))
+    restored = run.store.restore(progress.state.checkpoint_tree()) if resume and run.store is not None else None
+    if restored is not None:
+        epoch, tree, meta = restored
+        _check_resumable(run, epoch, meta)
+        progress.state = progress.state.replace_from_checkpoint(tree)
+        progress.history = list(meta["history"])
+        progress.plateau = PlateauState.from_json(meta["plateau"])
+        progress.best_metric, progress.best_epoch = float(meta["best_metric"]), int(meta["best_epoch"])
+        progress.epoch = epoch
+        progress.elapsed_before = float(meta["elapsed_s"])
+        run.reporter.message(
+            f"resuming {run.run_dir} from its epoch {epoch} of {config.epochs} (best so far: "
+            f"epoch {progress.best_epoch}, validation DSC {100 * progress.best_metric:.1f}%)"
+        )
+    write_text_atomic(run.run_dir / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in progress.history))
+    return progress
+
+
+def _check_resumable(run: Run, epoch: int, meta: dict[str, Any]) -> None:
+    current = json_ready(run.config)
+    changed = [
+        f"{k}: {meta['config'].get(k)!r} -> {v!r}"
+        for k, v in current.items()
+        if k not in RESUMABLE_CHANGES and meta["config"].get(k) != v
+    ]
+    if changed:
+        raise ValueError(f"cannot resume {run.run_dir}: the configuration changed ({'; '.join(changed)})")
+    other_data = fingerprint_differences(meta.get("data"), run.fingerprint)
+    if other_data:
+        raise ValueError(
+            f"cannot resume {run.run_dir}: it was trained on other data (different "
+            f"{', '.join(other_data)}; did the image size, data root, number of cases, data seed or "
+            "split change?)"
+        )
+    if epoch > run.config.epochs:
+        raise ValueError(
+            f"cannot resume {run.run_dir}: its checkpoint is at epoch {epoch}, past epochs={run.config.epochs}"
+        )
+
+
+def compile_programs(run: Run, state: TrainState) -> None:
+    """Compile every program the epochs will call, announcing each (none when another run compiled them)."""
+    from segmime_jax.data.pipeline import eval_batches, train_batches
+
+    config, log = run.config, run.reporter.message
+    key = step_key(config.seed, 0)
+    batch = next(
+        iter(
+            train_batches(
+                run.train_data, config.batch_size, seed=config.seed, epoch=1, sharding=run.sharding, prefetch=0
+            )
+        )
+    )
+    compile_announced(
+        run.programs.train_step, (state, batch, key, run.loss_params), f"batches of {config.batch_size}", log
+    )
+    remainder = len(run.data.train) % config.batch_size
+    if remainder and config.last_batch == "trim":
+        trimmed = shard_batch({k: v[:remainder] for k, v in batch.items()}, run.mesh)
+        compile_announced(
+            run.programs.train_step, (state, trimmed, key, run.loss_params), f"the last batch of {remainder}", log
+        )
+    _, eval_batch = next(iter(eval_batches(run.val_data, config.eval_batch_size, sharding=run.sharding, prefetch=0)))
+    compile_announced(
+        run.programs.eval_step, (state, eval_batch, run.loss_params), f"batches of {config.eval_batch_size}", log
+    )
+    if run.probe_batch is not None:
+        compile_announced(
+            run.programs.probe, (state, run.probe_batch, run.loss_params), f"a batch of {config.batch_size}", log
+        )
