@@ -48,6 +48,7 @@ def test_config_rejects_bad_values():
     assert [(c.batch_size, c.num_devices) for c in cases] == [(8, 1), (6, 1), (8, 4)]
 
 
+@pytest.mark.slow
 def test_quick_mode_writes_report(tmp_path):
     from experiments.benchmark import main
 
@@ -127,6 +128,7 @@ def test_a_failing_case_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "benchmark.json").read_text())["failed"] == report["failed"]
 
 
+@pytest.mark.slow
 def test_a_failing_epoch_timing_is_recorded_once(tmp_path, monkeypatch):
     from experiments import benchmark
 
@@ -180,6 +182,7 @@ def test_device_check_step_gets_its_xla_flags(monkeypatch):
     assert bad.returncode != 0  # so the step above would have failed had the flag not parsed
 
 
+@pytest.mark.slow
 def test_device_check_writes_its_files_flat(tmp_path, monkeypatch):
     """The GPU check, at the CPU smoke size: flat files only, and a missing reference is reported. The steps
     share the tests' compilation cache (both benchmarks compile the same float32 program at this size)."""

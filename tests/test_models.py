@@ -144,6 +144,7 @@ def fixture_errors(shared_reference) -> dict[str, dict[str, float]]:
     return fixture_errors_float64(shared_reference)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["enet_0", "enet_1", "residualunet_0", "residualunet_1"])
 def test_matches_pytorch_fixture(fixture_errors, case):
     """Our models computed in float64 against PyTorch's float32 outputs: equal to PyTorch's own rounding. (In
@@ -327,6 +328,7 @@ def bfloat16_twin(model):
     return nnx.merge(nnx.split(abstract)[0], nnx.state(nnx.clone(model)))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute(enet, unet):
     """bfloat16 compute stays close to float32 (eval mode, random initialisation, 1×32×32).
 
