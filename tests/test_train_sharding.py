@@ -93,5 +93,5 @@ def test_device_choice_and_batch_placement():
     assert mesh.axis_names == ("data",)
     batch = shard_batch({"x": np.zeros((4, 2), np.float32)}, mesh)
     assert batch["x"].sharding.spec == jax.sharding.PartitionSpec("data")
-    with pytest.raises(ValueError, match="local device"):
+    with pytest.raises(ValueError, match=r"device\(s\) are available"):
         make_data_mesh(jax.local_device_count() + 1)

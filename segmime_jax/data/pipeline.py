@@ -13,7 +13,10 @@ float32) and are converted there. ``prefetch`` batches are kept in flight with :
 (asynchronous), so transfers overlap the training step.
 
 ``sharding`` (e.g. ``NamedSharding(mesh, PartitionSpec("data"))``) places every array of a batch with the
-batch axis split over devices; the batch size must then be a multiple of the number of devices.
+batch axis split over devices; a batch whose size the devices do not divide (a trimmed last batch) is
+replicated instead. In a multi-process run each process reads, decodes and sends only the rows of each global
+batch that its own devices hold (:mod:`segmime_jax.data.placement`); the epoch order, derived from
+``(seed, epoch)``, is the same in every process.
 
 Small datasets can live on the device: ``to_device(dataset)`` returns a :class:`DeviceDataset` (uint8,
 replicated over the sharding's devices) that :func:`train_batches` and :func:`eval_batches` accept in
@@ -33,10 +36,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from segmime_jax.data.dataset import SliceDataset, VolumeInfo
+from segmime_jax.data.placement import fitting, local_rows, place
 
 Batch = dict[str, jax.Array]
 
 BATCH_KEYS = ("image", "label", "mask", "volume_id", "slice_index")
+#: What :func:`train_batches` does with the last, partial batch of an epoch.
+LAST_BATCH = ("pad", "trim", "drop")
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,9 +106,11 @@ def to_device(dataset: SliceDataset, *, sharding: jax.sharding.Sharding | None =
     return DeviceDataset(host=dataset, images=images, labels=labels, sharding=sharding)
 
 
-def num_batches(dataset: AnyDataset, batch_size: int) -> int:
-    """Number of batches :func:`train_batches` yields per epoch (the last one possibly padded)."""
+def num_batches(dataset: AnyDataset, batch_size: int, last_batch: str = "pad") -> int:
+    """Number of batches :func:`train_batches` yields per epoch."""
     _check_batch_size(batch_size)
+    if last_batch == "drop":
+        return len(dataset) // batch_size
     return math.ceil(len(dataset) / batch_size)
 
 
@@ -123,14 +131,11 @@ def _gather(images: jax.Array, labels: jax.Array, index: jax.Array, valid: jax.A
     return (image.astype(jnp.float32) / 255.0)[..., None], label.astype(jnp.int32)
 
 
-def _put(array: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Array:
-    return jax.device_put(array, sharding) if sharding is not None else jax.device_put(array)
-
-
 def _make_batch(
     dataset: AnyDataset, index: np.ndarray, batch_size: int, sharding: jax.sharding.Sharding | None
 ) -> Batch:
     host = dataset.host if isinstance(dataset, DeviceDataset) else dataset
+    sharding = fitting(sharding, batch_size)
     count = len(index)
     mask = np.arange(batch_size) < count
     padded = np.zeros(batch_size, dtype=np.int32)
@@ -139,6 +144,11 @@ def _make_batch(
     slice_index = np.full(batch_size, -1, dtype=np.int32)
     volume_id[:count] = host.volume_ids[index]
     slice_index[:count] = host.slice_indices[index]
+    rows = local_rows(sharding, batch_size)  # this process's rows of the global batch (all of them on one host)
+
+    def put(array: np.ndarray) -> jax.Array:
+        return place(array[rows], sharding, global_rows=batch_size)
+
     if isinstance(dataset, DeviceDataset):
         # Gather with replicated indices (unambiguous under explicit and automatic sharding alike), then
         # split the batch over the devices: a local slice of replicated data, no communication.
@@ -150,17 +160,20 @@ def _make_batch(
             image, label = jax.device_put(image, sharding), jax.device_put(label, sharding)
     else:
         height, width = host.image_size
-        image_u8 = np.zeros((batch_size, height, width), dtype=np.uint8)
-        label_u8 = np.zeros((batch_size, height, width), dtype=np.uint8)
-        image_u8[:count] = host.images[index]
-        label_u8[:count] = host.labels[index]
-        image, label = _finalize(_put(image_u8, sharding), _put(label_u8, sharding))
+        local_index, local_mask = padded[rows], mask[rows]
+        image_u8 = np.zeros((len(local_index), height, width), dtype=np.uint8)
+        label_u8 = np.zeros((len(local_index), height, width), dtype=np.uint8)
+        image_u8[local_mask] = host.images[local_index[local_mask]]
+        label_u8[local_mask] = host.labels[local_index[local_mask]]
+        image, label = _finalize(
+            place(image_u8, sharding, global_rows=batch_size), place(label_u8, sharding, global_rows=batch_size)
+        )
     return {
         "image": image,
         "label": label,
-        "mask": _put(mask, sharding),
-        "volume_id": _put(volume_id, sharding),
-        "slice_index": _put(slice_index, sharding),
+        "mask": put(mask),
+        "volume_id": put(volume_id),
+        "slice_index": put(slice_index),
     }
 
 
@@ -189,15 +202,25 @@ def train_batches(
     epoch: int,
     sharding: jax.sharding.Sharding | None = None,
     prefetch: int = 2,
+    last_batch: str = "pad",
 ) -> Iterator[Batch]:
-    """One epoch of shuffled, fixed-shape batches (same order for the same ``(seed, epoch)``).
+    """One epoch of shuffled batches (same order for the same ``(seed, epoch)``).
 
-    The last batch is padded to ``batch_size`` (mask False on padding); every slice appears exactly once.
+    Every slice appears exactly once. The last, partial batch is padded to ``batch_size`` (mask False on the
+    padding: ``last_batch="pad"``), holds only its real slices (``"trim"``: a smaller batch, replicated when
+    the devices do not divide it) or is left out (``"drop"``).
     """
     _check_batch_size(batch_size)
+    if last_batch not in LAST_BATCH:
+        raise ValueError(f"last_batch must be one of {LAST_BATCH}, got {last_batch!r}")
     order = epoch_order(len(dataset), seed=seed, epoch=epoch)
-    chunks = (order[start : start + batch_size] for start in range(0, len(order), batch_size))
-    return _prefetch((_make_batch(dataset, chunk, batch_size, sharding) for chunk in chunks), prefetch)
+    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    if chunks and len(chunks[-1]) < batch_size and last_batch == "drop":
+        chunks.pop()
+    sizes = [len(c) if last_batch == "trim" else batch_size for c in chunks]
+    return _prefetch(
+        (_make_batch(dataset, chunk, size, sharding) for chunk, size in zip(chunks, sizes, strict=True)), prefetch
+    )
 
 
 def eval_batches(

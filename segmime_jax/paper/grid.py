@@ -31,6 +31,7 @@ from pathlib import Path
 from segmime_jax.atomic_files import json_ready
 from segmime_jax.cli import nested, option
 from segmime_jax.data import DataError, DatasetSplits, fingerprint_differences
+from segmime_jax.distributed import DistributedConfig, barrier, initialize, is_primary, primary_first, process_label
 from segmime_jax.losses import LossProgram, build_loss
 from segmime_jax.losses.spec import canonical_name
 from segmime_jax.models import check_input_size
@@ -100,6 +101,7 @@ class GridConfig:
         "unfinished ones from their checkpoints)",
     )
     train: TrainConfig = nested(TrainConfig(), exclude=PER_RUN_FIELDS)
+    distributed: DistributedConfig = nested(DistributedConfig())
 
     def __post_init__(self) -> None:
         if not self.losses:
@@ -231,7 +233,9 @@ def _train_or_reuse(
             if overwrite
             else "      unfinished, with no checkpoint to continue from: training it again"
         )
-        shutil.rmtree(run.directory)
+        if is_primary():
+            shutil.rmtree(run.directory)
+        barrier(f"{run.directory}: cleared")
     return train_and_evaluate(run.config, data, run.directory, resume=action == "continue", loss_terms=terms, log=log)
 
 
@@ -281,6 +285,7 @@ def run_grid(
         enable_compilation_cache(Path(config.cache_dir) / "jax-compilation")
     grid = grid_runs(config, model=model, num_classes=data.num_classes)
     actions = {run.name: _plan(run, data, config.overwrite) for run in grid}
+    barrier(f"{config.out}: planned")  # every process has read the run folders before any is written
     terms = loss_terms(grid, data.num_classes)
     info = data_info(data, data_root, synthetic)
     log(
@@ -302,7 +307,15 @@ def run_grid(
             f"{result.best_epoch}, {result.wall_time_s:.0f} s"
         )
     return write_grid_report(
-        config, data, grid, runs, model=model, info=info, calibration_class=calibration_class, start=start
+        config,
+        data,
+        grid,
+        runs,
+        model=model,
+        info=info,
+        calibration_class=calibration_class,
+        start=start,
+        write_files=is_primary(),
     )
 
 
@@ -322,17 +335,27 @@ def run_experiment(
     divergence (with the advice to rerun with ``--overwrite``) and an interruption (rerunning continues).
     """
     try:
+        initialize(config.distributed)  # before any JAX computation; nothing for a single process
+        if not is_primary():
+            log = _silent  # process 0 speaks for the run
         check_grid(config, model)  # before any data is prepared or run folder made
-        root, synthetic = dataset_root(dataset, config, log=log)
-        data = load(root)
+        root, synthetic = primary_first("data", lambda: dataset_root(dataset, config, log=log))
+        data = primary_first("preprocessing", lambda: load(root))
         result = run_grid(
             config, data, model=model, data_root=root, synthetic=synthetic, calibration_class=calibration_class, log=log
         )
     except (DataError, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+        raise SystemExit(f"error: {process_label()}{err}") from None
     except NonFiniteLossError as err:
-        raise SystemExit(f"error: {err} Rerun with --overwrite (and e.g. a lower learning rate).") from None
+        raise SystemExit(
+            f"error: {process_label()}{err} Rerun with --overwrite (and e.g. a lower learning rate)."
+        ) from None
     except KeyboardInterrupt:
         raise SystemExit("interrupted: run the same command again to continue from the last completed epochs") from None
-    log(format_summary(result))
+    if is_primary():
+        log(format_summary(result))
     return result
+
+
+def _silent(text: str) -> None:
+    """The log of the processes other than process 0."""

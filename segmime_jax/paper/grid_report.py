@@ -103,9 +103,11 @@ def write_grid_report(
     info: dict,
     calibration_class: str | None,
     start: float,
+    write_files: bool = True,
 ) -> GridResult:
     """Write Table 1 (with the comparisons), the figures and results.json into ``config.out``; return the
-    :class:`GridResult`."""
+    :class:`GridResult`. ``write_files=False`` (the processes other than process 0 of a multi-process run)
+    computes the same result and writes nothing."""
     out = Path(config.out)
     class_names = tuple(data.class_names)
 
@@ -122,10 +124,11 @@ def write_grid_report(
     paper = tables.paper_table1(data.name)
     comparisons = compare_losses(config, result_of)
     files: dict[str, Path] = {}
-    files["table1.md"], files["table1.csv"] = tables.write_table1(
-        table, out, paper=paper, comparisons=_format_comparisons(comparisons)
-    )
-    files.update(_write_figures(config, data.name, class_names, keys, result_of, calibration_class))
+    if write_files:
+        files["table1.md"], files["table1.csv"] = tables.write_table1(
+            table, out, paper=paper, comparisons=_format_comparisons(comparisons)
+        )
+        files.update(_write_figures(config, data.name, class_names, keys, result_of, calibration_class))
     wall = time.perf_counter() - start
     results = {
         "dataset": data.name,
@@ -141,7 +144,8 @@ def write_grid_report(
         "wall_time_s": wall,
         "runs_wall_time_s": sum(float(run.wall_time_s) for run in runs.values()),
     }
-    files["results.json"] = write_json_atomic(out / "results.json", results)
+    if write_files:
+        files["results.json"] = write_json_atomic(out / "results.json", results)
     return GridResult(
         dataset=data.name,
         class_names=class_names,

@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from segmime_jax.atomic_files import json_ready
+from segmime_jax.distributed import barrier, is_primary
 from segmime_jax.train.checkpoint import CheckpointStore, check_finite, check_packed_finite, pack, unpack
 from segmime_jax.train.config import TrainConfig
 from segmime_jax.train.evaluate import Evaluation, evaluate
@@ -49,7 +50,6 @@ from segmime_jax.train.run import (
     step_root,
 )
 from segmime_jax.train.samples import collect_examples, example_slices
-from segmime_jax.train.sharding import shard_batch
 from segmime_jax.train.state import TrainState
 from segmime_jax.train.telemetry import summarize_gradient
 
@@ -127,7 +127,9 @@ def train_and_evaluate(
         if run.store is not None:
             run.store.close()
     result = _run_result(run, progress, test_eval, examples, time.perf_counter() - start_time)
-    save_run_result(result, run.run_dir)
+    if is_primary():
+        save_run_result(result, run.run_dir)
+    barrier(f"{run.run_dir}: result written")
     return result
 
 
@@ -175,17 +177,19 @@ def _train_epoch(run: Run, progress: Progress, epoch: int) -> dict[str, Any]:
     state = progress.state.replace(opt_state=set_learning_rate(progress.state.opt_state, learning_rate))
     step = int(jax.device_get(state.step))
     root = step_root(config.seed)
-    remainder = len(run.data.train) % config.batch_size
-    total = num_batches(run.data.train, config.batch_size)
+    total = num_batches(run.data.train, config.batch_size, config.last_batch)
     loss_sum, loss_count = 0.0, 0
     pending: _Pending | None = None
-    batches = train_batches(run.train_data, config.batch_size, seed=config.seed, epoch=epoch, sharding=run.sharding)
-    for index, batch in enumerate(run.reporter.steps(batches, total=total, epoch=epoch)):
-        size = config.batch_size
-        if remainder and index == total - 1:
-            if config.last_batch == "drop":
-                continue
-            batch, size = _trim(batch, remainder, run.mesh), remainder
+    batches = train_batches(
+        run.train_data,
+        config.batch_size,
+        seed=config.seed,
+        epoch=epoch,
+        sharding=run.sharding,
+        last_batch=config.last_batch,
+    )
+    for batch in run.reporter.steps(batches, total=total, epoch=epoch):
+        size = int(batch["mask"].shape[0])  # the trimmed last batch is smaller
         state, metrics = run.programs.train_step(state, batch, jax.random.fold_in(root, step), run.loss_params)
         if pending is not None:
             loss_sum += _checked_loss(pending, epoch, run.store) * pending.size
@@ -214,14 +218,6 @@ def _checked_loss(pending: _Pending, epoch: int, store: CheckpointStore | None) 
     loss = float(metrics["loss"])
     check_finite(loss, epoch=epoch, step=pending.step, store=store, grad_norm=float(metrics["grad_norm"]))
     return loss
-
-
-def _trim(batch: dict[str, jax.Array], count: int, mesh: Any) -> dict[str, jax.Array]:
-    """The first ``count`` (real) slices of a padded batch, placed on ``mesh``."""
-    mask = np.asarray(jax.device_get(batch["mask"]), bool)
-    if mask[:count].sum() != count or mask[count:].any():
-        raise RuntimeError(f"expected the padding of the last batch after its {count} real slices, got mask {mask}")
-    return shard_batch({k: v[:count] for k, v in batch.items()}, mesh)
 
 
 def _measure_gradient(run: Run, state: TrainState) -> dict[str, Any]:
@@ -283,8 +279,9 @@ def _end_epoch(
         progress.best_packed = packed  # a fresh array: the next steps donate the state, not this copy
     checkpoint_s = time.perf_counter() - checkpoint_start
     progress.history[-1].update(checkpoint_s=checkpoint_s, time_s=record["time_s"] + checkpoint_s)
-    with (run.run_dir / METRICS_FILE).open("a") as handle:
-        handle.write(json.dumps(progress.history[-1]) + "\n")
+    if is_primary():
+        with (run.run_dir / METRICS_FILE).open("a") as handle:
+            handle.write(json.dumps(progress.history[-1]) + "\n")
     run.reporter.epoch_done(
         progress.history[-1], last=config.epochs, best_metric=progress.best_metric, best_epoch=progress.best_epoch
     )
@@ -310,7 +307,7 @@ def _test(run: Run, state: TrainState) -> tuple[Evaluation, dict[str, np.ndarray
     wanted = example_slices(test, config.num_examples)
     picked: dict[int, np.ndarray] = {}
     writer: Any = contextlib.nullcontext(None)
-    if config.write_predictions:
+    if config.write_predictions and is_primary():
         try:
             import nibabel  # noqa: F401
 

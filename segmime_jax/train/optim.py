@@ -19,7 +19,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+
+from segmime_jax.data.placement import place
 
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_LEARNING_RATES = {"adam": 5e-4, "sgd": 1e-2}
@@ -99,9 +102,9 @@ def set_learning_rate(opt_state: Any, learning_rate: float) -> Any:
     """A copy of ``opt_state`` whose learning rate is ``learning_rate`` (same dtype and sharding as before)."""
     hyper = dict(_hyperparams(opt_state))
     old = hyper["learning_rate"]
-    new = jnp.asarray(learning_rate, dtype=old.dtype)
+    new = np.asarray(learning_rate, dtype=old.dtype)
     sharding = getattr(old, "sharding", None)
-    hyper["learning_rate"] = jax.device_put(new, sharding) if sharding is not None else new
+    hyper["learning_rate"] = place(new, sharding) if sharding is not None else jnp.asarray(new)
     return opt_state._replace(hyperparams=hyper)
 
 

@@ -117,8 +117,8 @@ def programs_for(optimizer: str, loss: LossProgram, num_classes: int, *, augment
     tx = make_optimizer(optimizer)  # the structure only: the hyperparameters are in each run's state
     return Programs(
         train_step=CompiledProgram(make_train_step(tx, loss, num_classes, augment=augment, mesh=mesh), "train step"),
-        eval_step=CompiledProgram(make_eval_step(loss, num_classes), "evaluation step"),
-        probe=CompiledProgram(make_gradient_probe(loss, num_classes), "gradient probe"),
+        eval_step=CompiledProgram(make_eval_step(loss, num_classes, mesh=mesh), "evaluation step"),
+        probe=CompiledProgram(make_gradient_probe(loss, num_classes, mesh=mesh), "gradient probe"),
     )
 
 

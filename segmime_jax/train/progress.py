@@ -25,6 +25,7 @@ class Reporter:
       label: e.g. ``"enet/dsc"``, prefixed to plain lines and shown on the bars.
       log: where messages and plain lines go (default: ``print`` to standard output, flushed).
       stream: the stream bars are drawn on (default: standard error); bars only when it is a terminal.
+      quiet: say nothing at all (the processes other than process 0 of a multi-process run).
     """
 
     def __init__(
@@ -34,8 +35,10 @@ class Reporter:
         label: str = "",
         log: Callable[[str], None] | None = None,
         stream: TextIO | None = None,
+        quiet: bool = False,
     ):
-        self.enabled = enabled
+        self.enabled = enabled and not quiet
+        self.quiet = quiet
         self.label = label
         self._log = log or _print
         self.stream = sys.stderr if stream is None else stream
@@ -44,6 +47,8 @@ class Reporter:
 
     def message(self, text: str) -> None:
         """Say ``text`` (above the bars when they are drawn)."""
+        if self.quiet:
+            return
         if self._epoch_bar is not None:
             from tqdm.auto import tqdm
 

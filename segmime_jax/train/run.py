@@ -19,6 +19,7 @@ from flax import nnx
 
 from segmime_jax.atomic_files import json_ready, write_text_atomic
 from segmime_jax.data.dataset import fingerprint_differences
+from segmime_jax.distributed import barrier, is_primary
 from segmime_jax.losses import LossProgram
 from segmime_jax.train.checkpoint import CheckpointStore
 from segmime_jax.train.config import PRECISIONS, RESUMABLE_CHANGES, TrainConfig
@@ -92,6 +93,7 @@ def setup_run(
     """Check the run folder and the data, build the mesh, the programs and the device-side data."""
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_run_dir(run_dir, resume)
+    barrier(f"checked {run_dir}")  # before process 0 writes into it
     if resume and not config.checkpoints:
         raise ValueError("resume=True needs checkpoints=True (there is nothing to resume from otherwise)")
     for split in ("train", "val", "test"):
@@ -115,7 +117,8 @@ def setup_run(
     loss.check(params)
     programs = programs_for(config.optimizer, loss, num_classes, augment=config.augment, mesh=mesh)
     train_data, val_data = data.train, data.val
-    if config.data_on_device:
+    # Several processes: each feeds its own rows of every batch from the host (process-local input).
+    if config.data_on_device and jax.process_count() == 1:
         train_data, val_data = to_device(data.train, sharding=sharding), to_device(data.val, sharding=sharding)
     probe_batch = shard_batch(telemetry_batch(data.val, config.batch_size), mesh) if config.telemetry else None
     store = CheckpointStore(run_dir / "checkpoints") if config.checkpoints else None
@@ -133,7 +136,7 @@ def setup_run(
         val_data=val_data,
         probe_batch=probe_batch,
         store=store,
-        reporter=Reporter(enabled=config.progress, label=label, log=log),
+        reporter=Reporter(enabled=config.progress, label=label, log=log, quiet=not is_primary()),
         model_factory=model_factory,
     )
 
@@ -182,7 +185,8 @@ def restore_or_start(run: Run, resume: bool) -> Progress:
             f"resuming {run.run_dir} from its epoch {epoch} of {config.epochs} (best so far: "
             f"epoch {progress.best_epoch}, validation DSC {100 * progress.best_metric:.1f}%)"
         )
-    write_text_atomic(run.run_dir / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in progress.history))
+    if is_primary():
+        write_text_atomic(run.run_dir / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in progress.history))
     return progress
 
 
@@ -226,7 +230,9 @@ def compile_programs(run: Run, state: TrainState) -> None:
     )
     remainder = len(run.data.train) % config.batch_size
     if remainder and config.last_batch == "trim":
-        trimmed = shard_batch({k: v[:remainder] for k, v in batch.items()}, run.mesh)
+        trimmed = next(
+            iter(train_batches(run.train_data, remainder, seed=config.seed, epoch=1, sharding=run.sharding, prefetch=0))
+        )
         compile_announced(
             run.programs.train_step, (state, trimmed, key, run.loss_params), f"the last batch of {remainder}", log
         )

@@ -4,6 +4,9 @@ Everything runs under global-view ``jax.jit``: the batch arrays carry a ``NamedS
 the state a replicated ``NamedSharding(mesh, P())``, and XLA inserts the gradient all-reduce. BatchNorm
 statistics are therefore computed over the *global* batch, exactly as on one device, so a run gives the
 same numbers (to float32 rounding) on 1 or on 8 devices.
+
+The mesh spans the devices of every process (:mod:`segmime_jax.distributed`); a process builds only the rows
+of a global batch that its own devices hold (:func:`local_rows`, :func:`place`).
 """
 
 from __future__ import annotations
@@ -13,14 +16,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from segmime_jax.data.placement import fitting, place
 
 DATA_AXIS = "data"
 
 
 def choose_num_devices(batch_sizes: Sequence[int], available: int | None = None) -> int:
-    """The largest device count ≤ ``available`` (default: all local devices) dividing every batch size."""
-    available = jax.local_device_count() if available is None else available
+    """The largest device count ≤ ``available`` (default: all devices) dividing every batch size."""
+    available = jax.device_count() if available is None else available
     common = 0
     for size in batch_sizes:
         common = math.gcd(common, int(size))
@@ -30,17 +36,24 @@ def choose_num_devices(batch_sizes: Sequence[int], available: int | None = None)
 
 
 def make_data_mesh(num_devices: int | None = None, *, batch_sizes: Sequence[int] = ()) -> Mesh:
-    """A mesh of ``num_devices`` local devices on the axis ``'data'`` (automatic sharding propagation).
+    """A mesh of ``num_devices`` devices on the axis ``'data'`` (automatic sharding propagation).
 
-    With ``num_devices=None`` it takes the most local devices that divide every size in ``batch_sizes``
-    (a fixed-shape batch must split evenly). ``jax.make_mesh`` defaults to *explicit* axis types in recent
-    JAX; the axis is declared ``Auto`` here so that plain ``jax.jit`` propagates the shardings.
+    With ``num_devices=None`` it takes the most devices that divide every size in ``batch_sizes`` (a
+    fixed-shape batch must split evenly). In a multi-process run the mesh holds every process's devices, so
+    ``num_devices`` must be all of them (``None`` or ``jax.device_count()``). ``jax.make_mesh`` defaults to
+    *explicit* axis types in recent JAX; the axis is declared ``Auto`` here so that plain ``jax.jit``
+    propagates the shardings.
     """
-    available = jax.local_device_count()
+    available = jax.device_count()
+    processes = jax.process_count()
     if num_devices is None:
-        num_devices = choose_num_devices(batch_sizes, available)
+        num_devices = available if processes > 1 else choose_num_devices(batch_sizes, available)
     if not 1 <= num_devices <= available:
-        raise ValueError(f"num_devices={num_devices} but {available} local device(s) are available")
+        raise ValueError(f"num_devices={num_devices} but {available} device(s) are available")
+    if processes > 1 and num_devices != available:
+        raise ValueError(
+            f"num_devices={num_devices}: a run over {processes} processes uses all {available} of their devices"
+        )
     for size in batch_sizes:
         if size % num_devices:
             raise ValueError(f"batch size {size} is not divisible by the {num_devices} devices of the mesh")
@@ -48,7 +61,7 @@ def make_data_mesh(num_devices: int | None = None, *, batch_sizes: Sequence[int]
         (num_devices,),
         (DATA_AXIS,),
         axis_types=(jax.sharding.AxisType.Auto,),
-        devices=jax.local_devices()[:num_devices],
+        devices=jax.devices()[:num_devices],
     )
 
 
@@ -63,20 +76,31 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """``tree`` with every array placed, whole, on every device of ``mesh``."""
-    return jax.device_put(tree, replicated_sharding(mesh))
+    """``tree`` with every array placed, whole, on every device of ``mesh`` (its values must be the same in
+    every process of a multi-process run: each process places its own copy)."""
+    sharding = replicated_sharding(mesh)
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+
+    def put(x: Any) -> Any:
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        return place(np.asarray(x), sharding)
+
+    return jax.tree.map(put, tree)
+
+
+def fitting_sharding(mesh: Mesh, size: int) -> NamedSharding:
+    """The batch sharding for a leading axis of ``size``: split over ``'data'`` when the mesh divides it,
+    replicated otherwise (a trimmed last batch: every device then computes the whole batch, the same result)."""
+    return fitting(batch_sharding(mesh), size)
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
-    """``batch`` with its arrays split on the leading axis over ``'data'`` (replicated when it does not divide).
-
-    A batch whose size the mesh does not divide (a trimmed last batch) is replicated instead: every device
-    then computes the whole batch, which gives the same result.
-    """
-    n = mesh.devices.size
+    """``batch`` (host arrays, the same in every process) placed on ``mesh`` by :func:`fitting_sharding`."""
 
     def put(x: Any) -> Any:
-        divisible = getattr(x, "ndim", 0) >= 1 and x.shape[0] % n == 0
-        return jax.device_put(x, batch_sharding(mesh) if divisible else replicated_sharding(mesh))
+        size = x.shape[0] if getattr(x, "ndim", 0) >= 1 else 0
+        return place(np.asarray(x), fitting_sharding(mesh, size) if size else replicated_sharding(mesh))
 
     return jax.tree.map(put, batch)

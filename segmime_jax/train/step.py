@@ -143,7 +143,11 @@ def eval_step_fn(
 
 
 def make_eval_step(
-    loss: ParametricLoss, num_classes: int, *, num_bins: int = metrics_lib.NUM_BINS
+    loss: ParametricLoss, num_classes: int, *, num_bins: int = metrics_lib.NUM_BINS, mesh: Mesh | None = None
 ) -> Callable[..., dict[str, Any]]:
-    """``jax.jit`` of :func:`eval_step_fn` (the state is not donated: it is reused)."""
-    return jax.jit(eval_step_fn(loss, num_classes, num_bins=num_bins))
+    """``jax.jit`` of :func:`eval_step_fn` (the state is not donated: it is reused); with ``mesh``, its outputs
+    are replicated on it, so that every process of a multi-process run can read them whole."""
+    fn = eval_step_fn(loss, num_classes, num_bins=num_bins)
+    if mesh is None:
+        return jax.jit(fn)
+    return jax.jit(fn, out_shardings=replicated_sharding(mesh))

@@ -27,17 +27,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from segmime_jax.gradients import dynamic_range_db, loss_gradient
+from segmime_jax.train.sharding import replicated_sharding
 from segmime_jax.train.state import TrainState
 from segmime_jax.train.step import ParametricLoss, probabilities
 
 
-def make_gradient_probe(loss: ParametricLoss, num_classes: int) -> Callable[..., dict[str, jax.Array]]:
+def make_gradient_probe(
+    loss: ParametricLoss, num_classes: int, *, mesh: Mesh | None = None
+) -> Callable[..., dict[str, jax.Array]]:
     """A jitted ``(state, batch, loss_params) -> {"grad", "onehot", "dynamic_range_db", ...}``.
 
     ``grad`` is ``∂loss/∂probs`` ``(B, H, W, K)`` at the eval-mode probabilities of ``batch``, for the loss
-    ``loss(loss_params, ...)`` (see :mod:`segmime_jax.train.step`).
+    ``loss(loss_params, ...)`` (see :mod:`segmime_jax.train.step`). With ``mesh``, the outputs are replicated
+    on it (readable whole in every process).
     """
 
     def probe(state: TrainState, batch: dict, loss_params: Any) -> dict[str, jax.Array]:
@@ -65,7 +70,9 @@ def make_gradient_probe(loss: ParametricLoss, num_classes: int) -> Callable[...,
             "image_class_dynamic_range_db": per_image,
         }
 
-    return jax.jit(probe)
+    if mesh is None:
+        return jax.jit(probe)
+    return jax.jit(probe, out_shardings=replicated_sharding(mesh))
 
 
 def _finite_or_none(value: float) -> float | None:

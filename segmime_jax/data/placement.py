@@ -1,0 +1,65 @@
+"""Placing host data on devices, in one process or several: each process builds and sends only the rows of a
+global array that its own devices hold (the rest of the multi-process set-up is :mod:`segmime_jax.distributed`
+and :mod:`segmime_jax.train.sharding`)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+
+def fitting(sharding: jax.sharding.Sharding | None, size: int) -> jax.sharding.Sharding | None:
+    """``sharding`` for a leading axis of ``size``, or its replicated form when ``sharding`` splits the leading
+    axis over more devices than divide ``size`` (a trimmed last batch: every device then computes all of it)."""
+    if not isinstance(sharding, NamedSharding) or not sharding.spec or sharding.spec[0] is None:
+        return sharding
+    axes = sharding.spec[0] if isinstance(sharding.spec[0], tuple) else (sharding.spec[0],)
+    parts = int(np.prod([sharding.mesh.shape[a] for a in axes]))
+    return sharding if size % parts == 0 else NamedSharding(sharding.mesh, PartitionSpec())
+
+
+def local_rows(sharding: jax.sharding.Sharding | None, size: int) -> slice:
+    """The rows of a ``size``-row array that this process's devices hold under ``sharding`` (all rows for
+    ``None``, a single-process sharding or a replicated one): the rows a process must build and feed."""
+    if sharding is None or sharding.is_fully_addressable:
+        return slice(0, size)
+    spans = sorted(
+        {
+            (index[0] if index else slice(None)).indices(size)[:2]
+            for index in sharding.addressable_devices_indices_map((size,)).values()
+        }
+    )
+    start, covered = spans[0][0], spans[0][0]
+    for first, end in spans:
+        if first > covered:
+            raise ValueError(f"the rows of this process under {sharding} are not contiguous")
+        covered = max(covered, end)
+    stop = covered
+    return slice(start, stop)
+
+
+def place(array: np.ndarray, sharding: jax.sharding.Sharding | None, *, global_rows: int | None = None) -> jax.Array:
+    """A global array on ``sharding`` built in each process from the rows its devices hold.
+
+    Args:
+      array: the whole array (the same in every process); or, with ``global_rows``, only this process's rows
+        of it, ``whole[local_rows(sharding, global_rows)]``: the input pipeline builds just those.
+      sharding: where the array goes (``None``: the default device).
+      global_rows: the leading size of the global array when ``array`` holds only the local rows.
+
+    Returns:
+      A ``jax.Array`` of the global shape, sharded as ``sharding``.
+    """
+    if sharding is None:
+        return jax.device_put(array)
+    if global_rows is None:
+        if sharding.is_fully_addressable:
+            return jax.device_put(array, sharding)
+        if array.ndim == 0:
+            return jax.make_array_from_process_local_data(sharding, array, ())
+        global_rows = array.shape[0]
+        array = array[local_rows(sharding, global_rows)]
+    elif sharding.is_fully_addressable:
+        return jax.device_put(array, sharding)
+    return jax.make_array_from_process_local_data(sharding, array, (global_rows, *array.shape[1:]))

@@ -1,0 +1,166 @@
+"""Several processes on loopback: 2 processes x 2 fake CPU devices (gloo collectives) train exactly as 1 process
+x 4 devices; a killed process stops the other within a bounded time, and resuming both ends as the
+uninterrupted run.
+
+SGD, as in test_train_sharding.py: Adam's first updates, lr·g/(|g| + eps), turn the all-reduce's rounding of
+near-zero gradients into ±lr steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from segmime_jax.distributed import DistributedConfig
+
+TESTS = pathlib.Path(__file__).resolve().parent
+
+WORKER = textwrap.dedent("""
+    import json, os, sys
+    tests, out, port, pid, nproc, kill_after, resume = sys.argv[1:8]
+    sys.path.insert(0, tests)
+    import helpers  # noqa: F401  (persistent compilation cache, float32 defaults)
+    from segmime_jax.distributed import DistributedConfig, initialize
+    if int(nproc) > 1:
+        initialize(DistributedConfig(coordinator=f"127.0.0.1:{port}", num_processes=int(nproc),
+                                     process_id=int(pid), init_timeout_s=60, heartbeat_timeout_s=5))
+    import jax, numpy as np
+    from flax import nnx
+    from train_support import tiny_factory, tiny_splits
+    from segmime_jax.train import CheckpointStore, TrainConfig, TrainState, train_and_evaluate
+    from segmime_jax.train import loop
+
+    if int(kill_after):  # die in the middle of an epoch, after that many steps
+        checked, steps = loop._checked_loss, []
+        def dying(*args, **kwargs):
+            steps.append(1)
+            if len(steps) == int(kill_after):
+                os._exit(9)
+            return checked(*args, **kwargs)
+        loop._checked_loss = dying
+    # 14 training slices, batch 8: a batch split over the 4 devices and a trimmed one of 6 (replicated)
+    data = tiny_splits(train_volumes=7, slices=2)
+    config = TrainConfig(loss="1*ce+1*dsc", optimizer="sgd", learning_rate=0.1, epochs=3, batch_size=8,
+                         eval_batch_size=4, progress=False, write_predictions=False, augment=True,
+                         data_on_device=True)
+    run_dir = os.path.join(out, "run")
+    result = train_and_evaluate(config, data, run_dir, model_factory=tiny_factory, resume=resume == "1")
+    template = TrainState.create(tiny_factory(3, rngs=nnx.Rngs(0)), config.build_optimizer())
+    with CheckpointStore(os.path.join(run_dir, "checkpoints")) as store:
+        _, tree, _ = store.restore(template.checkpoint_tree())
+    if jax.process_index() == 0:
+        summary = {
+            "devices": jax.device_count(),
+            "processes": jax.process_count(),
+            "history": [{k: h[k] for k in ("train_loss", "val_loss", "val_dsc", "val_dsc_fg")} for h in result.history],
+            "test_dsc": result.test_dsc.tolist(),
+            "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(tree["params"])],
+            "files": sorted(os.listdir(run_dir)),
+        }
+        with open(os.path.join(out, "summary.json"), "w") as handle:
+            json.dump(summary, handle)
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(tmp: pathlib.Path, out: pathlib.Path, nproc: int, *, kill_after: int = 0, resume: bool = False):
+    script = tmp / "worker.py"
+    script.write_text(WORKER)
+    devices = 4 // nproc
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    port = _free_port()
+    return [
+        subprocess.Popen(
+            [sys.executable, str(script), str(TESTS), str(out), str(port), str(pid), str(nproc), str(kill_after * pid)]
+            + ["1" if resume else "0"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for pid in range(nproc)
+    ]
+
+
+def _finish(procs, timeout: float = 600) -> list[tuple[int, str]]:
+    results = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=timeout)
+        results.append((proc.returncode, err))
+    return results
+
+
+def _summary(out: pathlib.Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("single")
+    [(code, err)] = _finish(_launch(tmp, tmp, 1))
+    assert code == 0, err[-3000:]
+    return _summary(tmp)
+
+
+def _assert_same_run(multi: dict, single: dict) -> None:
+    assert (multi["processes"], multi["devices"], single["processes"], single["devices"]) == (2, 4, 1, 4)
+    for a, b in zip(multi["history"], single["history"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_dsc"] == b["val_dsc"]
+    np.testing.assert_array_equal(multi["test_dsc"], single["test_dsc"])
+    for a, b in zip(multi["params"], single["params"], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_two_processes_train_as_one(tmp_path, single):
+    results = _finish(_launch(tmp_path, tmp_path, 2))
+    for pid, (code, err) in enumerate(results):
+        assert code == 0, f"process {pid}: {err[-3000:]}"
+    multi = _summary(tmp_path)
+    _assert_same_run(multi, single)
+    # one set of outputs, written by process 0
+    assert multi["files"] == ["checkpoints", "examples.npz", "metrics.jsonl", "result.json"]
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_killed_process_stops_the_other_and_both_resume(tmp_path, single):
+    # process 1 dies in epoch 2 (after its 3rd step); process 0 must not wait for it forever
+    procs = _launch(tmp_path, tmp_path, 2, kill_after=3)
+    procs[1].wait(timeout=600)
+    died = time.monotonic()
+    [(code, err)] = _finish(procs[:1], timeout=120)
+    waited = time.monotonic() - died
+    assert procs[1].returncode == 9
+    assert code != 0, "the surviving process exited cleanly"
+    assert waited < 60, f"the surviving process took {waited:.0f} s to stop"
+    assert not (tmp_path / "summary.json").exists()
+    results = _finish(_launch(tmp_path, tmp_path, 2, resume=True))
+    for pid, (code, err) in enumerate(results):
+        assert code == 0, f"process {pid} (resumed): {err[-3000:]}"
+    _assert_same_run(_summary(tmp_path), single)
+
+
+def test_launch_options_are_checked():
+    with pytest.raises(ValueError, match="needs all of"):
+        DistributedConfig(coordinator="localhost:1234")
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        DistributedConfig(coordinator="localhost", num_processes=2, process_id=0)
+    with pytest.raises(ValueError, match=r"process-id must be in \[0, 2\)"):
+        DistributedConfig(coordinator="localhost:1234", num_processes=2, process_id=2)
+    with pytest.raises(ValueError, match="--distributed off"):
+        DistributedConfig(distributed="off", coordinator="localhost:1234", num_processes=2, process_id=0)
+    assert DistributedConfig(coordinator="[::1]:80", num_processes=1, process_id=0).manual
