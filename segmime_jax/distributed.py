@@ -13,8 +13,10 @@ Launch (see the README): every process gets the same command line plus ``--coord
 --num-processes N --process-id I``; or ``--distributed auto`` (the default) lets
 ``jax.distributed.initialize()`` read SLURM, Open MPI or a TPU pod's environment. On CPU the processes use gloo
 collectives. A process that dies makes the others stop after ``--heartbeat-timeout-s`` (JAX's coordination
-service ends them, non-zero), and a coordinator that never answers, or a process count that never completes,
-after ``--init-timeout-s``: a bounded wait, never a silent hang.
+service ends them, non-zero); a coordinator that never answers ends the others with a ConnectionError after
+``--init-timeout-s``, processes that never all join (a duplicate ``--process-id``) are ended by JAX after the
+same time, and a ``--num-processes`` other than the coordinator's is a ValueError: a bounded wait, never a
+silent hang.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -114,7 +118,32 @@ def initialize(config: DistributedConfig | None = None) -> None:
             num_processes=config.num_processes,
             process_id=config.process_id,
         )
+        if config.process_id != 0:
+            _wait_for_coordinator(config.coordinator, config.init_timeout_s)
     jax.distributed.initialize(**kwargs)
+    if config.manual and jax.process_count() != config.num_processes:
+        raise ValueError(
+            f"--num-processes {config.num_processes}, but the coordinator at {config.coordinator} was started for "
+            f"{jax.process_count()} processes: give every process the same --num-processes"
+        )
+
+
+def _wait_for_coordinator(address: str, timeout_s: float) -> None:
+    """Return once ``address`` accepts TCP connections; ConnectionError after ``timeout_s`` (JAX's own wait
+    would end the process with an abort and a stack trace)."""
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+                return
+        except OSError as err:
+            if time.monotonic() > deadline:
+                raise ConnectionError(
+                    f"the coordinator {address} (process 0) did not answer within {timeout_s:g} s ({err}); is "
+                    "process 0 running, and are the address and port the same for every process?"
+                ) from None
+            time.sleep(0.5)
 
 
 def _already_initialized() -> bool:

@@ -164,3 +164,41 @@ def test_launch_options_are_checked():
     with pytest.raises(ValueError, match="--distributed off"):
         DistributedConfig(distributed="off", coordinator="localhost:1234", num_processes=2, process_id=0)
     assert DistributedConfig(coordinator="[::1]:80", num_processes=1, process_id=0).manual
+
+
+PROBE = textwrap.dedent("""
+    import sys
+    from segmime_jax.distributed import DistributedConfig, initialize
+    port, n, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    initialize(DistributedConfig(coordinator=f"127.0.0.1:{port}", num_processes=n, process_id=pid,
+                                 init_timeout_s=3, heartbeat_timeout_s=5))
+    print("joined")
+""")
+
+
+def _probe(tmp: pathlib.Path, port: int, n: int, pid: int) -> subprocess.Popen:
+    script = tmp / "probe.py"
+    script.write_text(PROBE)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.Popen(
+        [sys.executable, str(script), str(port), str(n), str(pid)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_misconfigured_launches_end_with_an_error(tmp_path):
+    # nobody listens at the coordinator's address: a clear error after the start-up timeout
+    start = time.monotonic()
+    [(code, err)] = _finish([_probe(tmp_path, _free_port(), 2, 1)], timeout=60)
+    assert code != 0 and "ConnectionError: the coordinator 127.0.0.1:" in err and "did not answer within 3 s" in err
+    assert time.monotonic() - start < 30
+    # process counts that disagree
+    port = _free_port()
+    first = _probe(tmp_path, port, 2, 0)
+    time.sleep(0.5)
+    [(code, err)] = _finish([_probe(tmp_path, port, 3, 1)], timeout=60)
+    first.kill()
+    assert code != 0 and "--num-processes 3, but the coordinator at 127.0.0.1" in err and "for 2 processes" in err

@@ -344,7 +344,7 @@ def run_experiment(
         result = run_grid(
             config, data, model=model, data_root=root, synthetic=synthetic, calibration_class=calibration_class, log=log
         )
-    except (DataError, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as err:
+    except (DataError, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError, ConnectionError) as err:
         raise SystemExit(f"error: {process_label()}{err}") from None
     except NonFiniteLossError as err:
         raise SystemExit(
