@@ -4,7 +4,8 @@ overlay, and the ground truth read there (for metrics in millimetres).
 Predictions are made on slices at the working size; :func:`prediction_to_original` resizes each slice back
 to the original in-plane size (nearest neighbour: exact label values) and restacks the slices in the original
 array layout; :func:`write_prediction_nifti` writes that as a uint8 NIfTI with the input's affine and voxel
-spacing; :func:`read_original_labels` reads the label file in the same layout.
+spacing, which :func:`read_prediction_nifti` reads back; :func:`read_original_labels` reads the label file in
+the same layout.
 
 Both datasets are exported as NIfTI (one decision, one reader: nibabel, no SimpleITK needed):
 - ACDC: the array and affine are the input file's own, so the file overlays ``patientNNN_frameFF.nii.gz``.
@@ -90,6 +91,19 @@ def write_prediction_nifti(volume: VolumeInfo, labels: np.ndarray, path: str | o
     with atomic_output(path, suffix=suffix) as tmp:
         nib.save(image, tmp)
     return path
+
+
+def read_prediction_nifti(volume: VolumeInfo, path: str | os.PathLike) -> np.ndarray:
+    """A prediction written by :func:`write_prediction_nifti`, back in the layout of ``volume.original_shape``
+    (uint8); :class:`DataError` naming the file when it cannot be read or does not fit the volume."""
+    from segmime_jax.data.acdc import read_nifti
+
+    data = np.asarray(read_nifti(path, labels=True)[0])
+    if volume.extra.get("axes", "xyz") == "zyx":
+        data = data.transpose(2, 1, 0)
+    if data.shape != volume.original_shape:
+        raise DataError(path, f"prediction shape {data.shape} is not the volume's {volume.original_shape}")
+    return np.ascontiguousarray(data, dtype=np.uint8)
 
 
 @contextlib.contextmanager

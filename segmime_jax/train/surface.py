@@ -24,6 +24,8 @@ a mean in mm has no value for.
 from __future__ import annotations
 
 import math
+import os
+import pathlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -138,21 +140,26 @@ class SurfaceEvaluator:
         self.sources: set[str] = set()
 
     def __call__(self, volume: Any, prediction: np.ndarray) -> None:
-        from segmime_jax.data.export import prediction_to_original, read_original_labels
+        """Measure one volume from its ``(S, H, W)`` working-size prediction (slices in order)."""
+        from segmime_jax.data.export import prediction_to_original
 
         start = time.perf_counter()
-        predicted = prediction_to_original(volume, prediction)
+        self.add(volume, prediction_to_original(volume, prediction))
+        self.seconds += time.perf_counter() - start
+
+    def add(self, volume: Any, predicted: np.ndarray) -> None:
+        """Measure one volume from its prediction on the original grid (shape ``volume.original_shape``)."""
+        from segmime_jax.data.export import prediction_to_original, read_original_labels
+
         label = read_original_labels(volume, self.dataset.num_classes)
         if label is None:
             label = prediction_to_original(volume, self.dataset.volume(volume.volume_id)[1])
             self.sources.add("working-size labels brought back to the original grid (no label file)")
         else:
             self.sources.add("label files")
-        row = volume.volume_id
-        self.hd95[row], self.assd[row] = class_surface_metrics(
+        self.hd95[volume.volume_id], self.assd[volume.volume_id] = class_surface_metrics(
             predicted, label, volume.array_spacing, self.dataset.num_classes
         )
-        self.seconds += time.perf_counter() - start
 
     @property
     def ground_truth(self) -> str:
@@ -162,6 +169,23 @@ class SurfaceEvaluator:
     def info(self) -> dict[str, Any]:
         """JSON-ready: the ground truth used, the seconds spent, the convention."""
         return {"ground_truth": self.ground_truth, "time_s": self.seconds, "convention": CONVENTION}
+
+
+def surface_from_predictions(dataset: Any, folder: str | os.PathLike) -> SurfaceEvaluator | None:
+    """HD95 and ASSD of the NIfTI predictions a run wrote (``<folder>/<volume>.nii.gz``, on the original grid),
+    for a run finished before they were measured; ``None`` when a volume's file is missing."""
+    from segmime_jax.data.export import read_prediction_nifti
+
+    folder = pathlib.Path(folder)
+    paths = [folder / f"{volume.name}.nii.gz" for volume in dataset.volumes]
+    if not all(path.is_file() for path in paths):
+        return None
+    evaluator = SurfaceEvaluator(dataset)
+    start = time.perf_counter()
+    for volume, path in zip(dataset.volumes, paths, strict=True):
+        evaluator.add(volume, read_prediction_nifti(volume, path))
+    evaluator.seconds = time.perf_counter() - start
+    return evaluator
 
 
 def nan_summary(values: np.ndarray) -> tuple[float, float, int]:
