@@ -9,12 +9,12 @@ into the cache folder: :func:`segmime_jax.paper.datasets.dataset_root`) and call
    ``<out>/runs/<optimizer>-<loss>-seed<S>/``. All runs share one set of compiled programs (the loss is a
    per-run argument, see :mod:`segmime_jax.losses.params`). A rerun reuses finished runs and continues
    unfinished ones from their checkpoints; ``overwrite`` retrains;
-2. the report: ``table1.md`` / ``table1.csv`` (Table 1, and ours next to the paper's), the paired comparison
-   of every loss with the reference loss (:mod:`segmime_jax.paper.statistics`), ``results.json`` (everything
-   behind them), ``fig2.png`` (validation DSC per epoch), ``train_loss.png``, ``gradient_range.png`` (the
-   gradient's dynamic range during training), ``fig3.png`` (calibration) and ``fig4.png`` (test slices) for
-   the first optimiser (``fig3-<optimizer>.png`` ... for the others), written by
-   :mod:`segmime_jax.paper.grid_report`;
+2. the report: ``table1.md`` / ``table1.csv`` (Table 1, and ours next to the paper's; HD95 and ASSD in mm in
+   its layout), the paired comparison of every loss with the reference loss (:mod:`segmime_jax.paper.statistics`),
+   ``results.json`` (everything behind them), ``test_metrics.csv`` (per volume and class), ``hd95.png``,
+   ``fig2.png`` (validation DSC per epoch), ``train_loss.png``, ``gradient_range.png`` (the gradient's dynamic
+   range during training), ``fig3.png`` (calibration) and ``fig4.png`` (test slices) for the first optimiser
+   (``fig3-<optimizer>.png`` ... for the others), written by :mod:`segmime_jax.paper.grid_report`;
 3. :func:`~segmime_jax.paper.grid_report.format_summary` prints the tables, the differences with their
    intervals, and where everything is.
 """
