@@ -6,9 +6,9 @@
 
 Without ``--data-root`` a synthetic dataset in the ACDC on-disk format is generated into
 ``<cache-dir>/synthetic/`` on first use and reused. Outputs (``--out``, default ``results/acdc/<preset>/``):
-table1.md, table1.csv, results.json, fig2.png, fig3.png, fig4.png, train_loss.png, gradient_range.png and
-``runs/<optimizer>-<loss>-seed<S>/`` per run; see :mod:`segmime_jax.paper.grid`. Rerunning the command
-reuses finished runs and continues unfinished ones; ``--overwrite`` retrains.
+table1.md, table1.csv, results.json, test_metrics.csv, fig2.png, fig3.png, fig4.png, hd95.png, train_loss.png,
+gradient_range.png and ``runs/<optimizer>-<loss>-seed<S>/`` per run; see :mod:`segmime_jax.paper.grid`.
+Rerunning the command reuses finished runs and continues unfinished ones; ``--overwrite`` retrains.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ anyway (its row shows "–" for the paper).
 Without ``--data-root`` a synthetic dataset in the PROMISE12 MetaImage format (CaseNN.mhd/.raw,
 CaseNN_segmentation.mhd) is generated into ``<cache-dir>/synthetic/promise12-<cases>-<seed>/`` on first use
 and reused. Outputs (``--out``, default ``results/promise12/<preset>/``): table1.md, table1.csv,
-results.json, fig2.png, fig3.png, fig4.png, train_loss.png, gradient_range.png and
+results.json, test_metrics.csv, fig2.png, fig3.png, fig4.png, hd95.png, train_loss.png, gradient_range.png and
 ``runs/<optimizer>-<loss>-seed<S>/`` per run.
 """
 

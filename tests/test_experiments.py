@@ -193,10 +193,12 @@ def _check_first_run(out, result, printed, cache):
         "fig4.png",
         "train_loss.png",
         "gradient_range.png",
+        "hd95.png",
+        "test_metrics.csv",
     ):
         assert (out / name).is_file(), name
     run_dir = out / "runs" / "adam-mime-seed0"
-    for name in ("metrics.jsonl", "result.json", "checkpoints", "predictions"):
+    for name in ("metrics.jsonl", "result.json", "checkpoints", "predictions", "test_metrics.csv"):
         assert (run_dir / name).exists(), name
     mime = result.runs["adam-mime-seed0"]
     assert len(list((run_dir / "predictions").glob("*.nii.gz"))) == len(mime.test_dsc)
@@ -224,15 +226,33 @@ def _check_report(out, printed):
     assert comparison["n_units"] == len(dsc) and comparison["n_seeds"] == 1
     assert "Mime − DSC: test All-DSC" in printed and "ours / paper" in printed
     assert "Mime − DSC" in (out / "table1.md").read_text()
+    # HD95 and ASSD (mm) next to the DSC: measured on the synthetic label files, in the tables and the CSV
+    hd95 = np.asarray(results["runs"]["adam-mime-seed0"]["test_hd95"], dtype=float)
+    assert hd95.shape == dsc.shape and results["runs"]["adam-mime-seed0"]["surface"]["ground_truth"] == "label files"
+    assert "Testing HD95 / ASSD (mm" in printed and "testing HD95 (mm)" in (out / "table1.md").read_text()
+    mime_hd95 = next(r for r in results["table1_hd95"]["rows"] if r["loss"] == "Mime")
+    if np.isfinite(hd95[:, 3]).all():
+        np.testing.assert_allclose(mime_hd95["LV"], [hd95[:, 3].mean(), hd95[:, 3].std()], rtol=1e-6)
+    lines = (out / "test_metrics.csv").read_text().splitlines()
+    assert lines[0] == "optimizer,loss,seed,volume,class,dsc,hd95_mm,assd_mm" and len(lines) == 1 + 2 * 3 * len(dsc)
 
 
 def _check_rerun(argv, result, capsys):
     mime = result.runs["adam-mime-seed0"]
+    # A run finished before surface metrics existed: a rerun measures them from its NIfTI predictions
+    out = Path(argv[argv.index("--out") + 1])
+    stored = json.loads((out / "runs" / "adam-mime-seed0" / "result.json").read_text())
+    for key in ("test_hd95", "test_assd", "surface"):
+        del stored[key]
+    (out / "runs" / "adam-mime-seed0" / "result.json").write_text(json.dumps(stored))
     # Rerunning the same command reuses the finished runs (and compiles nothing) ...
     again = acdc.main(argv)
     printed = capsys.readouterr().out
     assert printed.count("finished earlier") == 2 and "compiling" not in printed
+    assert printed.count("HD95 and ASSD measured from its predictions/") == 1
     np.testing.assert_array_equal(again.runs["adam-mime-seed0"].test_dsc, mime.test_dsc)
+    np.testing.assert_array_equal(again.runs["adam-mime-seed0"].test_hd95, mime.test_hd95)
+    np.testing.assert_array_equal(again.runs["adam-mime-seed0"].test_assd, mime.test_assd)
     # ... more epochs continue them from their checkpoints (with the programs compiled above) ...
     longer = acdc.main([*argv, "--epochs", "3"])
     printed = capsys.readouterr().out

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import importlib.util
 import json
 
 import chex
@@ -10,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_support import ExplodingNet, TinyNet, tiny_factory, tiny_splits
+from train_support import ExplodingNet, TinyNet, read_event_scalars, tiny_factory, tiny_splits
 
 from segmime_jax.data.dataset import DatasetSplits
 from segmime_jax.losses import loss_from_spec
@@ -27,6 +29,7 @@ from segmime_jax.train import (
     train_and_evaluate,
 )
 from segmime_jax.train import loop as loop_module
+from segmime_jax.train.tensorboard import epoch_scalars
 
 # 9 training slices with batch 4: two full batches and a trimmed one of 1 slice per epoch.
 CONFIG = TrainConfig(
@@ -94,6 +97,42 @@ def test_outputs(run, data):
     assert sorted(p.name for p in (run_dir / "predictions").iterdir()) == ["test00.nii.gz", "test01.nii.gz"]
 
 
+def test_surface_metrics_and_the_per_volume_csv(run):
+    """HD95 and ASSD per test volume and foreground class (the tiny dataset has no label files: its working-size
+    labels are the ground truth, said in the result), saved, reloaded, and in test_metrics.csv."""
+    run_dir, result = run
+    chex.assert_shape(result.test_hd95, (2, 3))
+    assert np.isnan(result.test_hd95[:, 0]).all() and np.isnan(result.test_assd[:, 0]).all()
+    assert (result.test_assd[:, 1:] <= result.test_hd95[:, 1:] + 1e-9).all()  # where both defined
+    assert "no label file" in result.surface["ground_truth"] and result.surface["time_s"] > 0
+    loaded = load_run_result(run_dir)
+    np.testing.assert_array_equal(loaded.test_hd95, result.test_hd95)
+    np.testing.assert_array_equal(loaded.test_assd, result.test_assd)
+    summary = result.summary()
+    assert summary["test_hd95_undefined"] == int(np.isnan(result.test_hd95[:, 1:]).sum())
+    rows = list(csv.DictReader((run_dir / "test_metrics.csv").open()))
+    assert [(r["volume"], r["class"]) for r in rows] == [
+        (v, c) for v in ("test00", "test01") for c in ("disk", "square")
+    ]
+    for row, (v, k) in zip(rows, [(v, k) for v in range(2) for k in (1, 2)], strict=True):
+        assert float(row["dsc"]) == pytest.approx(result.test_dsc[v, k], rel=1e-5)
+        assert float(row["hd95_mm"] or "nan") == pytest.approx(result.test_hd95[v, k], rel=1e-5, nan_ok=True)
+
+
+def test_tensorboard_events_equal_metrics_jsonl(run):
+    pytest.importorskip("tensorboardX", reason="tensorboardX (the tensorboard extra) is not installed")
+    run_dir, result = run
+    scalars = read_event_scalars(run_dir)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        expected = epoch_scalars(line, result.class_names)
+        assert {"loss/train", "val_dsc/disk", "val_dsc/square", "learning_rate", "time/time_s"} <= set(expected)
+        assert "gradient/dynamic_range_db" in expected
+        for tag, value in expected.items():
+            assert scalars[tag][line["epoch"]] == np.float32(value), tag
+    assert {tag: sorted(steps) for tag, steps in scalars.items()} == {tag: [1, 2, 3] for tag in expected}
+
+
 def test_plateau_and_best_epoch_follow_the_validation_dsc(run):
     _, result = run
     plateau = PlateauState()
@@ -158,6 +197,13 @@ def test_resume_equals_uninterrupted(run, data, tmp_path, monkeypatch):
     np.testing.assert_array_equal(resumed.test_clece, uninterrupted.test_clece)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert _without_time(lines) == _without_time(uninterrupted.history)
+    np.testing.assert_array_equal(resumed.test_hd95, uninterrupted.test_hd95)
+    if importlib.util.find_spec("tensorboardX") is not None:  # two event files, the same numbers as metrics.jsonl
+        assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
+        scalars = read_event_scalars(tmp_path)
+        for line in lines:
+            for tag, value in epoch_scalars(line, resumed.class_names).items():
+                assert scalars[tag][line["epoch"]] == np.float32(value), tag
 
 
 def test_resume_after_halving_and_a_kill_during_a_save(data, tmp_path, monkeypatch):

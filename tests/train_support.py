@@ -7,6 +7,9 @@ dropout included); the losses, data pipeline, augmentation and metrics are the r
 
 from __future__ import annotations
 
+import pathlib
+import struct
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,3 +108,21 @@ def tiny_splits(*, train_volumes: int = 4, slices: int = 3, size: int = 32, num_
         test=tiny_dataset(2, slices, size=size, num_classes=num_classes, seed=3, prefix="test"),
         name="tiny",
     )
+
+
+def read_event_scalars(folder: pathlib.Path) -> dict[str, dict[int, float]]:
+    """``{tag: {step: value}}`` of the scalars in a folder's TensorBoard event files, read with tensorboardX's
+    protobuf classes from the TFRecord framing (u64 length, u32 CRC, the Event, u32 CRC); files in name order
+    (their names start with the second they were opened), a later value of a step replacing an earlier one."""
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, dict[int, float]] = {}
+    for path in sorted(pathlib.Path(folder).glob("events.out.tfevents.*")):
+        data, position = path.read_bytes(), 0
+        while position < len(data):
+            (length,) = struct.unpack("<Q", data[position : position + 8])
+            event = event_pb2.Event.FromString(data[position + 12 : position + 12 + length])
+            position += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars

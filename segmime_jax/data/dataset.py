@@ -70,6 +70,12 @@ class VolumeInfo:
         return int(self.extra.get("slice_axis", len(self.original_shape) - 1))
 
     @property
+    def array_spacing(self) -> tuple[float, ...]:
+        """Voxel size in mm along the axes of ``original_shape`` (``spacing`` reversed for ``(z, y, x)`` arrays)."""
+        spacing = self.spacing[: len(self.original_shape)]
+        return tuple(reversed(spacing)) if self.extra.get("axes", "xyz") == "zyx" else spacing
+
+    @property
     def in_plane_shape(self) -> tuple[int, int]:
         """Shape of one slice before resizing (the original shape without the slice axis)."""
         dims = [s for axis, s in enumerate(self.original_shape) if axis != self.slice_axis]

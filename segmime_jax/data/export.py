@@ -1,8 +1,11 @@
-"""Write predicted label volumes back in the geometry of their input, viewable as an overlay.
+"""The original grid of a volume: predicted label volumes brought back to it and written there, viewable as an
+overlay, and the ground truth read there (for metrics in millimetres).
 
-Predictions are made on slices at the working size; :func:`write_prediction_nifti` resizes each slice back
-to the original in-plane size (nearest neighbour: exact label values), restacks the slices in the original
-array layout and writes a uint8 NIfTI with the input's affine and voxel spacing.
+Predictions are made on slices at the working size; :func:`prediction_to_original` resizes each slice back
+to the original in-plane size (nearest neighbour: exact label values) and restacks the slices in the original
+array layout; :func:`write_prediction_nifti` writes that as a uint8 NIfTI with the input's affine and voxel
+spacing, which :func:`read_prediction_nifti` reads back; :func:`read_original_labels` reads the label file in
+the same layout.
 
 Both datasets are exported as NIfTI (one decision, one reader: nibabel, no SimpleITK needed):
 - ACDC: the array and affine are the input file's own, so the file overlays ``patientNNN_frameFF.nii.gz``.
@@ -23,7 +26,8 @@ import numpy as np
 
 from segmime_jax.atomic_files import atomic_directory, atomic_output
 from segmime_jax.data.dataset import VolumeInfo
-from segmime_jax.data.preprocess import resize_nearest
+from segmime_jax.data.errors import DataError
+from segmime_jax.data.preprocess import resize_nearest, validate_labels
 
 
 def prediction_to_original(volume: VolumeInfo, labels: np.ndarray) -> np.ndarray:
@@ -35,6 +39,26 @@ def prediction_to_original(volume: VolumeInfo, labels: np.ndarray) -> np.ndarray
         raise ValueError(f"labels for {volume.name} must be integer class indices in 0..255, got {labels.dtype}")
     resized = resize_nearest(labels.astype(np.uint8), volume.in_plane_shape)  # (S, h, w)
     return np.ascontiguousarray(np.moveaxis(resized, 0, volume.slice_axis))
+
+
+def read_original_labels(volume: VolumeInfo, num_classes: int) -> np.ndarray | None:
+    """The ground truth of ``volume`` as read from its label file: uint8, shape ``volume.original_shape`` (the
+    layout :func:`prediction_to_original` returns), or ``None`` when the file does not exist (a dataset built in
+    memory). :class:`DataError` naming the file when it exists but cannot be read or does not fit the volume."""
+    path = pathlib.Path(volume.label_path)
+    if not path.is_file():
+        return None
+    if volume.extra.get("axes", "xyz") == "zyx":
+        from segmime_jax.data.promise12 import read_metaimage
+
+        label = read_metaimage(path, labels=True)[0]
+    else:
+        from segmime_jax.data.acdc import read_nifti
+
+        label = read_nifti(path, labels=True)[0]
+    if label.shape != volume.original_shape:
+        raise DataError(path, f"label shape {label.shape} is not the volume's {volume.original_shape}")
+    return validate_labels(label, label_path=path, num_classes=num_classes)
 
 
 def write_prediction_nifti(volume: VolumeInfo, labels: np.ndarray, path: str | os.PathLike) -> pathlib.Path:
@@ -67,6 +91,19 @@ def write_prediction_nifti(volume: VolumeInfo, labels: np.ndarray, path: str | o
     with atomic_output(path, suffix=suffix) as tmp:
         nib.save(image, tmp)
     return path
+
+
+def read_prediction_nifti(volume: VolumeInfo, path: str | os.PathLike) -> np.ndarray:
+    """A prediction written by :func:`write_prediction_nifti`, back in the layout of ``volume.original_shape``
+    (uint8); :class:`DataError` naming the file when it cannot be read or does not fit the volume."""
+    from segmime_jax.data.acdc import read_nifti
+
+    data = np.asarray(read_nifti(path, labels=True)[0])
+    if volume.extra.get("axes", "xyz") == "zyx":
+        data = data.transpose(2, 1, 0)
+    if data.shape != volume.original_shape:
+        raise DataError(path, f"prediction shape {data.shape} is not the volume's {volume.original_shape}")
+    return np.ascontiguousarray(data, dtype=np.uint8)
 
 
 @contextlib.contextmanager

@@ -116,6 +116,12 @@ def validate_pair(
     lo, hi = float(np.min(image)), float(np.max(image))
     if not hi > lo:
         raise DataError(image_path, f"constant intensity ({lo}): cannot min-max normalise")
+    return validate_labels(label, label_path=label_path, num_classes=num_classes)
+
+
+def validate_labels(label: np.ndarray, *, label_path: str | os.PathLike, num_classes: int) -> np.ndarray:
+    """The labels as uint8; :class:`DataError` naming the file for non-integer values or values outside
+    ``0..num_classes-1``."""
     if np.issubdtype(label.dtype, np.floating):
         if not np.all(np.isfinite(label)):
             raise DataError(label_path, "non-finite label values")

@@ -9,12 +9,12 @@ into the cache folder: :func:`segmime_jax.paper.datasets.dataset_root`) and call
    ``<out>/runs/<optimizer>-<loss>-seed<S>/``. All runs share one set of compiled programs (the loss is a
    per-run argument, see :mod:`segmime_jax.losses.params`). A rerun reuses finished runs and continues
    unfinished ones from their checkpoints; ``overwrite`` retrains;
-2. the report: ``table1.md`` / ``table1.csv`` (Table 1, and ours next to the paper's), the paired comparison
-   of every loss with the reference loss (:mod:`segmime_jax.paper.statistics`), ``results.json`` (everything
-   behind them), ``fig2.png`` (validation DSC per epoch), ``train_loss.png``, ``gradient_range.png`` (the
-   gradient's dynamic range during training), ``fig3.png`` (calibration) and ``fig4.png`` (test slices) for
-   the first optimiser (``fig3-<optimizer>.png`` ... for the others), written by
-   :mod:`segmime_jax.paper.grid_report`;
+2. the report: ``table1.md`` / ``table1.csv`` (Table 1, and ours next to the paper's; HD95 and ASSD in mm in
+   its layout), the paired comparison of every loss with the reference loss (:mod:`segmime_jax.paper.statistics`),
+   ``results.json`` (everything behind them), ``test_metrics.csv`` (per volume and class), ``hd95.png``,
+   ``fig2.png`` (validation DSC per epoch), ``train_loss.png``, ``gradient_range.png`` (the gradient's dynamic
+   range during training), ``fig3.png`` (calibration) and ``fig4.png`` (test slices) for the first optimiser
+   (``fig3-<optimizer>.png`` ... for the others), written by :mod:`segmime_jax.paper.grid_report`;
 3. :func:`~segmime_jax.paper.grid_report.format_summary` prints the tables, the differences with their
    intervals, and where everything is.
 """
@@ -37,10 +37,18 @@ from segmime_jax.losses.spec import canonical_name
 from segmime_jax.models import check_input_size
 from segmime_jax.paper.datasets import data_info, dataset_root
 from segmime_jax.paper.grid_report import GridResult, format_summary, write_grid_report
-from segmime_jax.train import NonFiniteLossError, RunResult, TrainConfig, load_run_result, train_and_evaluate
+from segmime_jax.train import (
+    NonFiniteLossError,
+    RunResult,
+    TrainConfig,
+    load_run_result,
+    save_run_result,
+    train_and_evaluate,
+)
 from segmime_jax.train.config import RESUMABLE_CHANGES
 from segmime_jax.train.metrics import mean_foreground
 from segmime_jax.train.optim import OPTIMIZERS
+from segmime_jax.train.surface import surface_from_predictions
 
 #: TrainConfig fields a grid sets per run (not command-line options of the grid).
 PER_RUN_FIELDS = ("model", "loss", "loss_classes", "optimizer", "learning_rate")
@@ -226,7 +234,8 @@ def _train_or_reuse(
 ) -> RunResult:
     if action == "reuse":
         log(f"      finished earlier: reusing {run.directory / 'result.json'}")
-        return load_run_result(run.directory)
+        result = load_run_result(run.directory)
+        return _add_surface_metrics(result, run.directory, data, log) if result.test_hd95 is None else result
     if action == "restart":
         log(
             "      --overwrite: training it again"
@@ -237,6 +246,25 @@ def _train_or_reuse(
             shutil.rmtree(run.directory)
         barrier(f"{run.directory}: cleared")
     return train_and_evaluate(run.config, data, run.directory, resume=action == "continue", loss_terms=terms, log=log)
+
+
+def _add_surface_metrics(
+    result: RunResult, directory: Path, data: DatasetSplits, log: Callable[[str], None]
+) -> RunResult:
+    """A run finished before HD95 and ASSD were measured: measure them from its NIfTI predictions (the same
+    original-grid labels the test would have measured) and save them into its result.json."""
+    test = data.test
+    surface = None
+    if list(result.test_volume_names) == [v.name for v in test.volumes]:
+        surface = surface_from_predictions(test, directory / "predictions")
+    if surface is None:
+        log("      no HD95/ASSD in it and no predictions/ to measure them from (--overwrite retrains it)")
+        return result
+    info = {**surface.info(), "measured": "from predictions/ after the run"}
+    result = dataclasses.replace(result, test_hd95=surface.hd95, test_assd=surface.assd, surface=info)
+    save_run_result(result, directory)
+    log(f"      HD95 and ASSD measured from its predictions/ in {surface.seconds:.1f} s")
+    return result
 
 
 # --------------------------------------------------------------------------------------------------- grid

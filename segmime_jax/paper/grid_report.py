@@ -1,5 +1,6 @@
-"""The report of a grid (:mod:`segmime_jax.paper.grid`): Table 1 and the paired comparisons, the figures,
-``results.json``, and the printed summary."""
+"""The report of a grid (:mod:`segmime_jax.paper.grid`): Table 1 (DSC, then HD95 and ASSD in mm) and the paired
+comparisons, the figures, ``results.json``, ``test_metrics.csv`` (every run's per-volume metrics), and the printed
+summary."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segmime_jax.atomic_files import write_json_atomic
+from segmime_jax.atomic_files import write_json_atomic, write_text_atomic
 from segmime_jax.data import DatasetSplits
 from segmime_jax.environment import environment
 from segmime_jax.losses.spec import canonical_name
-from segmime_jax.paper import statistics
-from segmime_jax.report import figures, tables
+from segmime_jax.paper import distances, statistics
+from segmime_jax.report import boxplots, figures, tables
 from segmime_jax.train import RunResult
 from segmime_jax.train.metrics import mean_foreground
+from segmime_jax.train.surface import CONVENTION
 
 if TYPE_CHECKING:
     from segmime_jax.paper.grid import GridConfig, GridRun
@@ -34,6 +36,7 @@ class GridResult:
     grid: tuple[GridRun, ...]
     table: tables.Table1
     paper: tables.Table1
+    distances: tuple[tables.Table1, ...]  # HD95 and ASSD (mm), Table 1's rows
     comparisons: dict[str, dict[str, Any]]
     files: dict[str, Path]
     wall_time_s: float
@@ -55,8 +58,9 @@ def _to_90(run: RunResult) -> int:
 
 def compare_losses(config: GridConfig, result_of: Callable[[str, str], list[RunResult]]) -> dict[str, dict]:
     """For each optimiser and each loss other than the reference: the paired difference of per-volume All-DSC
-    (test) and of the epochs to 90 % of the best validation DSC, with 95 % bootstrap intervals
-    (:mod:`segmime_jax.report.statistics`). Keys ``"<optimizer>/<loss>"``."""
+    and All-HD95 (mm, mean over foreground classes; volumes where a class has no HD95 in either loss are left
+    out and counted) on the test set, and of the epochs to 90 % of the best validation DSC, with 95 % bootstrap
+    intervals (:mod:`segmime_jax.paper.statistics`). Keys ``"<optimizer>/<loss>"``."""
     reference = next((l for l in config.losses if canonical_name(l) == canonical_name(config.reference_loss)), None)
     comparisons: dict[str, dict] = {}
     if reference is None:
@@ -76,6 +80,7 @@ def compare_losses(config: GridConfig, result_of: Callable[[str, str], list[RunR
                 "loss": loss,
                 "reference": reference,
                 "test_all_dsc": dsc,
+                **distances.paired_hd95(other, base),
                 "epochs_to_90pct_best_val": epochs,
             }
     return comparisons
@@ -85,9 +90,10 @@ def _format_comparisons(comparisons: dict[str, dict]) -> list[str]:
     lines = []
     for c in comparisons.values():
         dsc, epochs = c["test_all_dsc"], c["epochs_to_90pct_best_val"]
+        hd95 = distances.format_hd95_comparison(c)
         lines.append(
             f"  {tables.optimizer_display_name(c['optimizer'])}, {tables.loss_display_name(c['loss'])} − "
-            f"{tables.loss_display_name(c['reference'])}: test All-DSC {dsc.format()}; epochs to 90 % of "
+            f"{tables.loss_display_name(c['reference'])}: test All-DSC {dsc.format()}{hd95}; epochs to 90 % of "
             f"the best validation DSC {epochs.format(scale=1, unit='epochs')}"
         )
     return lines
@@ -122,12 +128,14 @@ def write_grid_report(
         title=f"{data.name}: testing DSC (%), mean (std) over {over}",
     )
     paper = tables.paper_table1(data.name)
+    hd95_table, assd_table = distances.distance_tables(keys, result_of, class_names, f"{data.name}: testing", over)
     comparisons = compare_losses(config, result_of)
     files: dict[str, Path] = {}
     if write_files:
         files["table1.md"], files["table1.csv"] = tables.write_table1(
-            table, out, paper=paper, comparisons=_format_comparisons(comparisons)
+            table, out, paper=paper, comparisons=_format_comparisons(comparisons), extra=(hd95_table, assd_table)
         )
+        files["test_metrics.csv"] = write_text_atomic(out / "test_metrics.csv", distances.volume_csv(grid, runs))
         files.update(_write_figures(config, data.name, class_names, keys, result_of, calibration_class))
     wall = time.perf_counter() - start
     results = {
@@ -137,6 +145,8 @@ def write_grid_report(
         "environment": environment(),
         "data": info,
         "table1": table.to_dict(),
+        "table1_hd95": hd95_table.to_dict(),
+        "table1_assd": assd_table.to_dict(),
         "paper_table1": paper.to_dict(),
         "comparisons": {key: _comparison_json(c) for key, c in comparisons.items()},
         "conventions": _conventions(table),
@@ -153,6 +163,7 @@ def write_grid_report(
         grid=tuple(grid),
         table=table,
         paper=paper,
+        distances=(hd95_table, assd_table),
         comparisons=comparisons,
         files=files,
         wall_time_s=wall,
@@ -179,6 +190,11 @@ def _write_figures(
     files["train_loss.png"] = figures.plot_training_loss(
         histories, out / "train_loss.png", title=f"{dataset}: training loss over epochs"
     )
+    hd95 = {key: distances.pooled(result_of(*key), "test_hd95") for key in keys}
+    if all(v is not None for v in hd95.values()):
+        files["hd95.png"] = boxplots.plot_distance_boxes(
+            hd95, class_names, out / "hd95.png", title=f"{dataset}: HD95 per test volume (mm, original grid)"
+        )
     if config.train.telemetry:
         files["gradient_range.png"] = figures.plot_gradient_range(
             histories,
@@ -238,6 +254,11 @@ def _conventions(table: tables.Table1) -> dict:
         "at which a run's validation DSC reaches 90 % of its best, paired by seed",
         "late_gain": "max validation DSC minus its max before the last quarter of the epochs (a flat curve: "
         "under 0.01)",
+        "surface": f"test_hd95, test_assd (and table1_hd95, table1_assd, hd95.png, test_metrics.csv): {CONVENTION}; "
+        "test_metrics.csv's dsc is the run's test DSC (working grid, as Table 1)",
+        "comparisons_hd95": "test_all_hd95_mm: candidate − reference of the per-volume mean HD95 over foreground "
+        "classes (mm), paired as the DSC, over the volumes where every class has one in both losses "
+        "(test_all_hd95_volumes_left_out: how many did not)",
         "clece": "test_clece[k]: class-wise ECE of class k over every test pixel (background pixels included), "
         "15 equal-width bins, p = 0 in the first bin; the background class is at index 0",
     }
@@ -267,6 +288,13 @@ def format_summary(result: GridResult) -> str:
         "",
         tables.format_comparison(result.table, result.paper),
     ]
+    if any(any(v is not None for v in row.values) for row in result.distances[0].rows):
+        lines += [
+            "Testing HD95 / ASSD (mm, on the original voxel grid), mean (std) over the test volumes where they are "
+            "defined ([n undefined]: a class missed or predicted where there is none):",
+            "",
+            distances.format_distances(*result.distances),
+        ]
     if result.comparisons:
         volumes = result.data_info.get("test_volumes")
         lines += [
@@ -286,14 +314,19 @@ def format_summary(result: GridResult) -> str:
     for run in result.grid:
         r = result.runs[run.name]
         curve = [h["val_dsc_fg"] for h in r.history]
+        surface_s = f"  (HD95/ASSD {r.surface['time_s']:.1f} s)" if r.surface else ""
         lines.append(
             f"  {run.name:<24} best epoch {r.best_epoch:>4}/{len(curve)}  90 % at {_to_90(r):>4}  "
             f"late gain {100 * statistics.late_gain(curve):4.1f} points  "
-            f"ClECE {100 * float(np.mean(r.test_clece)):.2f}%  {r.wall_time_s:7.1f} s"
+            f"ClECE {100 * float(np.mean(r.test_clece)):.2f}%  {r.wall_time_s:7.1f} s{surface_s}"
         )
     lines += ["", f"Outputs in {out_dir}/:"]
     lines += [f"  {name}" for name in sorted(result.files)]
-    lines.append("  runs/<optimizer>-<loss>-seed<S>/  (metrics.jsonl, checkpoints/, predictions/, result.json)")
+    lines.append(
+        "  runs/<optimizer>-<loss>-seed<S>/  (metrics.jsonl, TensorBoard events, checkpoints/, predictions/, "
+        "result.json, test_metrics.csv)"
+    )
+    lines.append(f"TensorBoard: tensorboard --logdir {out_dir / 'runs'}")
     if result.data_info.get("synthetic"):
         lines += [
             "",

@@ -1,4 +1,5 @@
-"""Paper Table 1: testing DSC (%) as mean (std) over test volumes, one row per optimiser × loss.
+"""Paper Table 1: testing DSC (%) as mean (std) over test volumes, one row per optimiser × loss; and the same
+layout for HD95 and ASSD in mm (:func:`build_distance_table`, not in the paper).
 
 Input: for each run, the (V, K) array of 3D DSC per test volume and class (background at index 0, as
 returned by :func:`segmime_jax.train.train_and_evaluate` in ``RunResult.test_dsc``), values in [0, 1].
@@ -15,6 +16,10 @@ Conventions (the same as the reference code, LIVIAETS/boundary-loss ``report.py`
   LV 89.4 (8.7) gives sqrt(mean of variances + variance of means) = 9.9, the paper's "All" std;
   ``per_volume_all_std`` gives the other convention for completeness;
 - "All" is only shown when there is more than one foreground class (ACDC); PROMISE12 has one (Prostate).
+
+HD95 and ASSD (:mod:`segmime_jax.train.surface`) follow the same rules over the values that are defined: a class
+missed, or predicted where there is none, has no surface distance (NaN); it is left out of the mean and std and
+counted next to them (``[n undefined]``), out of the number of test volumes (times seeds) per class.
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ class Table1Row:
     optimizer: str
     loss: str
     values: tuple[tuple[float, float] | None, ...]
+    undefined: tuple[int, ...] = ()  # per column, values left out of the mean (distance tables)
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,7 @@ class Table1:
     rows: tuple[Table1Row, ...]
     title: str = "Testing DSC (%), mean (std) over test volumes"
     notes: tuple[str, ...] = field(default=())
+    key: str = "dsc"  # what the values are: dsc (%), hd95_mm, assd_mm (CSV column names)
 
     def cell(self, optimizer: str, loss: str, column: str) -> tuple[float, float] | None:
         """The (mean, std) of one cell; KeyError when the row or column is absent."""
@@ -114,10 +121,12 @@ class Table1:
                     "optimizer": r.optimizer,
                     "loss": r.loss,
                     **{c: (None if v is None else [v[0], v[1]]) for c, v in zip(self.columns, r.values, strict=True)},
+                    **({"undefined": dict(zip(self.columns, r.undefined, strict=True))} if r.undefined else {}),
                 }
                 for r in self.rows
             ],
             "notes": list(self.notes),
+            "key": self.key,
         }
 
 
@@ -148,6 +157,61 @@ def dsc_summary(test_dsc: np.ndarray, class_names: Sequence[str]) -> dict[str, t
     if foreground.shape[1] > 1:
         out[ALL] = (float(foreground.mean()), float(foreground.std()))
     return out
+
+
+def distance_summary(values: np.ndarray, class_names: Sequence[str]) -> dict[str, tuple[float, float, int]]:
+    """Mean, population std and number undefined of surface distances (mm) over test volumes, per foreground
+    class and "All" (every defined (volume, foreground class) value pooled), as :func:`dsc_summary`.
+
+    Args:
+      values: ``(V, K)`` HD95 or ASSD per test volume and class, background at index 0 (ignored), NaN where
+        undefined.
+      class_names: the K class names, background first.
+
+    Returns:
+      ``{display name: (mean, std, undefined)}``; mean and std NaN when no value of the column is defined.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.shape[0] == 0 or values.shape[1] != len(class_names) or values.shape[1] < 2:
+        raise ValueError(f"values must be (volumes, {len(class_names)} classes), got shape {values.shape}")
+
+    def summary(column: np.ndarray) -> tuple[float, float, int]:
+        defined = column[np.isfinite(column)]
+        if defined.size == 0:
+            return math.nan, math.nan, int(column.size)
+        return float(defined.mean()), float(defined.std()), int(column.size - defined.size)
+
+    foreground = values[:, 1:]
+    out = {class_display_name(name): summary(foreground[:, j]) for j, name in enumerate(class_names[1:])}
+    if foreground.shape[1] > 1:
+        out[ALL] = summary(foreground.ravel())
+    return out
+
+
+def build_distance_table(
+    runs: Iterable[tuple[str, str, np.ndarray | None]], class_names: Sequence[str], *, title: str, key: str
+) -> Table1:
+    """Table 1's layout for HD95 or ASSD (mm) from ``(optimizer, loss, values)`` triples (:func:`distance_summary`;
+    ``values`` ``None``: not measured, an empty row). ``key`` names the values in CSV columns (``hd95_mm``)."""
+    columns = tuple(class_display_name(n) for n in class_names[1:]) + ((ALL,) if len(class_names) > 2 else ())
+    rows = []
+    for optimizer, loss, values in runs:
+        summary = distance_summary(values, class_names) if values is not None else {}
+        cells = [summary.get(c) for c in columns]
+        rows.append(
+            Table1Row(
+                optimizer_display_name(optimizer),
+                loss_display_name(loss),
+                tuple(None if c is None else (c[0], c[1]) for c in cells),
+                tuple(0 if c is None else c[2] for c in cells),
+            )
+        )
+    notes = (
+        "Background excluded. Mean and population std over test volumes of the values that are defined, in mm on "
+        "the original voxel grid; [n undefined]: a class missed, or predicted where there is none (no surface "
+        "distance), left out.",
+    )
+    return Table1(columns=columns, rows=tuple(rows), title=title, notes=notes, key=key)
 
 
 def per_volume_all_std(test_dsc: np.ndarray) -> float:
@@ -233,13 +297,15 @@ def paper_table1(dataset: str) -> Table1:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(PAPER_TABLE1)}") from None
 
 
-def _fmt(value: tuple[float, float] | None, digits: int) -> str:
+def format_cell(value: tuple[float, float] | None, digits: int = 1, undefined: int = 0) -> str:
+    """``"81.2 (9.8)"``, with ``" [2 undefined]"`` when values were left out; ``"–"`` for no value."""
     if value is None:
         return "–"
     mean, std = value
+    note = f" [{undefined} undefined]" if undefined else ""
     if not (math.isfinite(mean) and math.isfinite(std)):
-        return "nan"
-    return f"{mean:.{digits}f} ({std:.{digits}f})"
+        return "nan" + note
+    return f"{mean:.{digits}f} ({std:.{digits}f})" + note
 
 
 def format_markdown(table: Table1, *, digits: int = 1) -> str:
@@ -251,7 +317,8 @@ def format_markdown(table: Table1, *, digits: int = 1) -> str:
         "|---|---|" + "---|" * len(table.columns),
     ]
     for row in table.rows:
-        cells = " | ".join(_fmt(v, digits) for v in row.values)
+        undefined = row.undefined or (0,) * len(row.values)
+        cells = " | ".join(format_cell(v, digits, n) for v, n in zip(row.values, undefined, strict=True))
         lines.append(f"| {row.optimizer} | {row.loss} | {cells} |")
     if table.notes:
         lines.append("")
@@ -272,23 +339,34 @@ def format_comparison(ours: Table1, paper: Table1, *, digits: int = 1) -> str:
                 reference = paper.cell(row.optimizer, row.loss, column)
             except KeyError:
                 reference = None
-            cells.append(f"{_fmt(value, digits)} / {_fmt(reference, digits)}")
+            cells.append(f"{format_cell(value, digits)} / {format_cell(reference, digits)}")
         lines.append(f"| {row.optimizer} | {row.loss} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def format_csv(table: Table1, *, digits: int = 4) -> str:
-    """CSV with one row per optimiser × loss and ``<column>_mean``, ``<column>_std`` columns (percent)."""
+def format_csv(table: Table1, *, digits: int = 4, extra: Sequence[Table1] = ()) -> str:
+    """CSV with one row per optimiser × loss and ``<column>_mean``, ``<column>_std`` columns (percent), then for
+    each ``extra`` table (same rows) ``<column>_<key>_mean``, ``_std`` and ``_undefined`` (e.g. ``RV_hd95_mm_mean``)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     header = ["optimizer", "loss"]
     for c in table.columns:
         header += [f"{c}_mean", f"{c}_std"]
+    for other in extra:
+        for c in other.columns:
+            header += [f"{c}_{other.key}_mean", f"{c}_{other.key}_std", f"{c}_{other.key}_undefined"]
     writer.writerow(header)
-    for row in table.rows:
+    for j, row in enumerate(table.rows):
         cells: list[str] = [row.optimizer, row.loss]
         for v in row.values:
             cells += ["", ""] if v is None else [f"{v[0]:.{digits}f}", f"{v[1]:.{digits}f}"]
+        for other in extra:
+            other_row = other.rows[j]
+            undefined = other_row.undefined or (0,) * len(other_row.values)
+            for v, n in zip(other_row.values, undefined, strict=True):  # no value defined: empty mean and std
+                finite = v is not None and math.isfinite(v[0])
+                cells += [f"{v[0]:.{digits}f}", f"{v[1]:.{digits}f}"] if finite else ["", ""]
+                cells.append("" if v is None else str(n))
         writer.writerow(cells)
     return buffer.getvalue()
 
@@ -300,11 +378,12 @@ def write_table1(
     paper: Table1 | None = None,
     stem: str = "table1",
     comparisons: Sequence[str] = (),
+    extra: Sequence[Table1] = (),
 ) -> tuple[Path, Path]:
-    """Write ``<stem>.md`` (ours, then ours next to ``paper`` when given, then the ``comparisons`` lines) and
-    ``<stem>.csv``; return both paths."""
+    """Write ``<stem>.md`` (ours, the ``extra`` tables with the same rows (HD95, ASSD), ours next to ``paper``
+    when given, then the ``comparisons`` lines) and ``<stem>.csv``; return both paths."""
     out_dir = Path(out_dir)
-    markdown = format_markdown(table)
+    markdown = "\n".join(format_markdown(t) for t in (table, *extra))
     if paper is not None:
         markdown += "\n**Ours / paper**\n\n" + format_comparison(table, paper)
     if comparisons:
@@ -313,5 +392,5 @@ def write_table1(
             "[95 % bootstrap interval])\n\n" + "\n".join(f"- {line.strip()}" for line in comparisons) + "\n"
         )
     md = write_text_atomic(out_dir / f"{stem}.md", markdown)
-    csv_path = write_text_atomic(out_dir / f"{stem}.csv", format_csv(table))
+    csv_path = write_text_atomic(out_dir / f"{stem}.csv", format_csv(table, extra=extra))
     return md, csv_path

@@ -1,5 +1,6 @@
 """Training engine: optimisers and plateau halving, train state, data-parallel jitted steps, metrics
-(3D DSC, ClECE), gradient telemetry, orbax checkpoints, and the training loop.
+(3D DSC, ClECE; HD95 and ASSD in mm), gradient telemetry, orbax checkpoints, TensorBoard events, and the training
+loop.
 
 Entry point::
 
@@ -10,7 +11,7 @@ Modules: :mod:`~segmime_jax.train.optim`, :mod:`~segmime_jax.train.state`, :mod:
 :mod:`~segmime_jax.train.step`, :mod:`~segmime_jax.train.programs`, :mod:`~segmime_jax.train.metrics`,
 :mod:`~segmime_jax.train.evaluate`, :mod:`~segmime_jax.train.telemetry`, :mod:`~segmime_jax.train.checkpoint`,
 :mod:`~segmime_jax.train.config`, :mod:`~segmime_jax.train.results`, :mod:`~segmime_jax.train.progress`,
-:mod:`~segmime_jax.train.loop`.
+:mod:`~segmime_jax.train.surface`, :mod:`~segmime_jax.train.tensorboard`, :mod:`~segmime_jax.train.loop`.
 """
 
 from segmime_jax.train.checkpoint import CheckpointStore, NonFiniteLossError, check_finite, check_state_finite

@@ -51,7 +51,9 @@ from segmime_jax.train.run import (
 )
 from segmime_jax.train.samples import collect_examples, example_slices
 from segmime_jax.train.state import TrainState
+from segmime_jax.train.surface import SurfaceEvaluator
 from segmime_jax.train.telemetry import summarize_gradient
+from segmime_jax.train.tensorboard import EpochEvents
 
 __all__ = ["step_key", "train_and_evaluate"]
 
@@ -73,9 +75,11 @@ def train_and_evaluate(
       config: the run's :class:`TrainConfig`.
       data: a :class:`~segmime_jax.data.dataset.DatasetSplits`.
       run_dir: output directory, created if missing. Receives ``checkpoints/`` (latest and best epoch),
-        ``metrics.jsonl`` (one JSON line per epoch, the same dicts as ``RunResult.history``),
+        ``metrics.jsonl`` (one JSON line per epoch, the same dicts as ``RunResult.history``), TensorBoard
+        event files of the same numbers (:mod:`segmime_jax.train.tensorboard`, when tensorboardX is installed),
         ``predictions/<volume>.nii.gz`` (test predictions, when ``config.write_predictions``),
-        ``result.json`` (:meth:`RunResult.to_json` without the examples) and ``examples.npz``.
+        ``result.json`` (:meth:`RunResult.to_json` without the examples), ``examples.npz`` and
+        ``test_metrics.csv`` (DSC, HD95 and ASSD per test volume and class).
       resume: continue from the latest checkpoint in ``run_dir`` (fresh start when there is none). Without
         it, a ``run_dir`` that already holds a run is refused (FileExistsError). Only ``epochs``,
         ``progress``, ``write_predictions``, ``num_examples`` and ``checkpoints`` may change on resumption.
@@ -105,28 +109,29 @@ def train_and_evaluate(
     run = setup_run(
         config, data, pathlib.Path(run_dir), resume=resume, model_factory=model_factory, loss_terms=loss_terms, log=log
     )
+    events: EpochEvents | None = None
     try:
         progress = restore_or_start(run, resume)
+        if is_primary():
+            events = EpochEvents(
+                run.run_dir, data.train.class_names, first_epoch=progress.epoch + 1, log=run.reporter.message
+            )
         compile_programs(run, progress.state)
         for epoch in run.reporter.epochs(progress.epoch + 1, config.epochs):
             epoch_start = time.perf_counter()
             record = _train_epoch(run, progress, epoch)
-            evaluation, record["val_s"] = _timed(
-                evaluate,
-                run.programs.eval_step,
-                progress.state,
-                run.val_data,
-                config.eval_batch_size,
-                run.loss_params,
-                sharding=run.sharding,
-            )
+            evaluation, record["val_s"] = _timed(_validate, run, progress.state)
             record["grad_telemetry"], record["telemetry_s"] = _timed(_measure_gradient, run, progress.state)
             _end_epoch(run, progress, record, evaluation, epoch_start, start_time)
-        test_eval, examples = _test(run, _best_state(run, progress))
+            if events is not None:
+                events.write(progress.history[-1])  # the metrics.jsonl line, as TensorBoard scalars
+        test_eval, examples, surface = _test(run, _best_state(run, progress))
     finally:
+        if events is not None:
+            events.close()
         if run.store is not None:
             run.store.close()
-    result = _run_result(run, progress, test_eval, examples, time.perf_counter() - start_time)
+    result = _run_result(run, progress, test_eval, examples, surface, time.perf_counter() - start_time)
     if is_primary():
         save_run_result(result, run.run_dir)
     barrier(f"{run.run_dir}: result written")
@@ -134,7 +139,12 @@ def train_and_evaluate(
 
 
 def _run_result(
-    run: Run, progress: Progress, test_eval: Evaluation, examples: dict[str, np.ndarray], wall_s: float
+    run: Run,
+    progress: Progress,
+    test_eval: Evaluation,
+    examples: dict[str, np.ndarray],
+    surface: SurfaceEvaluator,
+    wall_s: float,
 ) -> RunResult:
     return RunResult(
         config=run.config,
@@ -148,6 +158,9 @@ def _run_result(
         examples=examples,
         wall_time_s=progress.elapsed_before + wall_s,
         data=run.fingerprint,
+        test_hd95=surface.hd95,
+        test_assd=surface.assd,
+        surface=surface.info(),
     )
 
 
@@ -218,6 +231,13 @@ def _checked_loss(pending: _Pending, epoch: int, store: CheckpointStore | None) 
     loss = float(metrics["loss"])
     check_finite(loss, epoch=epoch, step=pending.step, store=store, grad_norm=float(metrics["grad_norm"]))
     return loss
+
+
+def _validate(run: Run, state: TrainState) -> Evaluation:
+    """The validation split's 3D DSC per volume and class, and its loss."""
+    return evaluate(
+        run.programs.eval_step, state, run.val_data, run.config.eval_batch_size, run.loss_params, sharding=run.sharding
+    )
 
 
 def _measure_gradient(run: Run, state: TrainState) -> dict[str, Any]:
@@ -301,11 +321,13 @@ def _best_state(run: Run, progress: Progress) -> TrainState:
     return state.replace_from_checkpoint(unpack(state.checkpoint_tree(), progress.best_packed))
 
 
-def _test(run: Run, state: TrainState) -> tuple[Evaluation, dict[str, np.ndarray]]:
-    """Evaluate ``state`` on the test split; write the NIfTI predictions; collect the Figure 4 examples."""
+def _test(run: Run, state: TrainState) -> tuple[Evaluation, dict[str, np.ndarray], SurfaceEvaluator]:
+    """Evaluate ``state`` on the test split; write the NIfTI predictions; measure HD95 and ASSD on the original
+    grid; collect the Figure 4 examples."""
     config, test = run.config, run.data.test
     wanted = example_slices(test, config.num_examples)
     picked: dict[int, np.ndarray] = {}
+    surface = SurfaceEvaluator(test)
     writer: Any = contextlib.nullcontext(None)
     if config.write_predictions and is_primary():
         try:
@@ -324,6 +346,7 @@ def _test(run: Run, state: TrainState) -> tuple[Evaluation, dict[str, np.ndarray
                 picked[volume.volume_id] = prediction[wanted[volume.volume_id]]
             if write is not None:
                 write(volume, prediction)
+            surface(volume, prediction)
 
         evaluation = evaluate(
             run.programs.eval_step,
@@ -334,4 +357,4 @@ def _test(run: Run, state: TrainState) -> tuple[Evaluation, dict[str, np.ndarray
             sharding=run.sharding,
             on_volume=on_volume,
         )
-    return evaluation, collect_examples(test, wanted, picked)
+    return evaluation, collect_examples(test, wanted, picked), surface

@@ -1,23 +1,29 @@
-"""What a run produced (:class:`RunResult`), and its files: ``result.json`` and ``examples.npz``."""
+"""What a run produced (:class:`RunResult`), and its files: ``result.json``, ``examples.npz`` and
+``test_metrics.csv`` (one row per test volume and foreground class: DSC, HD95 and ASSD)."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
+import math
 import os
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from segmime_jax.atomic_files import array_from_json, atomic_output, json_ready, write_json_atomic
+from segmime_jax.atomic_files import array_from_json, atomic_output, json_ready, write_json_atomic, write_text_atomic
 from segmime_jax.train import metrics as metrics_lib
 from segmime_jax.train.config import TrainConfig
 
 RESULT_FILE = "result.json"
 EXAMPLES_FILE = "examples.npz"
 METRICS_FILE = "metrics.jsonl"
+VOLUME_METRICS_FILE = "test_metrics.csv"
+VOLUME_METRICS_COLUMNS = ("volume", "class", "dsc", "hd95_mm", "assd_mm")
 
 
 @dataclasses.dataclass
@@ -35,6 +41,10 @@ class RunResult:
       examples: test slices for Figure 4 (``image``, ``label``, ``prediction``, ...).
       wall_time_s: seconds spent on the run, interrupted calls included.
       data: the :meth:`~segmime_jax.data.DatasetSplits.fingerprint` of its data.
+      test_hd95, test_assd: ``(V, K)`` HD95 and ASSD in mm per test volume and class on the original grid
+        (:mod:`segmime_jax.train.surface`; background and undefined values NaN); ``None`` in results made
+        before they were measured.
+      surface: how they were measured (``ground_truth``, ``time_s``, ``convention``), or ``None``.
     """
 
     config: TrainConfig
@@ -48,9 +58,14 @@ class RunResult:
     examples: dict[str, np.ndarray]
     wall_time_s: float
     data: dict[str, str] | None = None
+    test_hd95: np.ndarray | None = None
+    test_assd: np.ndarray | None = None
+    surface: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
-        """Test DSC mean and std over volumes per class and "All" (foreground mean per volume), ClECE means."""
+        """Test DSC mean and std over volumes per class and "All" (foreground mean per volume), ClECE means, and
+        the HD95 and ASSD (mm) means over the volumes where they are defined, per class and "All" (every defined
+        (volume, foreground class) value), with how many were undefined."""
         dsc = np.asarray(self.test_dsc, np.float64)
         fg = metrics_lib.mean_foreground(dsc)
         clece = np.asarray(self.test_clece, np.float64)
@@ -61,6 +76,8 @@ class RunResult:
             "test_dsc_all_std": float(fg.std()),
             "test_clece_mean_all_classes": float(np.nanmean(clece)),
             "test_clece_mean_foreground": float(np.nanmean(clece[1:] if clece.size > 1 else clece)),
+            **_surface_summary("hd95", self.test_hd95),
+            **_surface_summary("assd", self.test_assd),
         }
 
     def to_json(self, *, include_examples: bool = True) -> dict[str, Any]:
@@ -77,6 +94,9 @@ class RunResult:
             "wall_time_s": self.wall_time_s,
             "summary": self.summary(),
             "data": self.data,
+            "test_hd95": self.test_hd95,
+            "test_assd": self.test_assd,
+            "surface": self.surface,
         }
         if include_examples:
             out["examples"] = self.examples
@@ -100,7 +120,57 @@ class RunResult:
             examples=dict(examples or {}),
             wall_time_s=float(data["wall_time_s"]),
             data=data.get("data"),
+            test_hd95=None if data.get("test_hd95") is None else array_from_json(data["test_hd95"]),
+            test_assd=None if data.get("test_assd") is None else array_from_json(data["test_assd"]),
+            surface=data.get("surface"),
         )
+
+    def volume_rows(self) -> list[dict[str, Any]]:
+        """One dict per test volume and foreground class: :data:`VOLUME_METRICS_COLUMNS` (NaN where undefined)."""
+        rows = []
+        for v, volume in enumerate(self.test_volume_names):
+            for k in range(1, len(self.class_names)):
+                rows.append(
+                    {
+                        "volume": volume,
+                        "class": self.class_names[k],
+                        "dsc": float(self.test_dsc[v, k]),
+                        "hd95_mm": math.nan if self.test_hd95 is None else float(self.test_hd95[v, k]),
+                        "assd_mm": math.nan if self.test_assd is None else float(self.test_assd[v, k]),
+                    }
+                )
+        return rows
+
+
+def _surface_summary(name: str, values: np.ndarray | None) -> dict[str, Any]:
+    if values is None:
+        return {}
+    values = np.asarray(values, np.float64)[:, 1:]
+    finite = np.isfinite(values)
+    means = [float(values[finite[:, j], j].mean()) if finite[:, j].any() else None for j in range(values.shape[1])]
+    return {
+        f"test_{name}_mm_mean": means,
+        f"test_{name}_mm_all_mean": float(values[finite].mean()) if finite.any() else None,
+        f"test_{name}_undefined": int((~finite).sum()),
+    }
+
+
+def volume_metrics_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """CSV text of per-volume rows (e.g. :meth:`RunResult.volume_rows`, with any leading columns), floats with
+    6 significant digits, undefined (NaN) values as empty cells."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    columns = list(rows[0]) if rows else list(VOLUME_METRICS_COLUMNS)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_cell(row[c]) for c in columns])
+    return buffer.getvalue()
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}" if math.isfinite(value) else ""
+    return value
 
 
 def config_from_json(data: Mapping[str, Any]) -> TrainConfig:
@@ -113,12 +183,14 @@ def config_from_json(data: Mapping[str, Any]) -> TrainConfig:
 
 
 def save_run_result(result: RunResult, run_dir: str | os.PathLike) -> pathlib.Path:
-    """Write ``run_dir/result.json`` (examples in ``run_dir/examples.npz``); return the JSON path."""
+    """Write ``run_dir/result.json`` (examples in ``run_dir/examples.npz``, per-volume metrics in
+    ``run_dir/test_metrics.csv``); return the JSON path."""
     run_dir = pathlib.Path(run_dir)
     with atomic_output(run_dir / EXAMPLES_FILE) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **result.examples)
     data = result.to_json(include_examples=False)
     data["examples_file"] = EXAMPLES_FILE
+    write_text_atomic(run_dir / VOLUME_METRICS_FILE, volume_metrics_csv(result.volume_rows()))
     return write_json_atomic(run_dir / RESULT_FILE, data)
 
 
