@@ -25,6 +25,7 @@ class Reporter:
       label: e.g. ``"enet/dsc"``, prefixed to plain lines and shown on the bars.
       log: where messages and plain lines go (default: ``print`` to standard output, flushed).
       stream: the stream bars are drawn on (default: standard error); bars only when it is a terminal.
+      bars: ``False``: never draw bars (a run whose bars another reporter draws, e.g. one of stacked runs).
     """
 
     def __init__(
@@ -34,12 +35,13 @@ class Reporter:
         label: str = "",
         log: Callable[[str], None] | None = None,
         stream: TextIO | None = None,
+        bars: bool = True,
     ):
         self.enabled = enabled
         self.label = label
         self._log = log or _print
         self.stream = sys.stderr if stream is None else stream
-        self.bars = enabled and bool(getattr(self.stream, "isatty", lambda: False)())
+        self.bars = bars and enabled and bool(getattr(self.stream, "isatty", lambda: False)())
         self._epoch_bar: Any = None
 
     def message(self, text: str) -> None:

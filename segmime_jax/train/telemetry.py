@@ -39,6 +39,11 @@ def make_gradient_probe(loss: ParametricLoss, num_classes: int) -> Callable[...,
     ``grad`` is ``∂loss/∂probs`` ``(B, H, W, K)`` at the eval-mode probabilities of ``batch``, for the loss
     ``loss(loss_params, ...)`` (see :mod:`segmime_jax.train.step`).
     """
+    return jax.jit(gradient_probe_fn(loss, num_classes))
+
+
+def gradient_probe_fn(loss: ParametricLoss, num_classes: int) -> Callable[..., dict[str, jax.Array]]:
+    """The (un-jitted) probe of :func:`make_gradient_probe`."""
 
     def probe(state: TrainState, batch: dict, loss_params: Any) -> dict[str, jax.Array]:
         model = nnx.merge(state.graphdef, state.params, state.batch_stats, state.rngs)
@@ -65,7 +70,7 @@ def make_gradient_probe(loss: ParametricLoss, num_classes: int) -> Callable[...,
             "image_class_dynamic_range_db": per_image,
         }
 
-    return jax.jit(probe)
+    return probe
 
 
 def _finite_or_none(value: float) -> float | None:
