@@ -84,6 +84,7 @@ def end_epoch(
     packed: dict[str, jax.Array],
     epoch_start: float,
     start_time: float,
+    time_share: float = 1.0,
 ) -> None:
     """Best epoch and plateau rule, then the checkpoint (or in-memory best copy) and the ``metrics.jsonl`` line.
 
@@ -95,6 +96,8 @@ def end_epoch(
         ``jax.ShapeDtypeStruct``: only structure, shapes and dtypes are read) and ``packed`` its
         :func:`~segmime_jax.train.checkpoint.pack`.
       epoch_start, start_time: ``time.perf_counter()`` at the start of the epoch and of this call's training.
+      time_share: the run's share of the time since ``start_time`` (``1/R`` for one of R runs trained together),
+        which the checkpoint records as the run's time so far.
 
     Raises:
       NonFiniteLossError: the state holds NaN/inf (nothing is saved or logged for this epoch).
@@ -132,7 +135,7 @@ def end_epoch(
             "best_epoch": progress.best_epoch,
             "config": json_ready(config),
             "data": run.fingerprint,
-            "elapsed_s": progress.elapsed_before + time.perf_counter() - start_time,
+            "elapsed_s": progress.elapsed_before + time_share * (time.perf_counter() - start_time),
         }
         run.store.save(epoch, tree, meta, improved=improved, packed=packed)
     elif improved:
@@ -203,7 +206,8 @@ def test_outputs(run: Run) -> Iterator[TestOutputs]:
 def run_result(
     run: Run, progress: Progress, test_eval: Evaluation, examples: dict[str, np.ndarray], wall_s: float
 ) -> RunResult:
-    """The :class:`RunResult` of a finished run (``wall_s``: this call's seconds; earlier calls' are added)."""
+    """The :class:`RunResult` of a finished run (``wall_s``: this call's seconds, or its share of them; earlier
+    calls' are added)."""
     return RunResult(
         config=run.config,
         class_names=tuple(run.data.train.class_names),

@@ -4,6 +4,9 @@ The jitted evaluation step (:func:`segmime_jax.train.step.make_eval_step`) turns
 per-slice counts; the host sums them per volume and over the whole set. Batches come from
 :func:`segmime_jax.data.pipeline.eval_batches`: every slice once, volume after volume, packed into fixed-shape
 batches (a batch may end one volume and start the next), so short volumes do not make batches of padding.
+
+:func:`evaluate_runs` does the same for R runs trained together: each batch goes once through the stacked
+evaluation step, and the outputs are reduced per run.
 """
 
 from __future__ import annotations

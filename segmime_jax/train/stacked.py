@@ -19,6 +19,9 @@ checkpoint, is frozen (the step keeps its old state, see the stacked step's ``ac
 validation, checkpoints and the test; its last good checkpoint stays on disk, and :func:`train_stacked`
 returns the :class:`~segmime_jax.train.checkpoint.NonFiniteLossError` the run alone would have raised.
 
+Time: each run's ``wall_time_s`` (and the time its checkpoints record) is its share of the stack's wall time,
+the stack's time over R, so the runs of a grid add up to the grid's time.
+
 Resumption: each run restores its own latest checkpoint; runs at different epochs (a kill between two runs'
 checkpoint saves) are trained as separate stacks, one per epoch reached, which end the same.
 """
@@ -88,22 +91,24 @@ def train_stacked(
         loss_terms = loss.terms
     group_reporter = Reporter(enabled=configs[0].progress, label=f"{len(configs)} runs", log=log)
     mesh = make_data_mesh(1)  # where the runs are restored, before they are stacked
-    runs = [
-        _new_run(c, data, pathlib.Path(d), resume, model_factory, loss_terms, mesh, group_reporter)
-        for c, d in zip(configs, run_dirs, strict=True)
-    ]
-    out: list[RunResult | NonFiniteLossError | None] = [None] * len(runs)
+    runs: list[Run] = []
+    out: list[RunResult | NonFiniteLossError | None] = [None] * len(configs)
     try:
+        for config, run_dir in zip(configs, run_dirs, strict=True):
+            runs.append(
+                _new_run(config, data, pathlib.Path(run_dir), resume, model_factory, loss_terms, mesh, group_reporter)
+            )
         progress = [restore_or_start(run, resume) for run in runs]
         by_epoch = itertools.groupby(
             sorted(range(len(runs)), key=lambda i: progress[i].epoch), key=lambda i: progress[i].epoch
         )
         for _, members in by_epoch:
             members = list(members)
+            group_start = start_time if out.count(None) == len(out) else time.perf_counter()
             group = new_group(
                 [runs[i] for i in members], [progress[i] for i in members], data, loss_terms, group_reporter
             )
-            for i, result in zip(members, _train_group(group, start_time), strict=True):
+            for i, result in zip(members, _train_group(group, group_start), strict=True):
                 out[i] = result
     finally:
         for run in runs:
@@ -180,6 +185,7 @@ def _train_group(group: RunGroup, start_time: float) -> list[RunResult | NonFini
                     packed={k: v[r] for k, v in packed.items()},
                     epoch_start=epoch_start,
                     start_time=start_time,
+                    time_share=1 / len(group.runs),
                 )
             except NonFiniteLossError as error:
                 group.freeze(r, error)
@@ -217,7 +223,7 @@ def _test(group: RunGroup, start_time: float) -> list[RunResult | NonFiniteLossE
             sharding=batch_sharding(group.mesh),
             on_volume=[None if o is None else o.on_volume for o in outputs],
         )
-    wall_s = time.perf_counter() - start_time
+    wall_s = (time.perf_counter() - start_time) / len(group.runs)  # each run's share of the stack's time
     results: list[RunResult | NonFiniteLossError] = []
     for r, (run, progress) in enumerate(zip(group.runs, group.progress, strict=True)):
         if r in group.errors:
