@@ -88,7 +88,8 @@ def run_grid_case(setup: Setup, runs: int, *, warmup: int = 2, repeats: int = 10
     case = setup.case
 
     def sequential() -> Any:
-        return [setup.step_outputs() for _ in range(runs)]
+        metrics = [setup.step() for _ in range(runs)]  # each step donates the state the previous one made
+        return metrics, setup.state
 
     sequential_ms = time_call(sequential, warmup=warmup, repeats=repeats).median_ms
     stacked = build_stacked_setup(case, runs)
