@@ -6,7 +6,7 @@ for runs trained together (:mod:`segmime_jax.train.stacked`) alike, so that both
 - :func:`end_epoch`: the best epoch and the plateau rule, the checkpoint (or in-memory best copy) and the
   ``metrics.jsonl`` line;
 - :func:`best_tree`: the best epoch's state, from its checkpoint or the in-memory copy;
-- :func:`test_outputs`: where a run's test predictions go (NIfTI files, the Figure 4 examples);
+- :func:`prediction_sink`: where a run's test predictions go (NIfTI files, the Figure 4 examples);
 - :func:`run_result`: the :class:`~segmime_jax.train.results.RunResult`.
 """
 
@@ -165,7 +165,7 @@ def best_tree(run: Run, progress: Progress, template: Any, *, sharding: Any = No
 
 
 @dataclasses.dataclass
-class TestOutputs:
+class PredictionSink:
     """Where one run's test predictions go: :meth:`on_volume` takes each predicted volume, :meth:`examples`
     returns the Figure 4 slices collected."""
 
@@ -185,8 +185,8 @@ class TestOutputs:
 
 
 @contextlib.contextmanager
-def test_outputs(run: Run) -> Iterator[TestOutputs]:
-    """The :class:`TestOutputs` of ``run``; NIfTI predictions in ``run_dir/predictions`` (written whole: the
+def prediction_sink(run: Run) -> Iterator[PredictionSink]:
+    """The :class:`PredictionSink` of ``run``; NIfTI predictions in ``run_dir/predictions`` (written whole: the
     folder appears when the context ends without error) when ``config.write_predictions``."""
     config = run.config
     writer: Any = contextlib.nullcontext(None)
@@ -200,7 +200,7 @@ def test_outputs(run: Run) -> Iterator[TestOutputs]:
         except ModuleNotFoundError as err:
             run.reporter.message(f"NIfTI predictions not written: {err} (install nibabel)")
     with writer as write:
-        yield TestOutputs(run, write, example_slices(run.data.test, config.num_examples))
+        yield PredictionSink(run, write, example_slices(run.data.test, config.num_examples))
 
 
 def run_result(

@@ -38,8 +38,8 @@ from segmime_jax.train.epoch_end import (
     best_tree,
     checked_loss,
     end_epoch,
+    prediction_sink,
     run_result,
-    test_outputs,
     timed,
     trim,
 )
@@ -115,29 +115,7 @@ def train_and_evaluate(
         progress = restore_or_start(run, resume)
         compile_programs(run, progress.state)
         for epoch in run.reporter.epochs(progress.epoch + 1, config.epochs):
-            epoch_start = time.perf_counter()
-            record = _train_epoch(run, progress, epoch)
-            evaluation, record["val_s"] = timed(
-                evaluate,
-                run.programs.eval_step,
-                progress.state,
-                run.val_data,
-                config.eval_batch_size,
-                run.loss_params,
-                sharding=run.sharding,
-            )
-            record["grad_telemetry"], record["telemetry_s"] = timed(_measure_gradient, run, progress.state)
-            tree = progress.state.checkpoint_tree()
-            end_epoch(
-                run,
-                progress,
-                record,
-                evaluation,
-                tree=tree,
-                packed=pack(tree),
-                epoch_start=epoch_start,
-                start_time=start_time,
-            )
+            _epoch(run, progress, epoch, start_time)
         best = best_tree(run, progress, progress.state.checkpoint_tree())
         test_eval, examples = _test(run, progress.state.replace_from_checkpoint(best))
     finally:
@@ -149,6 +127,34 @@ def train_and_evaluate(
 
 
 # --------------------------------------------------------------------------------------------------- epochs
+def _epoch(run: Run, progress: Progress, epoch: int, start_time: float) -> None:
+    """Train, validate, measure the gradient and end one epoch (best, plateau, checkpoint, log line)."""
+    config = run.config
+    epoch_start = time.perf_counter()
+    record = _train_epoch(run, progress, epoch)
+    evaluation, record["val_s"] = timed(
+        evaluate,
+        run.programs.eval_step,
+        progress.state,
+        run.val_data,
+        config.eval_batch_size,
+        run.loss_params,
+        sharding=run.sharding,
+    )
+    record["grad_telemetry"], record["telemetry_s"] = timed(_measure_gradient, run, progress.state)
+    tree = progress.state.checkpoint_tree()
+    end_epoch(
+        run,
+        progress,
+        record,
+        evaluation,
+        tree=tree,
+        packed=pack(tree),
+        epoch_start=epoch_start,
+        start_time=start_time,
+    )
+
+
 def _train_epoch(run: Run, progress: Progress, epoch: int) -> dict[str, Any]:
     """One shuffled pass over the training slices at the plateau's learning rate; the start of the record."""
     from segmime_jax.data.pipeline import num_batches, train_batches
@@ -207,7 +213,7 @@ def _measure_gradient(run: Run, state: TrainState) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------- test
 def _test(run: Run, state: TrainState) -> tuple[Evaluation, dict[str, np.ndarray]]:
     """Evaluate ``state`` on the test split; write the NIfTI predictions; collect the Figure 4 examples."""
-    with test_outputs(run) as outputs:
+    with prediction_sink(run) as outputs:
         evaluation = evaluate(
             run.programs.eval_step,
             state,

@@ -42,7 +42,7 @@ import numpy as np
 from segmime_jax.losses import LossProgram
 from segmime_jax.train.checkpoint import NonFiniteLossError
 from segmime_jax.train.config import TrainConfig, check_stackable
-from segmime_jax.train.epoch_end import best_tree, end_epoch, run_result, test_outputs, timed
+from segmime_jax.train.epoch_end import best_tree, end_epoch, prediction_sink, run_result, timed
 from segmime_jax.train.evaluate import evaluate_runs
 from segmime_jax.train.progress import Reporter
 from segmime_jax.train.results import RunResult, save_run_result
@@ -211,7 +211,8 @@ def _test(group: RunGroup, start_time: float) -> list[RunResult | NonFiniteLossE
     state = _best_states(group)
     with contextlib.ExitStack() as stack:
         outputs = [
-            stack.enter_context(test_outputs(run)) if on else None for run, on in zip(group.runs, active, strict=True)
+            stack.enter_context(prediction_sink(run)) if on else None
+            for run, on in zip(group.runs, active, strict=True)
         ]
         evaluations = evaluate_runs(
             group.programs.eval_step,
