@@ -9,6 +9,7 @@ test_train_sharding.py), so two correct computations can differ by more than rou
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import jax
 import numpy as np
@@ -126,7 +127,7 @@ def test_a_diverging_run_is_frozen_and_the_others_go_on(data, alone, tmp_path):
         assert_same_run(a, s)
 
 
-def test_an_interrupted_stack_resumes_exactly(data, stacked, tmp_path, monkeypatch):
+def test_an_interrupted_stack_resumes_exactly_stacked_or_alone(data, stacked, tmp_path, monkeypatch):
     dirs = [tmp_path / str(i) for i in range(len(RUNS))]
     real, calls = stacked_module.evaluate_runs, {"n": 0}
 
@@ -140,6 +141,7 @@ def test_an_interrupted_stack_resumes_exactly(data, stacked, tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         stacked_module.train_stacked(_configs(), data, dirs, model_factory=tiny_factory, loss_terms=TERMS, log=_quiet)
     monkeypatch.setattr(stacked_module, "evaluate_runs", real)
+    shutil.copytree(dirs[1], tmp_path / "alone")  # continued alone below: the checkpoints are the same as a run's
     with pytest.raises(FileExistsError, match="resume=True"):
         stacked_module.train_stacked(_configs(), data, dirs, model_factory=tiny_factory, loss_terms=TERMS, log=_quiet)
     resumed = stacked_module.train_stacked(
@@ -149,6 +151,10 @@ def test_an_interrupted_stack_resumes_exactly(data, stacked, tmp_path, monkeypat
         assert _without_time(again.history) == _without_time(whole.history)
         np.testing.assert_array_equal(again.test_dsc, whole.test_dsc)
         assert _without_time(load_lines(run_dir)) == _without_time(whole.history)
+    alone = train_and_evaluate(
+        _configs()[1], data, tmp_path / "alone", resume=True, model_factory=tiny_factory, loss_terms=TERMS, log=_quiet
+    )
+    assert_same_run(alone, stacked[1][1])
 
 
 def load_lines(run_dir):
