@@ -6,6 +6,8 @@ epoch through the input pipeline. Prints a table and writes ``benchmark.json`` (
 every figure) into ``--out``, rewritten after every case so an interrupted run keeps what it measured.
 ``--profile-steps N`` adds a per-op profile of N steps of each case (trace in ``out/profile``),
 ``--dump-hlo`` the optimised HLO of each train step (``out/hlo``). ``--quick`` is a CPU-sized smoke run.
+``--runs R,...`` measures instead the throughput of a grid of R runs trained stacked against one after another
+(:mod:`segmime_jax.bench.grid`).
 
 Examples::
 
@@ -13,6 +15,7 @@ Examples::
     python -m experiments.benchmark --models enet --batches 8,32 --precisions float32
     python -m experiments.benchmark --models enet --batches 32 --profile-steps 5 --dump-hlo
     python -m experiments.benchmark --quick --out /tmp/bench
+    python -m experiments.benchmark --models enet --batches 8 --precisions float32 --runs 1,4,8,16
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Sequence
 import jax
 
 from segmime_jax.atomic_files import json_ready, write_json_atomic
+from segmime_jax.bench.grid import run_grid_case
 from segmime_jax.bench.report import format_table
 from segmime_jax.bench.suite import PRECISIONS, BenchCase, build_setup, run_case, run_epoch
 from segmime_jax.cli import parse_config
@@ -76,6 +80,13 @@ class BenchmarkConfig:
     dump_hlo: bool = dataclasses.field(
         default=False, metadata={"help": "write each train step's optimised HLO text to out/hlo"}
     )
+    runs: tuple[int, ...] | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "instead of the per-case timings: grid throughput (run-images/s) of R runs trained stacked "
+            "against one after another, for each R given (e.g. 1,4,8,16), on each case"
+        },
+    )
     quick: bool = dataclasses.field(
         default=False, metadata={"help": "CPU smoke run: 32x32, batch 2, float32, 1 device, few repeats"}
     )
@@ -101,6 +112,8 @@ class BenchmarkConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        if self.runs is not None and (not self.runs or min(self.runs) < 1):
+            raise ValueError(f"runs must be positive run counts, got {self.runs}")
 
     def effective(self) -> BenchmarkConfig:
         """The config actually run: ``quick`` replaces sizes, batches, precisions and repeats."""
@@ -191,6 +204,8 @@ def run(config: BenchmarkConfig) -> dict:
         if config.epoch_steps > 0
         else {}
     )
+    if config.runs is not None:
+        return _run_grid(config, report, path)
     for case in config.cases():
         print(f"  {case.label} ...", end="", flush=True)
         try:
@@ -219,6 +234,34 @@ def run(config: BenchmarkConfig) -> dict:
             report["epochs"].extend(run_epoch(build_setup(case), steps=config.epoch_steps))
         except Exception as error:  # noqa: BLE001
             _record_failure(report, case, error, what="epoch timing")
+    report["complete"] = True
+    write_json_atomic(path, report, indent=2)
+    return report
+
+
+def _run_grid(config: BenchmarkConfig, report: dict, path: pathlib.Path) -> dict:
+    """``--runs``: stacked against sequential grid steps for every case and run count."""
+    report["grid"] = []
+    for case in config.cases():
+        try:
+            setup = build_setup(case)
+        except Exception as error:  # noqa: BLE001 - keep the other cases
+            _record_failure(report, case, error)
+            continue
+        for runs in config.runs:
+            print(f"  {case.label}, {runs} runs ...", end="", flush=True)
+            try:
+                row = run_grid_case(setup, runs, warmup=config.warmup, repeats=config.repeats)
+                print(
+                    f" sequential {row['sequential_ms']:.1f} ms, stacked {row['stacked_ms']:.1f} ms per grid step "
+                    f"({row['speedup']:.2f}x)",
+                    flush=True,
+                )
+                report["grid"].append(row)
+            except Exception as error:  # noqa: BLE001 - e.g. out of device memory at 16 runs
+                _record_failure(report, case, error, what=f"grid of {runs} runs")
+            write_json_atomic(path, report, indent=2)
+        setup = None
     report["complete"] = True
     write_json_atomic(path, report, indent=2)
     return report

@@ -325,3 +325,29 @@ def test_device_check_time_budget_cuts_and_skips_steps(tmp_path, monkeypatch):
     assert fixture == {"highest": {"error": "not run (see log)"}, "default": {"error": "not run (see log)"}}
     log = (tmp_path / "out" / "log").read_text()
     assert log.count("the total time budget is spent") == 2 and log.count("its time limit is 0") == 2
+
+
+def test_grid_throughput_stacked_against_sequential(tmp_path, monkeypatch):
+    """--runs: one row per run count with both modes' grid-step times (a tiny network stands in for ENet)."""
+    from train_support import TinyNet
+
+    from experiments import benchmark
+    from segmime_jax.bench import grid, suite
+
+    def tiny(name, num_classes, *, rngs, dtype):
+        return TinyNet(num_classes, rngs=rngs, dtype=dtype, width=8)
+
+    monkeypatch.setattr(suite, "build_model", tiny)
+    monkeypatch.setattr(grid, "build_model", tiny)
+    report = benchmark.main(["--quick", "--models", "enet", "--runs", "1,3", "--out", str(tmp_path)])
+    written = json.loads((tmp_path / "benchmark.json").read_text())
+    assert written["complete"] and not written["failed"] and written["cases"] == []
+    rows = report["grid"]
+    assert [r["runs"] for r in rows] == [1, 3] and all(r["mesh"] == {"runs": 1, "data": 1} for r in rows)
+    for r in rows:
+        assert r["sequential_ms"] > 0 and r["stacked_ms"] > 0
+        assert r["stacked_run_images_per_s"] == pytest.approx(1e3 * r["runs"] * 2 / r["stacked_ms"])
+        assert r["speedup"] == pytest.approx(r["sequential_ms"] / r["stacked_ms"])
+    assert "| grid: case | runs |" in format_table(written)
+    with pytest.raises(ValueError, match="runs"):
+        benchmark.BenchmarkConfig(runs=(0,))

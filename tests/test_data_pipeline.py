@@ -178,3 +178,27 @@ def test_eight_devices_same_batches():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
+
+
+def test_stacked_train_batches_give_each_run_its_own_order():
+    from segmime_jax.data.pipeline import BATCH_KEYS, stacked_train_batches
+    from segmime_jax.train.sharding import make_runs_mesh, stacked_batch_sharding
+
+    dataset = make_dataset()  # 9 slices: batches of 4, 4 and 1 (padded)
+    mesh = make_runs_mesh(3, 1)
+    stacked = list(
+        stacked_train_batches(
+            dataset, 4, seeds=[5, 7, 5], epoch=2, mesh=mesh, sharding=stacked_batch_sharding(mesh), prefetch=0
+        )
+    )
+    alone = {seed: list(train_batches(dataset, 4, seed=seed, epoch=2, prefetch=0)) for seed in (5, 7)}
+    assert len(stacked) == 3
+    for position, batch in enumerate(stacked):
+        batch = jax.device_get(batch)
+        assert batch["image"].shape == (3, 4, 6, 5, 1) and batch["mask"].shape == (3, 4)
+        for run, seed in enumerate((5, 7, 5)):
+            for key in BATCH_KEYS:
+                np.testing.assert_array_equal(batch[key][run], np.asarray(alone[seed][position][key]))
+    device = to_device(dataset)  # gathered on the device: the same batches
+    again = next(stacked_train_batches(device, 4, seeds=[5, 7, 5], epoch=2, mesh=mesh, sharding=None, prefetch=0))
+    np.testing.assert_array_equal(np.asarray(again["label"]), np.asarray(stacked[0]["label"]))

@@ -65,6 +65,7 @@ SCRIPT = textwrap.dedent("""
 
 def test_one_and_eight_devices_agree(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), env.get("PYTHONPATH", "")])  # this checkout's package
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     proc = subprocess.run(

@@ -46,6 +46,25 @@ def format_profiles(report: dict[str, Any], *, top: int = 5) -> list[str]:
     return lines
 
 
+def format_grid_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of the grid measurements (empty when there are none)."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "| grid: case | runs | mesh (runs x data) | sequential ms/grid step | stacked ms/grid step "
+        "| sequential run-img/s | stacked run-img/s | stacked / sequential | stacked compile s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {r['runs']} | {r['mesh']['runs']} x {r['mesh']['data']} | {r['sequential_ms']:.1f} "
+            f"| {r['stacked_ms']:.1f} | {r['sequential_run_images_per_s']:.0f} | {r['stacked_run_images_per_s']:.0f} "
+            f"| {r['speedup']:.2f}x | {r['stacked_compile_s']:.1f} |"
+        )
+    return lines
+
+
 def format_table(report: dict[str, Any]) -> str:
     """Markdown tables: one row per case, then the profiles (if any), then one row per epoch timing."""
     env = report["environment"]
@@ -75,6 +94,7 @@ def format_table(report: dict[str, Any]) -> str:
             f"| {failure['label']} | FAILED ({failure.get('what', 'case')}): {failure['error'].splitlines()[0][:160]} |"
         )
     lines += format_profiles(report)
+    lines += format_grid_table(report.get("grid", []))
     if report.get("epochs"):
         lines += [
             "",

@@ -27,8 +27,9 @@ cross the host-device boundary.
 from __future__ import annotations
 
 import collections
+import functools
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import jax
@@ -221,6 +222,52 @@ def train_batches(
     return _prefetch(
         (_make_batch(dataset, chunk, size, sharding) for chunk, size in zip(chunks, sizes, strict=True)), prefetch
     )
+
+
+def stacked_train_batches(
+    dataset: AnyDataset,
+    batch_size: int,
+    *,
+    seeds: Sequence[int],
+    epoch: int,
+    mesh: jax.sharding.Mesh,
+    sharding: jax.sharding.Sharding,
+    prefetch: int = 2,
+) -> Iterator[Batch]:
+    """One epoch of :func:`train_batches` for each of R runs, stacked on a leading run axis.
+
+    Entry r of each batch (``image`` ``(R, B, H, W, 1)``, ``mask`` ``(R, B)``, ...) is the batch
+    ``train_batches(dataset, batch_size, seed=seeds[r], epoch=epoch)`` yields at that position: each run sees
+    its own seed's order, and runs with the same seed the same batches (each distinct order is assembled once).
+
+    Args:
+      dataset: the slices (a :class:`DeviceDataset` placed for ``mesh``, or host slices).
+      batch_size: slices per batch (the last one padded, mask False).
+      seeds: the R runs' seeds.
+      epoch: the epoch (with the seed, it fixes the order).
+      mesh: the runs' mesh; the runs' batches are assembled replicated on it, then split.
+      sharding: the stacked batch's placement, e.g. ``NamedSharding(mesh, P('runs', 'data'))``.
+      prefetch: batches kept in flight.
+
+    Returns:
+      An iterator of stacked batches.
+    """
+    distinct = sorted(set(seeds))
+    which = tuple(distinct.index(seed) for seed in seeds)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    epochs = [
+        train_batches(dataset, batch_size, seed=seed, epoch=epoch, sharding=replicated, prefetch=0) for seed in distinct
+    ]
+    stack = _stacker(sharding)
+    return _prefetch((stack(tuple(batches), which) for batches in zip(*epochs, strict=True)), prefetch)
+
+
+@functools.lru_cache(maxsize=16)
+def _stacker(sharding: jax.sharding.Sharding) -> Callable[..., Batch]:
+    def stack(batches: tuple[Batch, ...], which: tuple[int, ...]) -> Batch:
+        return {key: jnp.stack([batches[i][key] for i in which]) for key in BATCH_KEYS}
+
+    return jax.jit(stack, static_argnums=1, out_shardings=sharding)
 
 
 def eval_batches(

@@ -5,10 +5,12 @@ define presets of a :class:`GridConfig` and a loader, and call :func:`run_experi
 (a real download with ``--data-root``, otherwise a synthetic dataset in the same on-disk format, generated once
 into the cache folder: :func:`segmime_jax.paper.datasets.dataset_root`) and calls :func:`run_grid`:
 
-1. every (optimiser, loss, seed) is trained with :func:`segmime_jax.train.train_and_evaluate` into
-   ``<out>/runs/<optimizer>-<loss>-seed<S>/``. All runs share one set of compiled programs (the loss is a
-   per-run argument, see :mod:`segmime_jax.losses.params`). A rerun reuses finished runs and continues
-   unfinished ones from their checkpoints; ``overwrite`` retrains;
+1. every (optimiser, loss, seed) is trained into ``<out>/runs/<optimizer>-<loss>-seed<S>/``
+   (:mod:`segmime_jax.paper.grid_training`: one run after another with
+   :func:`segmime_jax.train.train_and_evaluate`, or the runs of each optimiser stacked with
+   :func:`segmime_jax.train.stacked.train_stacked`, ``--grid-mode``). All runs share one set of compiled
+   programs (the loss is a per-run argument, see :mod:`segmime_jax.losses.params`). A rerun reuses finished
+   runs and continues unfinished ones from their checkpoints; ``overwrite`` retrains;
 2. the report: ``table1.md`` / ``table1.csv`` (Table 1, and ours next to the paper's; HD95 and ASSD in mm in
    its layout), the paired comparison of every loss with the reference loss (:mod:`segmime_jax.paper.statistics`),
    ``results.json`` (everything behind them), ``test_metrics.csv`` (per volume and class), ``hd95.png``,
@@ -22,33 +24,22 @@ into the cache folder: :func:`segmime_jax.paper.datasets.dataset_root`) and call
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from segmime_jax.atomic_files import json_ready
 from segmime_jax.cli import nested, option
-from segmime_jax.data import DataError, DatasetSplits, fingerprint_differences
-from segmime_jax.distributed import DistributedConfig, barrier, initialize, is_primary, primary_first, process_label
+from segmime_jax.data import DataError, DatasetSplits
+from segmime_jax.distributed import DistributedConfig, initialize, is_primary, primary_first, process_label
 from segmime_jax.losses import LossProgram, build_loss
 from segmime_jax.losses.spec import canonical_name
 from segmime_jax.models import check_input_size
 from segmime_jax.paper.datasets import data_info, dataset_root
 from segmime_jax.paper.grid_report import GridResult, format_summary, write_grid_report
-from segmime_jax.train import (
-    NonFiniteLossError,
-    RunResult,
-    TrainConfig,
-    load_run_result,
-    save_run_result,
-    train_and_evaluate,
-)
-from segmime_jax.train.config import RESUMABLE_CHANGES
-from segmime_jax.train.metrics import mean_foreground
+from segmime_jax.paper.grid_training import GRID_MODES, DivergedRunsError, train_grid
+from segmime_jax.train import NonFiniteLossError, TrainConfig
 from segmime_jax.train.optim import OPTIMIZERS
-from segmime_jax.train.surface import surface_from_predictions
 
 #: TrainConfig fields a grid sets per run (not command-line options of the grid).
 PER_RUN_FIELDS = ("model", "loss", "loss_classes", "optimizer", "learning_rate")
@@ -108,6 +99,13 @@ class GridConfig:
         "retrain this grid's runs found in --out (by default a rerun reuses finished runs and continues "
         "unfinished ones from their checkpoints)",
     )
+    grid_mode: str = option(
+        "auto",
+        "how the runs train: sequential (one after another), stacked (the runs of each optimiser together, one "
+        "compiled step over a run axis, spread over the devices), auto (the mode measured faster on this backend: "
+        "sequential on CPU; see the README)",
+        choices=GRID_MODES,
+    )
     train: TrainConfig = nested(TrainConfig(), exclude=PER_RUN_FIELDS)
     distributed: DistributedConfig = nested(DistributedConfig())
 
@@ -133,6 +131,8 @@ class GridConfig:
             raise ValueError(f"--synthetic-zoom must be at least 1, got {self.synthetic_zoom}")
         if self.adam_lr <= 0 or self.sgd_lr <= 0:
             raise ValueError("learning rates must be positive")
+        if self.grid_mode not in GRID_MODES:
+            raise ValueError(f"--grid-mode must be one of {', '.join(GRID_MODES)}, got {self.grid_mode!r}")
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"--out {self.out}: is a file, not a folder")
 
@@ -190,83 +190,6 @@ def loss_terms(runs: Sequence[GridRun], num_classes: int) -> tuple[str, ...]:
     return LossProgram.covering(*(run.config.loss_params(num_classes) for run in runs)).terms
 
 
-# ----------------------------------------------------------------------------------------- reuse or train
-def _plan(run: GridRun, data: DatasetSplits, overwrite: bool) -> str:
-    """What to do with ``run``'s folder: ``"start"``, ``"reuse"`` (finished with this configuration),
-    ``"continue"`` (from its checkpoints) or ``"restart"`` (unfinished, nothing to continue from). Raises
-    ValueError when the folder holds a run of another configuration or other data (before anything trains)."""
-    directory = run.directory
-    if not directory.is_dir() or not any(directory.iterdir()):
-        return "start"
-    if overwrite:
-        return "restart"
-    if (directory / "result.json").is_file():
-        stored = load_run_result(directory)
-        other_data = fingerprint_differences(stored.data, data.fingerprint())
-        if other_data:
-            raise ValueError(
-                f"{directory} was trained on other data (different {', '.join(other_data)}); pass "
-                "--overwrite to retrain it, or choose another --out"
-            )
-        before, now = json_ready(stored.config), json_ready(run.config)
-        changed = [k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k]]
-        if changed:
-            raise ValueError(
-                f"{directory} was trained with another configuration (different "
-                f"{', '.join(changed)}); pass --overwrite to retrain it, or choose another --out"
-            )
-        done = len(stored.history)
-        if done == run.config.epochs:
-            return "reuse"
-        if done > run.config.epochs:
-            raise ValueError(
-                f"{directory} was trained for {done} epochs, more than --epochs {run.config.epochs}; "
-                f"pass --epochs {done} to reuse it or --overwrite to retrain it"
-            )
-    has_checkpoint = (directory / "checkpoints").is_dir() and any(
-        p.name.isdigit() for p in (directory / "checkpoints").iterdir()
-    )
-    return "continue" if has_checkpoint and run.config.checkpoints else "restart"
-
-
-def _train_or_reuse(
-    run: GridRun, action: str, data: DatasetSplits, terms: Sequence[str], *, overwrite: bool, log: Callable[[str], None]
-) -> RunResult:
-    if action == "reuse":
-        log(f"      finished earlier: reusing {run.directory / 'result.json'}")
-        result = load_run_result(run.directory)
-        return _add_surface_metrics(result, run.directory, data, log) if result.test_hd95 is None else result
-    if action == "restart":
-        log(
-            "      --overwrite: training it again"
-            if overwrite
-            else "      unfinished, with no checkpoint to continue from: training it again"
-        )
-        if is_primary():
-            shutil.rmtree(run.directory)
-        barrier(f"{run.directory}: cleared")
-    return train_and_evaluate(run.config, data, run.directory, resume=action == "continue", loss_terms=terms, log=log)
-
-
-def _add_surface_metrics(
-    result: RunResult, directory: Path, data: DatasetSplits, log: Callable[[str], None]
-) -> RunResult:
-    """A run finished before HD95 and ASSD were measured: measure them from its NIfTI predictions (the same
-    original-grid labels the test would have measured) and save them into its result.json."""
-    test = data.test
-    surface = None
-    if list(result.test_volume_names) == [v.name for v in test.volumes]:
-        surface = surface_from_predictions(test, directory / "predictions")
-    if surface is None:
-        log("      no HD95/ASSD in it and no predictions/ to measure them from (--overwrite retrains it)")
-        return result
-    info = {**surface.info(), "measured": "from predictions/ after the run"}
-    result = dataclasses.replace(result, test_hd95=surface.hd95, test_assd=surface.assd, surface=info)
-    save_run_result(result, directory)
-    log(f"      HD95 and ASSD measured from its predictions/ in {surface.seconds:.1f} s")
-    return result
-
-
 # --------------------------------------------------------------------------------------------------- grid
 def check_grid(config: GridConfig, model: str) -> None:
     """Checks that need to know the model, made before any data is loaded or run folder made (ValueError)."""
@@ -306,14 +229,13 @@ def run_grid(
     Raises:
       ValueError: a run folder in ``config.out`` holds a run of another configuration or other data (checked
         before anything is trained).
+      DivergedRunsError: runs diverged; the others finished (no report is written).
     """
     check_grid(config, model)
     start = time.perf_counter()
     if config.compilation_cache:
         enable_compilation_cache(Path(config.cache_dir) / "jax-compilation")
     grid = grid_runs(config, model=model, num_classes=data.num_classes)
-    actions = {run.name: _plan(run, data, config.overwrite) for run in grid}
-    barrier(f"{config.out}: planned")  # every process has read the run folders before any is written
     terms = loss_terms(grid, data.num_classes)
     info = data_info(data, data_root, synthetic)
     log(
@@ -321,19 +243,7 @@ def run_grid(
         f"({info['train_volumes']}/{info['val_volumes']}/{info['test_volumes']} volumes) at "
         f"{config.image_size}x{config.image_size}, {'synthetic' if synthetic else 'real'} data from {data_root}"
     )
-    runs: dict[str, RunResult] = {}
-    for i, run in enumerate(grid, start=1):
-        where = " (foreground classes only)" if run.config.loss_classes else ""
-        log(
-            f"[{i}/{len(grid)}] {model} {run.optimizer} {run.loss}{where} seed {run.seed}: {run.config.epochs} "
-            f"epochs -> {run.directory}"
-        )
-        result = _train_or_reuse(run, actions[run.name], data, terms, overwrite=config.overwrite, log=log)
-        runs[run.name] = result
-        log(
-            f"      test DSC (foreground mean) {100 * mean_foreground(result.test_dsc).mean():.1f}%, best epoch "
-            f"{result.best_epoch}, {result.wall_time_s:.0f} s"
-        )
+    runs = train_grid(grid, data, terms, mode=config.grid_mode, overwrite=config.overwrite, model=model, log=log)
     return write_grid_report(
         config,
         data,
@@ -374,7 +284,7 @@ def run_experiment(
         )
     except (DataError, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError, ConnectionError) as err:
         raise SystemExit(f"error: {process_label()}{err}") from None
-    except NonFiniteLossError as err:
+    except (NonFiniteLossError, DivergedRunsError) as err:
         raise SystemExit(
             f"error: {process_label()}{err} Rerun with --overwrite (and e.g. a lower learning rate)."
         ) from None

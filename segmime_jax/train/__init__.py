@@ -11,7 +11,10 @@ Modules: :mod:`~segmime_jax.train.optim`, :mod:`~segmime_jax.train.state`, :mod:
 :mod:`~segmime_jax.train.step`, :mod:`~segmime_jax.train.programs`, :mod:`~segmime_jax.train.metrics`,
 :mod:`~segmime_jax.train.evaluate`, :mod:`~segmime_jax.train.telemetry`, :mod:`~segmime_jax.train.checkpoint`,
 :mod:`~segmime_jax.train.config`, :mod:`~segmime_jax.train.results`, :mod:`~segmime_jax.train.progress`,
-:mod:`~segmime_jax.train.surface`, :mod:`~segmime_jax.train.tensorboard`, :mod:`~segmime_jax.train.loop`.
+:mod:`~segmime_jax.train.surface`, :mod:`~segmime_jax.train.tensorboard`, :mod:`~segmime_jax.train.run`,
+:mod:`~segmime_jax.train.loop`, :mod:`~segmime_jax.train.epoch_end`; runs trained together over a run axis:
+:mod:`~segmime_jax.train.stacked` (:func:`train_stacked`), :mod:`~segmime_jax.train.stacked_group`,
+:mod:`~segmime_jax.train.stacked_step`.
 """
 
 from segmime_jax.train.checkpoint import CheckpointStore, NonFiniteLossError, check_finite, check_state_finite
@@ -46,6 +49,7 @@ from segmime_jax.train.sharding import (
     replicated_sharding,
     shard_batch,
 )
+from segmime_jax.train.stacked import train_stacked
 from segmime_jax.train.state import TrainState
 from segmime_jax.train.step import eval_step_fn, make_eval_step, make_train_step, probabilities, train_step_fn
 from segmime_jax.train.telemetry import make_gradient_probe, summarize_gradient
@@ -92,5 +96,6 @@ __all__ = [
     "step_key",
     "summarize_gradient",
     "train_and_evaluate",
+    "train_stacked",
     "train_step_fn",
 ]

@@ -105,13 +105,14 @@ def leaf_names(tree: Any) -> list[str]:
 
 def packing_table(tree: Any) -> list[dict[str, Any]]:
     """For each leaf of ``tree`` (in leaf order): ``name``, ``dtype``, ``shape`` and ``offset`` in its dtype's
-    packed vector (see :func:`pack`)."""
+    packed vector (see :func:`pack`). The leaves may be abstract (``jax.ShapeDtypeStruct``)."""
     offsets: dict[str, int] = {}
     table = []
     for name, leaf in zip(leaf_names(tree), jax.tree.leaves(tree), strict=True):
         dtype = jnp.dtype(leaf.dtype).name
-        size = int(np.prod(np.shape(leaf), dtype=np.int64))
-        table.append({"name": name, "dtype": dtype, "shape": list(np.shape(leaf)), "offset": offsets.get(dtype, 0)})
+        shape = tuple(leaf.shape) if hasattr(leaf, "shape") else np.shape(leaf)  # arrays or ShapeDtypeStructs
+        size = int(np.prod(shape, dtype=np.int64))
+        table.append({"name": name, "dtype": dtype, "shape": list(shape), "offset": offsets.get(dtype, 0)})
         offsets[dtype] = offsets.get(dtype, 0) + size
     return table
 
@@ -130,15 +131,20 @@ def pack(tree: Any) -> dict[str, jax.Array]:
     return _pack_leaves(jax.tree.leaves(tree))
 
 
-def unpack(template: Any, packed: Mapping[str, jax.Array]) -> Any:
-    """Inverse of :func:`pack`: the leaves cut out of ``packed`` in the structure, shapes and dtypes of
-    ``template`` (ValueError naming the first leaf that does not fit)."""
-    leaves, treedef = jax.tree.flatten(template)
-    table = packing_table(template)
-    sizes = {}
+def packed_sizes(table: list[dict[str, Any]]) -> dict[str, int]:
+    """The length of each dtype's packed vector, from a :func:`packing_table`."""
+    sizes: dict[str, int] = {}
     for entry in table:
         sizes[entry["dtype"]] = entry["offset"] + int(np.prod(entry["shape"], dtype=np.int64))
-    for dtype, size in sizes.items():
+    return sizes
+
+
+def unpack(template: Any, packed: Mapping[str, jax.Array]) -> Any:
+    """Inverse of :func:`pack`: the leaves cut out of ``packed`` in the structure, shapes and dtypes of
+    ``template`` (arrays or ``jax.ShapeDtypeStruct``; ValueError when a packed vector does not fit)."""
+    treedef = jax.tree.structure(template)
+    table = packing_table(template)
+    for dtype, size in packed_sizes(table).items():
         if dtype not in packed or packed[dtype].shape != (size,):
             got = None if dtype not in packed else tuple(packed[dtype].shape)
             raise ValueError(f"packed state has {dtype} vector of shape {got}, the template needs ({size},)")
@@ -231,9 +237,13 @@ class CheckpointStore:
         self._manager.wait_until_finished()
         return sorted(self._manager.all_steps())
 
-    def restore(self, template: Any, epoch: int | None = None) -> tuple[int, Any, dict[str, Any]] | None:
+    def restore(
+        self, template: Any, epoch: int | None = None, *, sharding: jax.sharding.Sharding | None = None
+    ) -> tuple[int, Any, dict[str, Any]] | None:
         """``(epoch, tree, meta)`` of the checkpoint of ``epoch`` (default: the latest), the tree in the
-        structure, dtypes and shardings of ``template``; ``None`` when there is no such checkpoint."""
+        structure and dtypes of ``template`` (arrays, or ``jax.ShapeDtypeStruct`` leaves) and on ``sharding``
+        (default: that of ``template``'s first leaf, e.g. replicated); ``None`` when there is no such
+        checkpoint."""
         self._manager.wait_until_finished()
         epoch = self._manager.latest_step() if epoch is None else epoch
         if epoch is None or epoch not in self._manager.all_steps():
@@ -246,8 +256,13 @@ class CheckpointStore:
                 f"{self.directory / str(epoch)}: the checkpoint holds another state structure than "
                 "this run's (another model, class count or optimiser?)"
             )
-        packed = pack(template)
-        target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding) for k, v in packed.items()}
+        if sharding is None:
+            first = jax.tree.leaves(template)[0]
+            sharding = getattr(first, "sharding", None) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = {
+            k: jax.ShapeDtypeStruct((n,), jnp.dtype(k), sharding=sharding)
+            for k, n in packed_sizes(packing_table(template)).items()
+        }
         restored = self._manager.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
         return epoch, unpack(template, restored["state"]), meta
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import optax
@@ -113,3 +114,31 @@ class TrainConfig:
             momentum=self.momentum,
             weight_decay=self.weight_decay,
         )
+
+
+#: Fields that may differ between runs trained together (:mod:`segmime_jax.train.stacked`): per-run arrays of the
+#: stacked step (the loss, the optimiser's hyperparameters, the seed), or fields that change no number.
+STACKABLE_CHANGES = frozenset(
+    {"loss", "loss_classes", "learning_rate", "adam_b1", "adam_b2", "momentum", "weight_decay", "seed"}
+) | (RESUMABLE_CHANGES - {"epochs"})
+
+
+def stack_key(config: TrainConfig) -> TrainConfig:
+    """What runs trained together must share: ``config`` with its :data:`STACKABLE_CHANGES` set to the defaults
+    (model, optimiser kind, batch sizes, epochs, augmentation, precision, devices, ...)."""
+    defaults = TrainConfig()
+    return dataclasses.replace(config, **{name: getattr(defaults, name) for name in STACKABLE_CHANGES})
+
+
+def check_stackable(configs: Sequence[TrainConfig]) -> None:
+    """ValueError naming the first field, other than :data:`STACKABLE_CHANGES`, in which the runs differ."""
+    if not configs:
+        raise ValueError("no runs to train")
+    first = stack_key(configs[0])
+    for config in configs[1:]:
+        other = stack_key(config)
+        if other != first:
+            name = next(f.name for f in dataclasses.fields(first) if getattr(first, f.name) != getattr(other, f.name))
+            raise ValueError(
+                f"runs trained together must share {name} (got {getattr(first, name)!r} and {getattr(other, name)!r})"
+            )

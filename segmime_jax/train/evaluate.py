@@ -4,12 +4,15 @@ The jitted evaluation step (:func:`segmime_jax.train.step.make_eval_step`) turns
 per-slice counts; the host sums them per volume and over the whole set. Batches come from
 :func:`segmime_jax.data.pipeline.eval_batches`: every slice once, volume after volume, packed into fixed-shape
 batches (a batch may end one volume and start the next), so short volumes do not make batches of padding.
+
+:func:`evaluate_runs` does the same for R runs trained together: each batch goes once through the stacked
+evaluation step, and the outputs are reduced per run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -66,6 +69,72 @@ class _VolumeAssembler:
                 self.on_volume(self.dataset.volumes[volume_id], np.stack([slices[int(p)] for p in order]))
 
 
+class _Sums:
+    """One run's running sums over the batches of an evaluation."""
+
+    def __init__(self, dataset: Any, on_volume: Callable[[Any, np.ndarray], None] | None):
+        self.dataset = dataset
+        self.host = getattr(dataset, "host", dataset)
+        shape = (len(dataset.volumes), dataset.num_classes)
+        self.counts = {k: np.zeros(shape, np.int64) for k in ("intersection", "prediction", "label")}
+        self.calibration = metrics_lib.CalibrationStats.zeros(dataset.num_classes)
+        self.loss_sum = self.loss_weight = 0.0
+        self.assembler = _VolumeAssembler(dataset, on_volume) if on_volume is not None else None
+
+    def add(self, index: np.ndarray, h: dict[str, Any]) -> None:
+        """Add one batch's host outputs ``h`` (the real slices are the first ``len(index)``)."""
+        real = len(index)
+        volume_ids = self.host.volume_ids[index]
+        for k in self.counts:
+            np.add.at(self.counts[k], volume_ids, np.asarray(h["dice"][k], np.int64)[:real])
+        self.calibration.add(h["calibration"])
+        self.loss_sum += float(h["loss"]) * float(h["num_real"])
+        self.loss_weight += float(h["num_real"])
+        if self.assembler is not None:
+            self.assembler.add(index, np.asarray(h["prediction"])[:real])
+
+    def result(self) -> Evaluation:
+        counts = self.counts
+        return Evaluation(
+            volume_names=[v.name for v in self.dataset.volumes],
+            dsc=metrics_lib.dice_from_counts(counts["intersection"], counts["prediction"], counts["label"]),
+            loss=self.loss_sum / max(self.loss_weight, 1.0),
+            calibration=self.calibration,
+        )
+
+
+def _run_batches(
+    eval_step: Callable[..., dict[str, Any]],
+    state: TrainState,
+    dataset: Any,
+    batch_size: int,
+    loss_params: Any,
+    wanted: tuple[str, ...],
+    reduce: Callable[[np.ndarray, dict[str, Any]], None],
+    *,
+    sharding: jax.sharding.Sharding | None,
+    prefetch: int,
+) -> None:
+    """``reduce(index, host outputs)`` for every batch of ``dataset``, one batch in flight: the device computes
+    the next while the host reduces this one."""
+    from segmime_jax.data.pipeline import eval_batches
+
+    if len(dataset.volumes) == 0:
+        raise ValueError("cannot evaluate an empty dataset (no volumes)")
+    previous = None
+    for index, batch in eval_batches(dataset, batch_size, sharding=sharding, prefetch=prefetch):
+        out = eval_step(state, batch, loss_params)
+        if previous is not None:
+            reduce(previous[0], jax.device_get({k: previous[1][k] for k in wanted}))
+        previous = (index, out)
+    if previous is not None:
+        reduce(previous[0], jax.device_get({k: previous[1][k] for k in wanted}))
+
+
+def _wanted(predictions: bool) -> tuple[str, ...]:
+    return ("loss", "num_real", "dice", "calibration") + (("prediction",) if predictions else ())
+
+
 def evaluate(
     eval_step: Callable[..., dict[str, Any]],
     state: TrainState,
@@ -94,43 +163,67 @@ def evaluate(
       The :class:`Evaluation`. Results do not depend on ``batch_size``, except the reported loss (a mean of
       batch losses) for losses that normalise per batch.
     """
-    from segmime_jax.data.pipeline import eval_batches
-
-    host = getattr(dataset, "host", dataset)
-    num_volumes, num_classes = len(dataset.volumes), dataset.num_classes
-    if num_volumes == 0:
-        raise ValueError("cannot evaluate an empty dataset (no volumes)")
-    counts = {k: np.zeros((num_volumes, num_classes), np.int64) for k in ("intersection", "prediction", "label")}
-    calibration = metrics_lib.CalibrationStats.zeros(num_classes)
-    loss_sum = loss_weight = 0.0
-    assembler = _VolumeAssembler(dataset, on_volume) if on_volume is not None else None
-    wanted = ("loss", "num_real", "dice", "calibration") + (("prediction",) if on_volume else ())
-
-    def reduce(index: np.ndarray, out: dict[str, Any]) -> None:
-        nonlocal loss_sum, loss_weight
-        h = jax.device_get({k: out[k] for k in wanted})
-        real = len(index)
-        volume_ids = host.volume_ids[index]
-        for k in counts:
-            np.add.at(counts[k], volume_ids, np.asarray(h["dice"][k], np.int64)[:real])
-        calibration.add(h["calibration"])
-        loss_sum += float(h["loss"]) * float(h["num_real"])
-        loss_weight += float(h["num_real"])
-        if assembler is not None:
-            assembler.add(index, np.asarray(h["prediction"])[:real])
-
-    previous = None  # one batch in flight: the device computes the next while the host reduces this one
-    for index, batch in eval_batches(dataset, batch_size, sharding=sharding, prefetch=prefetch):
-        out = eval_step(state, batch, loss_params)
-        if previous is not None:
-            reduce(*previous)
-        previous = (index, out)
-    if previous is not None:
-        reduce(*previous)
-    dsc = metrics_lib.dice_from_counts(counts["intersection"], counts["prediction"], counts["label"])
-    return Evaluation(
-        volume_names=[v.name for v in dataset.volumes],
-        dsc=dsc,
-        loss=loss_sum / max(loss_weight, 1.0),
-        calibration=calibration,
+    sums = _Sums(dataset, on_volume)
+    _run_batches(
+        eval_step,
+        state,
+        dataset,
+        batch_size,
+        loss_params,
+        _wanted(on_volume is not None),
+        sums.add,
+        sharding=sharding,
+        prefetch=prefetch,
     )
+    return sums.result()
+
+
+def evaluate_runs(
+    eval_step: Callable[..., dict[str, Any]],
+    state: TrainState,
+    dataset: Any,
+    batch_size: int,
+    loss_params: Any,
+    *,
+    runs: Sequence[bool],
+    sharding: jax.sharding.Sharding | None = None,
+    on_volume: Sequence[Callable[[Any, np.ndarray], None] | None] | None = None,
+    prefetch: int = 2,
+) -> list[Evaluation | None]:
+    """:func:`evaluate` of R stacked runs in one pass: each batch goes once through a stacked ``eval_step``
+    (:func:`~segmime_jax.train.stacked_step.make_stacked_eval_step`) and is reduced per run.
+
+    Args:
+      eval_step: ``(state, batch, loss_params) -> stats`` with a leading run axis R on state, params and stats.
+      state, loss_params: the stacked state and loss parameters (leading axis R).
+      dataset, batch_size, sharding, prefetch: as :func:`evaluate`.
+      runs: R booleans, the runs to reduce (the others, e.g. frozen after a divergence, are computed with the
+        rest but not reduced).
+      on_volume: R callbacks (or ``None`` entries) as ``on_volume`` of :func:`evaluate`.
+
+    Returns:
+      R entries: the :class:`Evaluation` of each run, ``None`` for runs not in ``runs``.
+    """
+    on_volume = [None] * len(runs) if on_volume is None else list(on_volume)
+    if len(on_volume) != len(runs):
+        raise ValueError(f"{len(runs)} runs but {len(on_volume)} on_volume callbacks")
+    sums = [_Sums(dataset, callback) if wanted else None for wanted, callback in zip(runs, on_volume, strict=True)]
+
+    def reduce(index: np.ndarray, h: dict[str, Any]) -> None:
+        for r, run_sums in enumerate(sums):
+            if run_sums is not None:
+                run_sums.add(index, jax.tree.map(lambda x, r=r: x[r], h))
+
+    predictions = any(callback is not None for callback in on_volume)
+    _run_batches(
+        eval_step,
+        state,
+        dataset,
+        batch_size,
+        loss_params,
+        _wanted(predictions),
+        reduce,
+        sharding=sharding,
+        prefetch=prefetch,
+    )
+    return [run_sums.result() if run_sums is not None else None for run_sums in sums]

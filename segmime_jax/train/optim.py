@@ -98,11 +98,20 @@ def get_learning_rate(opt_state: Any) -> float:
     return float(jax.device_get(_hyperparams(opt_state)["learning_rate"]))
 
 
-def set_learning_rate(opt_state: Any, learning_rate: float) -> Any:
-    """A copy of ``opt_state`` whose learning rate is ``learning_rate`` (same dtype and sharding as before)."""
+def learning_rates(opt_state: Any) -> np.ndarray:
+    """The learning rate(s) stored in an :func:`make_optimizer` state as a host array: a scalar for one run,
+    ``(R,)`` for the stacked state of R runs."""
+    return np.asarray(jax.device_get(_hyperparams(opt_state)["learning_rate"]))
+
+
+def set_learning_rate(opt_state: Any, learning_rate: float | np.ndarray) -> Any:
+    """A copy of ``opt_state`` whose learning rate is ``learning_rate`` (same dtype and sharding as before; of
+    its shape: ``(R,)``, one rate per run, for a stacked state)."""
     hyper = dict(_hyperparams(opt_state))
     old = hyper["learning_rate"]
     new = np.asarray(learning_rate, dtype=old.dtype)
+    if new.shape != old.shape:
+        raise ValueError(f"learning rate of shape {new.shape} for a state holding one of shape {old.shape}")
     sharding = getattr(old, "sharding", None)
     hyper["learning_rate"] = place(new, sharding) if sharding is not None else jnp.asarray(new)
     return opt_state._replace(hyperparams=hyper)

@@ -12,6 +12,9 @@ the model's graph, the batch shape and its sharding — when :meth:`CompiledProg
 for it, which lets the training loop announce every compilation and its duration before any progress bar
 starts, and lets tests count compilations (:attr:`Programs.compilations`). With JAX's persistent compilation
 cache (``jax_compilation_cache_dir``) a compilation in a later process is a cache read.
+
+:func:`stacked_programs_for` gives the same three programs for R runs trained together
+(:mod:`segmime_jax.train.stacked_step`), on a ``('runs', 'data')`` mesh.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from jax.sharding import Mesh
 
 from segmime_jax.losses import LossProgram
 from segmime_jax.train.optim import make_optimizer
+from segmime_jax.train.stacked_step import make_stacked_eval_step, make_stacked_probe, make_stacked_train_step
 from segmime_jax.train.state import TrainState
 from segmime_jax.train.step import make_eval_step, make_train_step
 from segmime_jax.train.telemetry import make_gradient_probe
@@ -44,12 +48,14 @@ jax.monitoring.register_event_listener(_count_cache_event)
 
 
 def _signature(state: TrainState, batch: dict[str, jax.Array]) -> tuple[Any, ...]:
+    # state.step is a scalar for one run and (R,) for R stacked runs (whose evaluation batch has no run axis)
     image = batch["image"]
-    return state.graphdef, tuple(image.shape), str(image.dtype), getattr(image, "sharding", None)
+    runs = tuple(getattr(state.step, "shape", ()))
+    return state.graphdef, runs, tuple(image.shape), str(image.dtype), getattr(image, "sharding", None)
 
 
 class CompiledProgram:
-    """A jitted function compiled ahead of time per ``(state graph, batch shape, batch sharding)``.
+    """A jitted function compiled ahead of time per ``(state graph, run count, batch shape, batch sharding)``.
 
     Call it like the function (``program(state, batch, *rest)``); the first call with a new signature compiles
     (see :meth:`compile`).
@@ -119,6 +125,21 @@ def programs_for(optimizer: str, loss: LossProgram, num_classes: int, *, augment
         train_step=CompiledProgram(make_train_step(tx, loss, num_classes, augment=augment, mesh=mesh), "train step"),
         eval_step=CompiledProgram(make_eval_step(loss, num_classes, mesh=mesh), "evaluation step"),
         probe=CompiledProgram(make_gradient_probe(loss, num_classes, mesh=mesh), "gradient probe"),
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def stacked_programs_for(optimizer: str, loss: LossProgram, num_classes: int, *, augment: bool, mesh: Mesh) -> Programs:
+    """The (memoised) :class:`Programs` of stacked runs (:mod:`segmime_jax.train.stacked_step`) on a
+    ``('runs', 'data')`` mesh: the train step takes ``(state, batch, key, loss_params, active)``, and every
+    argument but the evaluation and probe batches has a leading run axis."""
+    tx = make_optimizer(optimizer)
+    return Programs(
+        train_step=CompiledProgram(
+            make_stacked_train_step(tx, loss, num_classes, augment=augment, mesh=mesh), "stacked train step"
+        ),
+        eval_step=CompiledProgram(make_stacked_eval_step(loss, num_classes, mesh=mesh), "stacked evaluation step"),
+        probe=CompiledProgram(make_stacked_probe(loss, num_classes, mesh=mesh), "stacked gradient probe"),
     )
 
 

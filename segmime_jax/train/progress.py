@@ -26,6 +26,7 @@ class Reporter:
       log: where messages and plain lines go (default: ``print`` to standard output, flushed).
       stream: the stream bars are drawn on (default: standard error); bars only when it is a terminal.
       quiet: say nothing at all (the processes other than process 0 of a multi-process run).
+      bars: ``False``: never draw bars (a run whose bars another reporter draws, e.g. one of stacked runs).
     """
 
     def __init__(
@@ -36,13 +37,14 @@ class Reporter:
         log: Callable[[str], None] | None = None,
         stream: TextIO | None = None,
         quiet: bool = False,
+        bars: bool = True,
     ):
         self.enabled = enabled and not quiet
         self.quiet = quiet
         self.label = label
         self._log = log or _print
         self.stream = sys.stderr if stream is None else stream
-        self.bars = enabled and bool(getattr(self.stream, "isatty", lambda: False)())
+        self.bars = bars and enabled and bool(getattr(self.stream, "isatty", lambda: False)())
         self._epoch_bar: Any = None
 
     def message(self, text: str) -> None:

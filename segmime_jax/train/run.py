@@ -20,7 +20,7 @@ from flax import nnx
 from segmime_jax.atomic_files import json_ready, write_text_atomic
 from segmime_jax.data.dataset import fingerprint_differences
 from segmime_jax.distributed import barrier, is_primary
-from segmime_jax.losses import LossProgram
+from segmime_jax.losses import LossParams, LossProgram
 from segmime_jax.train.checkpoint import CheckpointStore
 from segmime_jax.train.config import PRECISIONS, RESUMABLE_CHANGES, TrainConfig
 from segmime_jax.train.optim import PlateauState
@@ -63,6 +63,7 @@ class Run:
     store: CheckpointStore | None
     reporter: Reporter
     model_factory: ModelFactory | None
+    events: Any = None  # the TensorBoard writer (segmime_jax.train.epoch_end.open_events), process 0 only
 
 
 @dataclasses.dataclass
@@ -91,6 +92,33 @@ def setup_run(
     log: Callable[[str], None] | None,
 ) -> Run:
     """Check the run folder and the data, build the mesh, the programs and the device-side data."""
+    check_run(config, data, run_dir, resume)
+    mesh = make_data_mesh(config.num_devices, batch_sizes=(config.batch_size, config.eval_batch_size))
+    sharding = batch_sharding(mesh)
+    loss, params = loss_program(config, data.train.num_classes, loss_terms)
+    programs = programs_for(config.optimizer, loss, data.train.num_classes, augment=config.augment, mesh=mesh)
+    train_data, val_data, probe_batch = place_data(config, data, mesh)
+    return Run(
+        config=config,
+        data=data,
+        run_dir=run_dir,
+        fingerprint=data.fingerprint(),
+        mesh=mesh,
+        sharding=sharding,
+        programs=programs,
+        loss_params=replicate(params, mesh),
+        train_data=train_data,
+        val_data=val_data,
+        probe_batch=probe_batch,
+        store=CheckpointStore(run_dir / "checkpoints") if config.checkpoints else None,
+        reporter=Reporter(enabled=config.progress, label=run_label(config), log=log, quiet=not is_primary()),
+        model_factory=model_factory,
+    )
+
+
+def check_run(config: TrainConfig, data: Any, run_dir: pathlib.Path, resume: bool) -> None:
+    """Make ``run_dir``; refuse a folder that holds a run unless resuming, empty splits, other class lists,
+    and a batch size that leaves no batch (ValueError, FileExistsError)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_run_dir(run_dir, resume)
     barrier(f"checked {run_dir}")  # before process 0 writes into it
@@ -108,37 +136,35 @@ def setup_run(
             f"{config.batch_size} leaves no batch"
         )
 
-    from segmime_jax.data.pipeline import to_device
 
-    mesh = make_data_mesh(config.num_devices, batch_sizes=(config.batch_size, config.eval_batch_size))
-    sharding = batch_sharding(mesh)
+def run_label(config: TrainConfig) -> str:
+    """How a run names itself on progress lines, e.g. ``enet/adam-dsc/seed1``."""
+    return f"{config.model}/{config.optimizer}-{config.loss}" + (f"/seed{config.seed}" if config.seed else "")
+
+
+def loss_program(
+    config: TrainConfig, num_classes: int, loss_terms: Sequence[str] | None
+) -> tuple[LossProgram, LossParams]:
+    """The compiled programs' :class:`LossProgram` (``loss_terms``, default those of ``config.loss``) and the
+    run's :class:`LossParams` (host arrays)."""
     params = config.loss_params(num_classes)
     loss = LossProgram(terms=tuple(loss_terms)) if loss_terms is not None else LossProgram.covering(params)
     loss.check(params)
-    programs = programs_for(config.optimizer, loss, num_classes, augment=config.augment, mesh=mesh)
+    return loss, params
+
+
+def place_data(config: TrainConfig, data: Any, mesh: Any) -> tuple[Any, Any, dict[str, jax.Array] | None]:
+    """``(train data, validation data, telemetry batch)`` for ``mesh``: the splits on the device when
+    ``config.data_on_device``, the telemetry batch split over ``'data'`` (``None`` when telemetry is off)."""
+    from segmime_jax.data.pipeline import to_device
+
     train_data, val_data = data.train, data.val
     # Several processes: each feeds its own rows of every batch from the host (process-local input).
     if config.data_on_device and jax.process_count() == 1:
+        sharding = batch_sharding(mesh)
         train_data, val_data = to_device(data.train, sharding=sharding), to_device(data.val, sharding=sharding)
     probe_batch = shard_batch(telemetry_batch(data.val, config.batch_size), mesh) if config.telemetry else None
-    store = CheckpointStore(run_dir / "checkpoints") if config.checkpoints else None
-    label = f"{config.model}/{config.optimizer}-{config.loss}" + (f"/seed{config.seed}" if config.seed else "")
-    return Run(
-        config=config,
-        data=data,
-        run_dir=run_dir,
-        fingerprint=data.fingerprint(),
-        mesh=mesh,
-        sharding=sharding,
-        programs=programs,
-        loss_params=replicate(params, mesh),
-        train_data=train_data,
-        val_data=val_data,
-        probe_batch=probe_batch,
-        store=store,
-        reporter=Reporter(enabled=config.progress, label=label, log=log, quiet=not is_primary()),
-        model_factory=model_factory,
-    )
+    return train_data, val_data, probe_batch
 
 
 def build_model_for(config: TrainConfig, num_classes: int, model_factory: ModelFactory | None) -> nnx.Module:

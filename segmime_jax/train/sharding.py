@@ -1,4 +1,5 @@
-"""Data parallelism: a one-axis device mesh, the batch split on ``'data'``, the train state replicated.
+"""Data parallelism: a one-axis device mesh, the batch split on ``'data'``, the train state replicated; and
+for stacked runs (:mod:`segmime_jax.train.stacked`) a two-axis mesh ``('runs', 'data')``.
 
 Everything runs under global-view ``jax.jit``: the batch arrays carry a ``NamedSharding(mesh, P('data'))``,
 the state a replicated ``NamedSharding(mesh, P())``, and XLA inserts the gradient all-reduce. BatchNorm
@@ -6,7 +7,11 @@ statistics are therefore computed over the *global* batch, exactly as on one dev
 same numbers (to float32 rounding) on 1 or on 8 devices.
 
 The mesh spans the devices of every process (:mod:`segmime_jax.distributed`); a process builds only the rows
-of a global batch that its own devices hold (:func:`local_rows`, :func:`place`).
+of a global batch that its own devices hold (:func:`~segmime_jax.data.placement.place`).
+
+Stacked runs carry a leading run axis on the state, the loss parameters and the batch, split over ``'runs'``
+(:func:`runs_sharding`); each run's batch is further split over ``'data'`` where devices remain
+(:func:`stacked_batch_sharding`). Runs never exchange anything, so the ``'runs'`` axis needs no communication.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from segmime_jax.data.placement import fitting, place
 
 DATA_AXIS = "data"
+RUNS_AXIS = "runs"
 
 
 def choose_num_devices(batch_sizes: Sequence[int], available: int | None = None) -> int:
@@ -104,3 +111,63 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
         return place(np.asarray(x), fitting_sharding(mesh, size) if size else replicated_sharding(mesh))
 
     return jax.tree.map(put, batch)
+
+
+def make_runs_mesh(num_runs: int, num_devices: int | None = None, *, batch_sizes: Sequence[int] = ()) -> Mesh:
+    """A ``('runs', 'data')`` mesh of ``num_devices`` local devices (default: all) for ``num_runs`` stacked runs.
+
+    The ``'runs'`` axis takes the largest divisor of ``num_runs`` that fits in the devices (each device then holds
+    ``num_runs / runs`` whole runs); ``'data'`` takes, of the devices left per run group, the most that divide
+    every size in ``batch_sizes`` (:func:`choose_num_devices`). Devices left over after that stay unused.
+
+    Args:
+      num_runs: R, the length of the stacked run axis.
+      num_devices: devices to spread over (``None``: every local device).
+      batch_sizes: the global batch sizes one run's batches take (the ``'data'`` axis must divide them).
+
+    Returns:
+      A :class:`~jax.sharding.Mesh` with axes ``('runs', 'data')`` (``Auto`` axis types), of shape
+      ``(runs, data)`` with ``runs`` dividing ``num_runs``.
+    """
+    available = jax.local_device_count()
+    num_devices = available if num_devices is None else num_devices
+    if not 1 <= num_devices <= available:
+        raise ValueError(f"num_devices={num_devices} but {available} local device(s) are available")
+    if num_runs < 1:
+        raise ValueError(f"num_runs must be >= 1, got {num_runs}")
+    runs = max(n for n in range(1, min(num_runs, num_devices) + 1) if num_runs % n == 0)
+    data = choose_num_devices(batch_sizes, num_devices // runs)
+    return jax.make_mesh(
+        (runs, data),
+        (RUNS_AXIS, DATA_AXIS),
+        axis_types=(jax.sharding.AxisType.Auto,) * 2,
+        devices=jax.local_devices()[: runs * data],
+    )
+
+
+def runs_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (run) axis split over ``'runs'``: each device holds its runs whole."""
+    return NamedSharding(mesh, PartitionSpec(RUNS_AXIS))
+
+
+def stacked_batch_sharding(mesh: Mesh, batch_size: int | None = None) -> NamedSharding:
+    """A stacked batch ``(R, B, ...)``: runs over ``'runs'``, each run's batch over ``'data'`` (its batch axis
+    whole when ``batch_size`` is given and ``'data'`` does not divide it, e.g. a trimmed last batch)."""
+    if batch_size is not None and batch_size % mesh.shape[DATA_AXIS]:
+        return runs_sharding(mesh)
+    return NamedSharding(mesh, PartitionSpec(RUNS_AXIS, DATA_AXIS))
+
+
+def shard_runs(tree: Any, mesh: Mesh) -> Any:
+    """``tree`` (every leaf with a leading run axis) placed with that axis split over ``'runs'``."""
+    return jax.device_put(tree, runs_sharding(mesh))
+
+
+def stack_runs(trees: Sequence[Any]) -> Any:
+    """One pytree whose leaves are those of ``trees`` (same structure) stacked on a new leading run axis."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def run_slice(tree: Any, index: int) -> Any:
+    """Run ``index`` of a stacked pytree (the leading axis taken off)."""
+    return jax.tree.map(lambda x: x[index], tree)

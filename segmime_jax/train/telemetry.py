@@ -44,6 +44,14 @@ def make_gradient_probe(
     ``loss(loss_params, ...)`` (see :mod:`segmime_jax.train.step`). With ``mesh``, the outputs are replicated
     on it (readable whole in every process).
     """
+    probe = gradient_probe_fn(loss, num_classes)
+    if mesh is None:
+        return jax.jit(probe)
+    return jax.jit(probe, out_shardings=replicated_sharding(mesh))
+
+
+def gradient_probe_fn(loss: ParametricLoss, num_classes: int) -> Callable[..., dict[str, jax.Array]]:
+    """The (un-jitted) probe of :func:`make_gradient_probe`."""
 
     def probe(state: TrainState, batch: dict, loss_params: Any) -> dict[str, jax.Array]:
         model = nnx.merge(state.graphdef, state.params, state.batch_stats, state.rngs)
@@ -70,9 +78,7 @@ def make_gradient_probe(
             "image_class_dynamic_range_db": per_image,
         }
 
-    if mesh is None:
-        return jax.jit(probe)
-    return jax.jit(probe, out_shardings=replicated_sharding(mesh))
+    return probe
 
 
 def _finite_or_none(value: float) -> float | None:

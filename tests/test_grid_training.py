@@ -1,0 +1,89 @@
+"""How a grid trains its runs (--grid-mode): which runs are stacked together, what auto picks, and a diverged
+run that no longer stops the others. The training functions are replaced by fakes: nothing is trained here
+(test_train_stacked.py trains stacked runs)."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+from experiments import acdc
+from segmime_jax.paper import grid, grid_training
+from segmime_jax.train import NonFiniteLossError
+from segmime_jax.train import stacked as stacked_module
+
+
+def _grid(tmp_path, *args):
+    config = acdc.parse_args(
+        ["--losses", "ce,dsc", "--optimizers", "adam,sgd", "--seeds", "2", "--out", str(tmp_path), *args]
+    )
+    return config, grid.grid_runs(config, model="enet", num_classes=4)
+
+
+def _result(config):
+    return types.SimpleNamespace(config=config, test_dsc=np.full((2, 4), 0.5), best_epoch=1, wall_time_s=1.0)
+
+
+def _diverged(config):
+    return NonFiniteLossError(float("nan"), epoch=2, step=3, checkpoint_epoch=1, checkpoint_dir="somewhere")
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Fake training: records each call; runs with the SGD dsc loss of seed 1 diverge."""
+    made = {"alone": [], "stacked": []}
+
+    def outcome(config):
+        return (
+            _diverged(config) if (config.optimizer, config.loss, config.seed) == ("sgd", "dsc", 1) else _result(config)
+        )
+
+    def train_and_evaluate(config, data, run_dir, **kwargs):
+        made["alone"].append(config)
+        result = outcome(config)
+        if isinstance(result, NonFiniteLossError):
+            raise result
+        return result
+
+    def train_stacked(configs, data, run_dirs, **kwargs):
+        made["stacked"].append(list(configs))
+        return [outcome(config) for config in configs]
+
+    monkeypatch.setattr(grid_training, "train_and_evaluate", train_and_evaluate)
+    monkeypatch.setattr(stacked_module, "train_stacked", train_stacked)
+    return made
+
+
+def test_stacked_mode_trains_each_optimiser_as_one_stack(tmp_path, calls):
+    config, runs = _grid(tmp_path, "--grid-mode", "stacked")
+    log = []
+    with pytest.raises(grid_training.DivergedRunsError, match="1 run\\(s\\) diverged.*sgd-dsc-seed1: non-finite"):
+        grid_training.train_grid(
+            runs, None, ("ce", "dsc"), mode="stacked", overwrite=False, model="enet", log=log.append
+        )
+    assert calls["alone"] == []
+    assert [[(c.optimizer, c.loss, c.seed) for c in stack] for stack in calls["stacked"]] == [
+        [("adam", "ce", 0), ("adam", "ce", 1), ("adam", "dsc", 0), ("adam", "dsc", 1)],
+        [("sgd", "ce", 0), ("sgd", "ce", 1), ("sgd", "dsc", 0), ("sgd", "dsc", 1)],
+    ]
+    assert sum(line.startswith("[") for line in log) == 8 and any("sgd-dsc-seed1 diverged" in line for line in log)
+
+
+def test_sequential_mode_goes_on_after_a_divergence(tmp_path, calls):
+    _, runs = _grid(tmp_path)
+    with pytest.raises(grid_training.DivergedRunsError) as caught:
+        grid_training.train_grid(runs, None, ("ce", "dsc"), mode="sequential", overwrite=False, model="enet", log=print)
+    assert len(calls["alone"]) == 8 and calls["stacked"] == []  # the runs after the diverged one trained too
+    assert list(caught.value.errors) == ["sgd-dsc-seed1"]
+
+
+def test_auto_picks_the_measured_faster_mode():
+    assert grid_training.grid_mode("stacked") == "stacked" and grid_training.grid_mode("sequential") == "sequential"
+    assert grid_training.grid_mode("auto", "cpu") == "sequential"  # stacked measured at 0.6x on CPU
+    assert grid_training.grid_mode("auto", "gpu") == "sequential"  # not measured: the safe default
+    with pytest.raises(ValueError, match="--grid-mode"):
+        grid_training.grid_mode("parallel")
+    with pytest.raises(SystemExit):
+        acdc.parse_args(["--grid-mode", "parallel"])

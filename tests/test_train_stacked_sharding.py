@@ -1,0 +1,92 @@
+"""Stacked runs over 8 fake CPU devices: a stack of 8 runs vmapped on one device, sharded over 4 devices (two runs
+each) and over 8 (one each), and a stack of 4 on a 4 x 2 ('runs', 'data') mesh, each run ending with the
+parameters and metrics of the run trained alone, within 1e-5."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+TESTS = pathlib.Path(__file__).resolve().parent
+
+SCRIPT = textwrap.dedent("""
+    import dataclasses, json, os, sys, tempfile
+    sys.path.insert(0, sys.argv[1])
+    import helpers  # noqa: F401  (persistent compilation cache, float32 defaults)
+    import jax, numpy as np
+    from flax import nnx
+    from train_support import tiny_factory, tiny_splits
+    from segmime_jax.train import CheckpointStore, TrainConfig, TrainState, train_and_evaluate
+    from segmime_jax.train.stacked import train_stacked
+
+    assert jax.device_count() == 8, jax.devices()
+    data = tiny_splits(train_volumes=4, slices=3, size=16)  # 12 slices: 3 batches of 4
+    base = TrainConfig(optimizer="sgd", epochs=2, batch_size=4, eval_batch_size=4, plateau_patience=1,
+                       progress=False, write_predictions=False, telemetry=False, num_examples=0)
+    runs = [("ce", 0.1, 0), ("dsc", 0.05, 1), ("mime", 0.1, 2), ("nm", 0.2, 0),
+            ("ce", 0.3, 1), ("dsc", 0.1, 0), ("mime", 0.02, 1), ("nm", 0.1, 2)]
+    configs = [dataclasses.replace(base, loss=l, learning_rate=lr, seed=s) for l, lr, s in runs]
+    terms = ("ce", "dsc", "mime", "nm")
+
+    def summary(result, run_dir):
+        template = TrainState.create(tiny_factory(3, rngs=nnx.Rngs(0)), result.config.build_optimizer())
+        with CheckpointStore(os.path.join(run_dir, "checkpoints")) as store:
+            _, tree, _ = store.restore(template.checkpoint_tree())
+        return {
+            "history": [{k: h[k] for k in ("train_loss", "val_loss", "val_dsc", "learning_rate")}
+                        for h in result.history],
+            "test_dsc": result.test_dsc.tolist(),
+            "params": np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree["params"])]).tolist(),
+        }
+
+    out = {"alone": []}
+    for config in configs:
+        run_dir = tempfile.mkdtemp()
+        result = train_and_evaluate(dataclasses.replace(config, num_devices=1), data, run_dir,
+                                    model_factory=tiny_factory, loss_terms=terms, log=lambda s: None)
+        out["alone"].append(summary(result, run_dir))
+    messages = []
+    for name, count, devices in (("1", 8, 1), ("4", 8, 4), ("8", 8, 8), ("4x2", 4, 8)):
+        dirs = [tempfile.mkdtemp() for _ in range(count)]
+        chosen = [dataclasses.replace(c, num_devices=devices) for c in configs[:count]]
+        results = train_stacked(chosen, data, dirs, model_factory=tiny_factory, loss_terms=terms,
+                                log=messages.append)
+        out[name] = [summary(r, d) for r, d in zip(results, dirs)]
+    out["messages"] = [m for m in messages if "together" in m]
+    print("RESULT" + json.dumps(out))
+""")
+
+
+@pytest.mark.slow
+def test_stacked_runs_sharded_over_devices_end_as_runs_alone(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), env.get("PYTHONPATH", "")])  # this checkout's package
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(TESTS)], capture_output=True, text=True, env=env, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
+    out = json.loads(line[len("RESULT") :])
+    assert out["messages"] == [
+        "training 8 runs together on a ('runs', 'data') mesh of 1 x 1 devices",
+        "training 8 runs together on a ('runs', 'data') mesh of 4 x 1 devices",
+        "training 8 runs together on a ('runs', 'data') mesh of 8 x 1 devices",
+        "training 4 runs together on a ('runs', 'data') mesh of 4 x 2 devices",
+    ]
+    for name in ("1", "4", "8", "4x2"):
+        for alone, stacked in zip(out["alone"], out[name], strict=False):
+            for a, s in zip(alone["history"], stacked["history"], strict=True):
+                assert a["learning_rate"] == s["learning_rate"]
+                for key in ("train_loss", "val_loss", "val_dsc"):
+                    np.testing.assert_allclose(a[key], s[key], rtol=1e-5, atol=1e-5, err_msg=f"{name} {key}")
+            np.testing.assert_allclose(alone["test_dsc"], stacked["test_dsc"], atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(alone["params"], stacked["params"], rtol=1e-5, atol=1e-6, err_msg=name)
