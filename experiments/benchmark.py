@@ -20,7 +20,9 @@ Examples::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -31,7 +33,8 @@ from segmime_jax.atomic_files import json_ready, write_json_atomic
 from segmime_jax.bench.grid import run_grid_case
 from segmime_jax.bench.report import format_table
 from segmime_jax.bench.suite import PRECISIONS, BenchCase, build_setup, run_case, run_epoch
-from segmime_jax.cli import parse_config
+from segmime_jax.cli import nested, parse_config
+from segmime_jax.distributed import DistributedConfig, initialize, is_primary
 from segmime_jax.environment import environment
 
 NUM_CLASSES = {"enet": 4, "residualunet": 2}
@@ -49,8 +52,12 @@ class BenchmarkConfig:
     precisions: tuple[str, ...] = dataclasses.field(
         default=("float32", "bfloat16"), metadata={"help": "compute precisions (parameters stay float32)"}
     )
-    devices: tuple[int, ...] | None = dataclasses.field(
-        default=None, metadata={"help": "device counts to try; 'none' = 1 and all local devices"}
+    devices: tuple[str, ...] | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "device counts to try, or all (every device of every process); none: 1 and all (all only, "
+            "over several processes)"
+        },
     )
     warmup: int = dataclasses.field(default=3, metadata={"help": "untimed calls before timing"})
     repeats: int = dataclasses.field(default=20, metadata={"help": "timed calls per figure"})
@@ -91,6 +98,7 @@ class BenchmarkConfig:
         default=False, metadata={"help": "CPU smoke run: 32x32, batch 2, float32, 1 device, few repeats"}
     )
     out: pathlib.Path = dataclasses.field(default=pathlib.Path("results/benchmark"), metadata={"help": "output folder"})
+    distributed: DistributedConfig = nested(DistributedConfig())
 
     def __post_init__(self) -> None:
         for name in self.models:
@@ -110,6 +118,9 @@ class BenchmarkConfig:
         for name in ("warmup", "profile_steps", "epoch_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for count in self.devices or ():
+            if count != "all" and not (count.isdigit() and int(count) >= 1):
+                raise ValueError(f"--devices: expected positive device counts or all, got {count!r}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         if self.runs is not None and (not self.runs or min(self.runs) < 1):
@@ -119,23 +130,27 @@ class BenchmarkConfig:
         """The config actually run: ``quick`` replaces sizes, batches, precisions and repeats."""
         if not self.quick:
             return self
+        several = jax.process_count() > 1  # then every case uses all devices: the batch must split over them
         return dataclasses.replace(
             self,
             size=32,
-            batches=(2,),
+            batches=(jax.device_count() if several else 2,),
             precisions=("float32",),
-            devices=(1,),
+            devices=self.devices or (("all",) if several else ("1",)),
             warmup=1,
             repeats=3,
             epoch_steps=4,
-            epoch_batch=2,
+            epoch_batch=jax.device_count() if several else 2,
         )
 
     def device_counts(self) -> tuple[int, ...]:
+        """The device counts to measure (``all``: every device of every process)."""
+        available = jax.device_count()
         if self.devices is not None:
-            return self.devices
-        available = jax.local_device_count()
-        return (1,) if available == 1 else (1, available)
+            return tuple(available if count == "all" else int(count) for count in self.devices)
+        if available == 1 or jax.process_count() > 1:  # several processes: the mesh holds every device
+            return (available,)
+        return (1, available)
 
     def cases(self) -> list[BenchCase]:
         return [
@@ -169,8 +184,9 @@ def run(config: BenchmarkConfig) -> dict:
     env = environment()
     env["matmul_precision"] = config.matmul_precision
     env["prng"] = config.prng
+    processes = f"{env['process_count']} processes, " if env["process_count"] > 1 else ""
     print(
-        f"benchmark on {env['local_device_count']} x {env['device_kind']} ({env['backend']}), "
+        f"benchmark on {processes}{env['device_count']} x {env['device_kind']} ({env['backend']}), "
         f"jax {env['versions']['jax']}",
         flush=True,
     )
@@ -197,6 +213,7 @@ def run(config: BenchmarkConfig) -> dict:
                 num_classes=NUM_CLASSES[model],
                 size=config.size,
                 batch_size=config.epoch_batch,
+                num_devices=jax.device_count() if jax.process_count() > 1 else 1,
                 loss=config.loss,
             )
             for model in config.models
@@ -227,7 +244,7 @@ def run(config: BenchmarkConfig) -> dict:
             except Exception as error:  # noqa: BLE001
                 _record_failure(report, case, error, what="epoch timing")
         setup = None  # free the state and compiled step before the next case
-        write_json_atomic(path, report, indent=2)
+        _write(path, report)
     for case in epoch_cases.values():
         print(f"  epoch timing {case.label} ...", flush=True)
         try:
@@ -235,7 +252,7 @@ def run(config: BenchmarkConfig) -> dict:
         except Exception as error:  # noqa: BLE001
             _record_failure(report, case, error, what="epoch timing")
     report["complete"] = True
-    write_json_atomic(path, report, indent=2)
+    _write(path, report)
     return report
 
 
@@ -260,26 +277,37 @@ def _run_grid(config: BenchmarkConfig, report: dict, path: pathlib.Path) -> dict
                 report["grid"].append(row)
             except Exception as error:  # noqa: BLE001 - e.g. out of device memory at 16 runs
                 _record_failure(report, case, error, what=f"grid of {runs} runs")
-            write_json_atomic(path, report, indent=2)
+            _write(path, report)
         setup = None
     report["complete"] = True
-    write_json_atomic(path, report, indent=2)
+    _write(path, report)
     return report
+
+
+def _write(path: pathlib.Path, report: dict) -> None:
+    """benchmark.json, rewritten after every case (by process 0 of a multi-process run)."""
+    if is_primary():
+        write_json_atomic(path, report, indent=2)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     config = parse_config(
         BenchmarkConfig, argv, description=__doc__.split("\n\n")[0], prog="python -m experiments.benchmark"
-    ).effective()
+    )
+    initialize(config.distributed)  # several processes: every one runs the same cases on the global mesh
+    config = config.effective()
     previous_prng = jax.config.jax_default_prng_impl
     jax.config.update("jax_default_prng_impl", config.prng)
+    # process 0 speaks for a multi-process benchmark
+    quiet = contextlib.nullcontext() if is_primary() else contextlib.redirect_stdout(io.StringIO())
     try:
-        with jax.default_matmul_precision(config.matmul_precision):
+        with jax.default_matmul_precision(config.matmul_precision), quiet:
             report = run(config)
     finally:
         jax.config.update("jax_default_prng_impl", previous_prng)
-    print(format_table(report))
-    print(f"wrote {config.out / 'benchmark.json'}")
+    if is_primary():
+        print(format_table(report))
+        print(f"wrote {config.out / 'benchmark.json'}")
     return report
 
 

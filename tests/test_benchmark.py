@@ -43,9 +43,26 @@ def test_config_rejects_bad_values():
         BenchmarkConfig(matmul_precision="tf32")
     with pytest.raises(ValueError, match="profile_steps"):
         BenchmarkConfig(profile_steps=-1)
-    cases = BenchmarkConfig(models=("enet",), batches=(8, 6), precisions=("float32",), devices=(1, 4)).cases()
+    cases = BenchmarkConfig(models=("enet",), batches=(8, 6), precisions=("float32",), devices=("1", "4")).cases()
     # batch 6 does not split over 4 devices: that case is skipped, the others kept.
     assert [(c.batch_size, c.num_devices) for c in cases] == [(8, 1), (6, 1), (8, 4)]
+    # all: every device of every process
+    assert BenchmarkConfig(devices=("all", "1")).device_counts() == (jax.device_count(), 1)
+    with pytest.raises(ValueError, match="positive device counts or all"):
+        BenchmarkConfig(devices=("every",))
+
+
+def test_report_names_the_processes():
+    env = {
+        "local_device_count": 2,
+        "device_count": 4,
+        "process_count": 2,
+        "device_kind": "cpu",
+        "backend": "cpu",
+        "versions": {"jax": "0.10", "flax": "0.12"},
+    }
+    heading = format_table({"environment": env, "cases": [], "epochs": [], "failed": []}).splitlines()[0]
+    assert heading.startswith("Device: 4 x cpu (cpu), 2 processes;")
 
 
 @pytest.mark.slow

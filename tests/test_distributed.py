@@ -40,13 +40,13 @@ WORKER = textwrap.dedent("""
     from segmime_jax.train import loop
 
     if int(kill_after):  # die in the middle of an epoch, after that many steps
-        checked, steps = loop._checked_loss, []
+        checked, steps = loop._pending_loss, []
         def dying(*args, **kwargs):
             steps.append(1)
             if len(steps) == int(kill_after):
                 os._exit(9)
             return checked(*args, **kwargs)
-        loop._checked_loss = dying
+        loop._pending_loss = dying
     # 14 training slices, batch 8: a batch split over the 4 devices and a trimmed one of 6 (replicated)
     data = tiny_splits(train_volumes=7, slices=2)
     config = TrainConfig(loss="1*ce+1*dsc", optimizer="sgd", learning_rate=0.1, epochs=3, batch_size=8,

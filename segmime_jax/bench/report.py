@@ -69,7 +69,9 @@ def format_table(report: dict[str, Any]) -> str:
     """Markdown tables: one row per case, then the profiles (if any), then one row per epoch timing."""
     env = report["environment"]
     lines = [
-        f"Device: {env['local_device_count']} x {env['device_kind']} ({env['backend']}); "
+        f"Device: {env.get('device_count', env['local_device_count'])} x {env['device_kind']} ({env['backend']})"
+        + (f", {env['process_count']} processes" if env.get("process_count", 1) > 1 else "")
+        + "; "
         f"jax {env['versions']['jax']}, flax {env['versions']['flax']}; "
         f"matmul precision {env.get('matmul_precision', 'default')}, PRNG {env.get('prng', 'threefry2x32')}"
         + (f"; XLA_FLAGS={env['xla_flags']}" if env.get("xla_flags") else "")
