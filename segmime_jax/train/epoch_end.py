@@ -25,7 +25,7 @@ import numpy as np
 
 from segmime_jax.atomic_files import json_ready
 from segmime_jax.distributed import is_primary
-from segmime_jax.train.checkpoint import CheckpointStore, check_finite, check_packed_finite, unpack
+from segmime_jax.train.checkpoint import CheckpointStore, check_finite, check_packed_finite, pack, unpack
 from segmime_jax.train.evaluate import Evaluation
 from segmime_jax.train.optim import plateau_update
 from segmime_jax.train.results import METRICS_FILE, RunResult
@@ -79,7 +79,7 @@ def end_epoch(
     evaluation: Evaluation,
     *,
     tree: Any,
-    packed: dict[str, jax.Array],
+    packed: dict[str, jax.Array] | None = None,
     epoch_start: float,
     start_time: float,
     time_share: float = 1.0,
@@ -92,7 +92,7 @@ def end_epoch(
       evaluation: the epoch's validation.
       tree: the state's :meth:`~segmime_jax.train.state.TrainState.checkpoint_tree` (or a tree of its
         ``jax.ShapeDtypeStruct``: only structure, shapes and dtypes are read) and ``packed`` its
-        :func:`~segmime_jax.train.checkpoint.pack`.
+        :func:`~segmime_jax.train.checkpoint.pack` (default: packed here, within the checkpoint's time).
       epoch_start, start_time: ``time.perf_counter()`` at the start of the epoch and of this call's training.
       time_share: the run's share of the time since ``start_time`` (``1/R`` for one of R runs trained together),
         which the checkpoint records as the run's time so far.
@@ -105,6 +105,7 @@ def end_epoch(
     improved = val_dsc_fg > progress.best_metric
     best_metric, best_epoch = (val_dsc_fg, epoch) if improved else (progress.best_metric, progress.best_epoch)
     checkpoint_start = time.perf_counter()
+    packed = pack(tree) if packed is None else packed
     check_packed_finite(packed, epoch=epoch, store=run.store)  # before anything of this epoch is kept
     progress.best_metric, progress.best_epoch = best_metric, best_epoch
     progress.plateau = plateau_update(

@@ -30,7 +30,7 @@ from typing import Any
 import jax
 
 from segmime_jax.distributed import barrier, is_primary
-from segmime_jax.train.checkpoint import CheckpointStore, pack
+from segmime_jax.train.checkpoint import CheckpointStore
 from segmime_jax.train.config import TrainConfig
 from segmime_jax.train.epoch_end import (
     Pending,
@@ -156,7 +156,6 @@ def _epoch(run: Run, progress: Progress, epoch: int, start_time: float) -> None:
         record,
         evaluation,
         tree=tree,
-        packed=pack(tree),
         epoch_start=epoch_start,
         start_time=start_time,
     )
