@@ -14,6 +14,7 @@ for runs trained together (:mod:`segmime_jax.train.stacked`) alike, so that both
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import time
@@ -128,7 +129,7 @@ def end_epoch(
     if run.store is not None:
         meta = {
             "epoch": epoch,
-            "history": progress.history,
+            "history": copy.deepcopy(progress.history),  # as now: the save may be written later
             "plateau": progress.plateau.to_json(),
             "best_metric": progress.best_metric,
             "best_epoch": progress.best_epoch,

@@ -102,7 +102,7 @@ def train_and_evaluate(
       (optimiser steps so far), ``best`` (this epoch became the best), ``grad_telemetry`` (see
       :mod:`segmime_jax.train.telemetry`; ``{}`` when off) and the epoch's wall time, ``time_s``, split into
       ``train_s``, ``val_s``, ``telemetry_s`` and ``checkpoint_s`` (the finiteness check, the checkpoint and the
-      log line; ``None`` for the epoch a resumed run restarted from).
+      log line; ``None`` for an epoch whose ``metrics.jsonl`` line a killed run did not write).
 
     Raises:
       NonFiniteLossError: the training loss or gradient (checked every step) or the state (checked before

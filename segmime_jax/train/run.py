@@ -202,7 +202,7 @@ def restore_or_start(run: Run, resume: bool) -> Progress:
         epoch, tree, meta = restored
         _check_resumable(run, epoch, meta)
         progress.state = progress.state.replace_from_checkpoint(tree)
-        progress.history = list(meta["history"])
+        progress.history = _with_logged_times(list(meta["history"]), run.run_dir / METRICS_FILE)
         progress.plateau = PlateauState.from_json(meta["plateau"])
         progress.best_metric, progress.best_epoch = float(meta["best_metric"]), int(meta["best_epoch"])
         progress.epoch = epoch
@@ -214,6 +214,28 @@ def restore_or_start(run: Run, resume: bool) -> Progress:
     if is_primary():
         write_text_atomic(run.run_dir / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in progress.history))
     return progress
+
+
+_TIMES = ("checkpoint_s", "time_s")
+
+
+def _with_logged_times(history: list[dict], metrics_file: pathlib.Path) -> list[dict]:
+    """The checkpoint's history with each epoch's whole time, as ``metrics.jsonl`` logged it: a checkpoint is
+    written before its own duration is known, so its copy of the last epochs lacks ``checkpoint_s``."""
+    logged: dict[int, dict] = {}
+    if metrics_file.is_file():
+        for line in metrics_file.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+                logged[int(entry["epoch"])] = entry
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut by the kill
+    out = []
+    for entry in history:
+        line = logged.get(int(entry["epoch"]))
+        same = line is not None and all(line.get(k) == v for k, v in entry.items() if k not in _TIMES)
+        out.append({**entry, **{k: line[k] for k in _TIMES if k in line}} if same else entry)
+    return out
 
 
 def _check_resumable(run: Run, epoch: int, meta: dict[str, Any]) -> None:
