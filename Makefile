@@ -14,12 +14,14 @@ $(VENV): pyproject.toml
 
 SOURCES := segmime_jax experiments tests
 
-# The README's test command: style first, then every test but those marked slow (whole models and experiments).
+# The README's test command: style first, then every test but those marked slow (whole models and experiments),
+# one worker per CPU core (pytest-xdist; a file's tests stay on one worker, sharing its module fixtures).
+PYTEST_PARALLEL ?= -n auto --dist loadfile
 test: lint
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) -m "not slow"
 
 test-all: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_PARALLEL)
 
 lint: $(VENV)
 	$(PY) -m ruff check $(SOURCES)

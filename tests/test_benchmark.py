@@ -344,6 +344,7 @@ def test_device_check_time_budget_cuts_and_skips_steps(tmp_path, monkeypatch):
     assert log.count("the total time budget is spent") == 2 and log.count("its time limit is 0") == 2
 
 
+@pytest.mark.slow
 def test_grid_throughput_stacked_against_sequential(tmp_path, monkeypatch):
     """--runs: one row per run count with both modes' grid-step times (a tiny network stands in for ENet)."""
     from train_support import TinyNet

@@ -145,6 +145,7 @@ def test_two_processes_train_as_one(tmp_path, single):
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+@pytest.mark.slow
 def test_a_killed_process_stops_the_other_and_both_resume(tmp_path, single):
     # process 1 dies in epoch 2 (after its 3rd step); process 0 must not wait for it forever
     procs = _launch(tmp_path, tmp_path, 2, kill_after=3)

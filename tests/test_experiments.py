@@ -147,6 +147,7 @@ def test_bad_paths_are_one_line_errors(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: --out {a_file}: is a file, not a folder"
 
 
+@pytest.mark.slow
 def test_acdc_end_to_end(tmp_path, capsys):
     """Two losses share one compiled train step; the report pairs them; a rerun reuses the finished runs."""
     out = tmp_path / "out"

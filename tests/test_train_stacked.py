@@ -168,6 +168,7 @@ def load_lines(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_runs_killed_at_different_epochs_resume_as_separate_stacks(data, stacked, tmp_path, monkeypatch):
     """A kill while the second run's epoch-2 checkpoint is written: run 0 is at epoch 2, runs 1 and 2 at 1."""
     dirs = [tmp_path / str(i) for i in range(len(RUNS))]
