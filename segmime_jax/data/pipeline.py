@@ -233,6 +233,7 @@ def stacked_train_batches(
     mesh: jax.sharding.Mesh,
     sharding: jax.sharding.Sharding,
     prefetch: int = 2,
+    last_batch: str = "pad",
 ) -> Iterator[Batch]:
     """One epoch of :func:`train_batches` for each of R runs, stacked on a leading run axis.
 
@@ -242,12 +243,14 @@ def stacked_train_batches(
 
     Args:
       dataset: the slices (a :class:`DeviceDataset` placed for ``mesh``, or host slices).
-      batch_size: slices per batch (the last one padded, mask False).
+      batch_size: slices per batch (the last one as ``last_batch`` says: see :func:`train_batches`).
       seeds: the R runs' seeds.
       epoch: the epoch (with the seed, it fixes the order).
       mesh: the runs' mesh; the runs' batches are assembled replicated on it, then split.
-      sharding: the stacked batch's placement, e.g. ``NamedSharding(mesh, P('runs', 'data'))``.
+      sharding: the stacked batch's placement, e.g. ``NamedSharding(mesh, P('runs', 'data'))`` (a trimmed last
+        batch that its batch axis's devices do not divide keeps that axis whole).
       prefetch: batches kept in flight.
+      last_batch: ``"pad"``, ``"trim"`` or ``"drop"``, as for :func:`train_batches`.
 
     Returns:
       An iterator of stacked batches.
@@ -256,10 +259,16 @@ def stacked_train_batches(
     which = tuple(distinct.index(seed) for seed in seeds)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     epochs = [
-        train_batches(dataset, batch_size, seed=seed, epoch=epoch, sharding=replicated, prefetch=0) for seed in distinct
+        train_batches(
+            dataset, batch_size, seed=seed, epoch=epoch, sharding=replicated, prefetch=0, last_batch=last_batch
+        )
+        for seed in distinct
     ]
-    stack = _stacker(sharding)
-    return _prefetch((stack(tuple(batches), which) for batches in zip(*epochs, strict=True)), prefetch)
+
+    def stacked(batches: tuple[Batch, ...]) -> Batch:
+        return _stacker(fitting(sharding, batches[0]["mask"].shape[0], axis=1))(batches, which)
+
+    return _prefetch((stacked(tuple(batches)) for batches in zip(*epochs, strict=True)), prefetch)
 
 
 @functools.lru_cache(maxsize=16)

@@ -9,14 +9,19 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 
-def fitting(sharding: jax.sharding.Sharding | None, size: int) -> jax.sharding.Sharding | None:
-    """``sharding`` for a leading axis of ``size``, or its replicated form when ``sharding`` splits the leading
-    axis over more devices than divide ``size`` (a trimmed last batch: every device then computes all of it)."""
-    if not isinstance(sharding, NamedSharding) or not sharding.spec or sharding.spec[0] is None:
+def fitting(sharding: jax.sharding.Sharding | None, size: int, *, axis: int = 0) -> jax.sharding.Sharding | None:
+    """``sharding`` for an array whose axis ``axis`` (the batch axis: 1 for stacked runs) has ``size`` entries,
+    or that axis left whole when ``sharding`` splits it over more devices than divide ``size`` (a trimmed last
+    batch: every device then computes all of it)."""
+    spec = tuple(sharding.spec) if isinstance(sharding, NamedSharding) else ()
+    if len(spec) <= axis or spec[axis] is None:
         return sharding
-    axes = sharding.spec[0] if isinstance(sharding.spec[0], tuple) else (sharding.spec[0],)
+    axes = spec[axis] if isinstance(spec[axis], tuple) else (spec[axis],)
     parts = int(np.prod([sharding.mesh.shape[a] for a in axes]))
-    return sharding if size % parts == 0 else NamedSharding(sharding.mesh, PartitionSpec())
+    if size % parts == 0:
+        return sharding
+    kept = spec[:axis]  # the axes before it stay split; it and the ones after it whole
+    return NamedSharding(sharding.mesh, PartitionSpec(*kept))
 
 
 def local_rows(sharding: jax.sharding.Sharding | None, size: int) -> slice:

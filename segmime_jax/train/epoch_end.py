@@ -2,7 +2,6 @@
 for runs trained together (:mod:`segmime_jax.train.stacked`) alike, so that both write the same files.
 
 - :func:`checked_loss`: a dispatched step's loss, fetched one step later and checked (NaN/inf stop the run);
-- :func:`trim_batch`: the real slices of the padded last batch of stacked runs;
 - :func:`end_epoch`: the best epoch and the plateau rule, the checkpoint (or in-memory best copy) and the
   ``metrics.jsonl`` line;
 - :func:`best_tree`: the best epoch's state, from its checkpoint or the in-memory copy;
@@ -59,17 +58,6 @@ def checked_loss(metrics: dict[str, Any], *, epoch: int, step: int, store: Check
     loss = float(metrics["loss"])
     check_finite(loss, epoch=epoch, step=step, store=store, grad_norm=float(metrics["grad_norm"]))
     return loss
-
-
-def trim_batch(batch: dict[str, jax.Array], count: int, place: Callable[[Any], Any], *, axis: int = 0) -> dict:
-    """The first ``count`` (real) slices of a padded batch (batch axis ``axis``: 1 for stacked runs), placed
-    with ``place``; RuntimeError when the padding is not where the pipeline puts it."""
-    mask = np.asarray(jax.device_get(batch["mask"]), bool)
-    mask = mask.reshape(-1, mask.shape[-1]) if axis else mask[None]
-    if (mask[:, :count].sum(1) != count).any() or mask[:, count:].any():
-        raise RuntimeError(f"expected the padding of the last batch after its {count} real slices, got mask {mask}")
-    index = (slice(None),) * axis + (slice(0, count),)
-    return place({k: v[index] for k, v in batch.items()})
 
 
 # --------------------------------------------------------------------------------------------------- epochs

@@ -153,9 +153,8 @@ def runs_sharding(mesh: Mesh) -> NamedSharding:
 def stacked_batch_sharding(mesh: Mesh, batch_size: int | None = None) -> NamedSharding:
     """A stacked batch ``(R, B, ...)``: runs over ``'runs'``, each run's batch over ``'data'`` (its batch axis
     whole when ``batch_size`` is given and ``'data'`` does not divide it, e.g. a trimmed last batch)."""
-    if batch_size is not None and batch_size % mesh.shape[DATA_AXIS]:
-        return runs_sharding(mesh)
-    return NamedSharding(mesh, PartitionSpec(RUNS_AXIS, DATA_AXIS))
+    sharding = NamedSharding(mesh, PartitionSpec(RUNS_AXIS, DATA_AXIS))
+    return sharding if batch_size is None else fitting(sharding, batch_size, axis=1)
 
 
 def shard_runs(tree: Any, mesh: Mesh) -> Any:

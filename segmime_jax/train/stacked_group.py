@@ -20,7 +20,7 @@ import numpy as np
 from segmime_jax.losses import LossProgram
 from segmime_jax.train.checkpoint import NonFiniteLossError, pack
 from segmime_jax.train.config import TrainConfig
-from segmime_jax.train.epoch_end import Pending, checked_loss, trim_batch
+from segmime_jax.train.epoch_end import Pending, checked_loss
 from segmime_jax.train.optim import learning_rates, set_learning_rate
 from segmime_jax.train.programs import Programs, compile_announced, stacked_programs_for
 from segmime_jax.train.progress import Reporter
@@ -118,10 +118,7 @@ def train_pass(group: RunGroup, epoch: int) -> list[dict[str, Any]]:
     )
     state = group.state.replace(opt_state=set_learning_rate(group.state.opt_state, rates))
     step = int(np.asarray(jax.device_get(state.step))[group.active].max())
-    remainder, total = (
-        len(group.runs[0].data.train) % config.batch_size,
-        num_batches(group.train_data, config.batch_size),
-    )
+    total = num_batches(group.train_data, config.batch_size, config.last_batch)
     sums = np.zeros(len(group.runs))
     count, pending = 0, None
     active = jax.device_put(group.active, runs_sharding(mesh))
@@ -132,13 +129,10 @@ def train_pass(group: RunGroup, epoch: int) -> list[dict[str, Any]]:
         epoch=epoch,
         mesh=mesh,
         sharding=stacked_batch_sharding(mesh),
+        last_batch=config.last_batch,
     )
-    for index, batch in enumerate(group.reporter.steps(batches, total=total, epoch=epoch)):
-        size = config.batch_size
-        if remainder and index == total - 1:
-            if config.last_batch == "drop":
-                continue
-            batch, size = _trim(batch, remainder, mesh), remainder
+    for batch in group.reporter.steps(batches, total=total, epoch=epoch):
+        size = int(batch["mask"].shape[1])  # the trimmed last batch is smaller
         keys = _fold_in(group.roots, step)
         state, metrics = group.programs.train_step(state, batch, keys, group.loss_params, active)
         if pending is not None:
@@ -167,11 +161,6 @@ def train_pass(group: RunGroup, epoch: int) -> list[dict[str, Any]]:
 
 def _configs(group: RunGroup) -> list[TrainConfig]:
     return [run.config for run in group.runs]
-
-
-def _trim(batch: dict[str, jax.Array], count: int, mesh: Any) -> dict[str, jax.Array]:
-    sharding = stacked_batch_sharding(mesh, count)
-    return trim_batch(batch, count, lambda b: jax.device_put(b, sharding), axis=1)
 
 
 def _account(group: RunGroup, pending: Pending, epoch: int, sums: np.ndarray, active: jax.Array) -> jax.Array:
@@ -203,25 +192,27 @@ def compile_group(group: RunGroup) -> None:
     from segmime_jax.data.pipeline import eval_batches, stacked_train_batches
 
     config, mesh, log, size = group.config, group.mesh, group.reporter.message, len(group.runs)
-    batch = next(
-        stacked_train_batches(
-            group.train_data,
-            config.batch_size,
-            seeds=[c.seed for c in _configs(group)],
-            epoch=1,
-            mesh=mesh,
-            sharding=stacked_batch_sharding(mesh),
-            prefetch=0,
+
+    def first_batch(batch_size: int) -> dict[str, jax.Array]:
+        return next(
+            stacked_train_batches(
+                group.train_data,
+                batch_size,
+                seeds=[c.seed for c in _configs(group)],
+                epoch=1,
+                mesh=mesh,
+                sharding=stacked_batch_sharding(mesh),
+                prefetch=0,
+            )
         )
-    )
+
+    batch = first_batch(config.batch_size)
     rest = (_fold_in(group.roots, 0), group.loss_params, jax.device_put(group.active, runs_sharding(mesh)))
     train_step = group.programs.train_step
     compile_announced(train_step, (group.state, batch, *rest), f"{size} runs, batches of {config.batch_size}", log)
     remainder = len(group.runs[0].data.train) % config.batch_size
     if remainder and config.last_batch == "trim":
-        trimmed = jax.device_put(
-            {k: v[:, :remainder] for k, v in batch.items()}, stacked_batch_sharding(mesh, remainder)
-        )
+        trimmed = first_batch(remainder)
         compile_announced(train_step, (group.state, trimmed, *rest), f"{size} runs, the last batch of {remainder}", log)
     _, eval_batch = next(
         eval_batches(group.val_data, config.eval_batch_size, sharding=batch_sharding(mesh), prefetch=0)
