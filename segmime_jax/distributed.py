@@ -95,7 +95,7 @@ def initialize(config: DistributedConfig | None = None) -> None:
       RuntimeError: a multi-process launch was asked for after JAX had already computed something in this process.
     """
     config = DistributedConfig() if config is None else config
-    if config.distributed == "off" or _already_initialized():
+    if config.distributed == "off" or jax.distributed.is_initialized():
         return
     if not config.manual and not any(name in os.environ for name in _CLUSTER_MARKERS):
         return  # auto, and no launcher around: a single process
@@ -144,12 +144,6 @@ def _wait_for_coordinator(address: str, timeout_s: float) -> None:
                     "process 0 running, and are the address and port the same for every process?"
                 ) from None
             time.sleep(0.5)
-
-
-def _already_initialized() -> bool:
-    from jax._src import distributed as jax_distributed
-
-    return jax_distributed.global_state.client is not None
 
 
 def process_count() -> int:
