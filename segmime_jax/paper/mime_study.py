@@ -1,0 +1,288 @@
+"""Why the mimes trail Dice in a small demo, and when they stop to (our study of paper §2.3-2.4 and §4).
+
+It reads finished grids (folders written by ``python -m experiments.acdc`` / ``experiments.promise12``) and
+summarises, per grid and loss: the test All-DSC, the paired difference against the reference loss (Dice) with its
+95 % bootstrap interval (:mod:`segmime_jax.paper.statistics`), the convergence speed (epochs to 90 % of the best
+validation DSC) and whether the curve is flat (late gain), the epochs during which a foreground class was missed
+altogether on validation (a "dead class"), and, for binary tasks, the halo (:mod:`segmime_jax.paper.halo`). Grids
+that differ in one setting (image size, epochs, learning rate) then give that setting's effect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from segmime_jax.data import DatasetSplits, load_acdc, load_promise12
+from segmime_jax.data.export import read_original_labels, read_prediction_nifti
+from segmime_jax.paper import statistics
+from segmime_jax.paper.halo import HaloMeasures, halo_measures, working_pixel_mm
+from segmime_jax.train import RunResult
+from segmime_jax.train.metrics import mean_foreground
+from segmime_jax.train.results import load_run_result
+
+DEAD_CLASS_DSC = 0.05  # a foreground class under 5 % validation DSC is (all but) never predicted
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSummary:
+    """One loss of one grid, over its seeds.
+
+    Attributes:
+      loss: the loss name as in the grid.
+      test_all_dsc: mean over seeds and test volumes of the per-volume All-DSC (mean over foreground classes).
+      epochs_to_90: per seed, the first epoch reaching 90 % of the best validation DSC.
+      late_gain: per seed, what the best validation DSC rose by in the last quarter of the epochs.
+      dead_epochs: per seed, the epochs at whose end some foreground class had validation DSC under 5 %.
+      val_curves: ``(seeds, epochs, K)`` validation DSC per class (background first).
+      halo: per seed and test volume, the halo of the foreground class (binary tasks), else empty.
+    """
+
+    loss: str
+    test_all_dsc: float
+    epochs_to_90: list[int]
+    late_gain: list[float]
+    dead_epochs: list[int]
+    val_curves: np.ndarray
+    halo: list[HaloMeasures]
+
+    def halo_mean(self, field: str) -> float:
+        """Mean of one :class:`HaloMeasures` field over seeds and volumes (NaN entries left out)."""
+        values = [getattr(h, field) for h in self.halo]
+        values = [v for v in values if math.isfinite(v)]
+        return float(np.mean(values)) if values else math.nan
+
+
+@dataclasses.dataclass(frozen=True)
+class GridSummary:
+    """One finished grid: its settings, a :class:`LossSummary` per loss, and each loss's paired difference of
+    test All-DSC and of epochs to 90 % against the reference loss."""
+
+    folder: Path
+    dataset: str
+    image_size: int
+    epochs: int
+    seeds: int
+    test_volumes: int
+    train_slices: int
+    adam_lr: float
+    adam_b1: float
+    wall_time_s: float
+    reference: str
+    losses: dict[str, LossSummary]
+    dsc_differences: dict[str, statistics.Difference]
+    epoch_differences: dict[str, statistics.Difference]
+
+    @property
+    def label(self) -> str:
+        """E.g. ``"promise12 48² 6 ep lr 1e-03 b1 0.9"``."""
+        return f"{self.dataset} {self.image_size}² {self.epochs} ep lr {self.adam_lr:.0e} b1 {self.adam_b1:g}"
+
+
+def summarize_grid(folder: str | Path, *, halo: bool = True) -> GridSummary:
+    """Summarise the finished grid in ``folder`` (its ``results.json`` and ``runs/*/result.json``).
+
+    Args:
+      folder: the grid's ``--out`` folder.
+      halo: measure the halo on the test predictions (binary tasks with predictions on disk; it reloads the
+        grid's data, from the preprocessing cache when the grid made one).
+
+    Returns:
+      A :class:`GridSummary` of its Adam runs.
+    """
+    folder = Path(folder)
+    info = json.loads((folder / "results.json").read_text())
+    config = info["config"]
+    names = info["data"]["class_names"]
+    runs: dict[str, list[RunResult]] = {}
+    for loss in config["losses"]:
+        runs[loss] = [
+            load_run_result(folder / "runs" / f"adam-{loss}-seed{seed}") for seed in range(int(config["seeds"]))
+        ]
+    volumes = _test_volumes(info) if halo and len(names) == 2 else None
+    losses = {loss: _summarize_loss(loss, results, folder, volumes, info) for loss, results in runs.items()}
+    reference = config["reference_loss"]
+    dsc_differences, epoch_differences = {}, {}
+    if reference in runs:
+        base = np.stack([mean_foreground(r.test_dsc) for r in runs[reference]])
+        for loss, results in runs.items():
+            if loss == reference:
+                continue
+            dsc_differences[loss] = statistics.paired_difference(
+                np.stack([mean_foreground(r.test_dsc) for r in results]), base
+            )
+            epoch_differences[loss] = statistics.paired_epoch_difference(
+                losses[loss].epochs_to_90, losses[reference].epochs_to_90
+            )
+    train = config["train"]
+    return GridSummary(
+        folder=folder,
+        dataset=info["dataset"],
+        image_size=int(config["image_size"]),
+        epochs=int(train["epochs"]),
+        seeds=int(config["seeds"]),
+        test_volumes=int(info["data"]["test_volumes"]),
+        train_slices=int(info["data"]["train_slices"]),
+        adam_lr=float(config["adam_lr"]),
+        adam_b1=float(train["adam_b1"]),
+        wall_time_s=float(info["wall_time_s"]),
+        reference=reference,
+        losses=losses,
+        dsc_differences=dsc_differences,
+        epoch_differences=epoch_differences,
+    )
+
+
+def _summarize_loss(loss: str, results: Sequence[RunResult], folder: Path, volumes, info: dict) -> LossSummary:
+    curves = np.stack([np.asarray([h["val_dsc"] for h in r.history], np.float64) for r in results])
+    foreground = curves[..., 1:].mean(axis=-1)
+    halos: list[HaloMeasures] = []
+    if volumes is not None:
+        size = (int(info["config"]["image_size"]),) * 2
+        for seed, result in enumerate(results):
+            for name in result.test_volume_names:
+                path = folder / "runs" / f"adam-{loss}-seed{seed}" / "predictions" / f"{name}.nii.gz"
+                halos.append(volume_halo(volumes[name], path, size))
+    return LossSummary(
+        loss=loss,
+        test_all_dsc=float(np.mean([mean_foreground(r.test_dsc) for r in results])),
+        epochs_to_90=[statistics.epochs_to_fraction(f, 0.9) for f in foreground],
+        late_gain=[statistics.late_gain(f) for f in foreground],
+        dead_epochs=[int((c[:, 1:].min(axis=-1) < DEAD_CLASS_DSC).sum()) for c in curves],
+        val_curves=curves,
+        halo=halos,
+    )
+
+
+def volume_halo(volume, prediction_path: Path, working_size: tuple[int, int], class_index: int = 1) -> HaloMeasures:
+    """The halo of class ``class_index`` in one written prediction against the volume's reference, on the original
+    grid (:func:`segmime_jax.paper.halo.halo_measures`)."""
+    prediction = read_prediction_nifti(volume, prediction_path) == class_index
+    reference = read_original_labels(volume, class_index + 1) == class_index
+    spacing = volume.array_spacing
+    in_plane = [s for axis, s in enumerate(spacing) if axis != volume.slice_axis]
+    pixel = working_pixel_mm(in_plane, volume.in_plane_shape, working_size)
+    return halo_measures(prediction, reference, spacing, working_pixel_mm=pixel)
+
+
+_LOADERS: dict[str, Callable[..., DatasetSplits]] = {"acdc": load_acdc, "promise12": load_promise12}
+
+
+def _test_volumes(info: dict) -> dict:
+    config = info["config"]
+    size = (int(config["image_size"]),) * 2
+    splits = _LOADERS[info["dataset"]](
+        info["data"]["root"],
+        size=size,
+        seed=int(config["data_seed"]),
+        cache_dir=Path(config["cache_dir"]) / "preprocessed",
+    )
+    return {v.name: v for v in splits.test.volumes}
+
+
+def markdown_table(summaries: Sequence[GridSummary]) -> str:
+    """One Markdown row per (grid, loss): settings, test All-DSC, paired difference to the reference, epochs to
+    90 % (mean over seeds), the largest late gain, dead-class epochs, and the halo (binary tasks)."""
+    header = (
+        "| grid | loss | seeds × test vol. | All-DSC | − Dice [95 % CI] | epochs to 90 % | late gain (max) "
+        "| dead-class epochs | FP / ref. | band FP / ref. | FP median distance (px) | FN / ref. |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for s in summaries:
+        for loss, summary in s.losses.items():
+            diff = s.dsc_differences.get(loss)
+            halo = [summary.halo_mean(f) for f in ("fp_ratio", "band_fp_ratio", "fp_median_px", "fn_ratio")]
+            halo_cells = ["–" if math.isnan(v) else f"{v:.2f}" for v in halo]
+            lines.append(
+                f"| {s.label} | {loss} | {s.seeds} × {s.test_volumes} | {100 * summary.test_all_dsc:.1f} "
+                f"| {diff.format() if diff is not None else '(reference)'} "
+                f"| {np.mean(summary.epochs_to_90):.1f} / {s.epochs} | {100 * max(summary.late_gain):.1f} "
+                f"| {np.mean(summary.dead_epochs):.1f} | " + " | ".join(halo_cells) + " |"
+            )
+    return "\n".join(lines)
+
+
+def plot_gap_against_size(summaries: Sequence[GridSummary], path: str | Path, *, loss: str = "mime") -> Path:
+    """Left: the paired ``loss − Dice`` test All-DSC (points, 95 % interval) against the image size, one series
+    per epoch budget, with the halo's prediction (a gap ∝ 1/size through the smallest size's mean). Right: the
+    halo against the image size: the median distance of false positives to the reference in working pixels
+    (about constant if the halo is a band of fixed width) and the false positives in that band over the
+    reference volume (shrinking as 1/size if the band's width is fixed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    grids = sorted((s for s in summaries if loss in s.dsc_differences), key=lambda s: (s.epochs, s.image_size))
+    if not grids:
+        raise ValueError(f"no grid compares {loss!r} with the reference loss")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for epochs in sorted({s.epochs for s in grids}):
+        series = [s for s in grids if s.epochs == epochs]
+        sizes = np.array([s.image_size for s in series], float)
+        diffs = [s.dsc_differences[loss] for s in series]
+        mean = np.array([100 * d.mean for d in diffs])
+        errors = np.array([[100 * (d.mean - d.low), 100 * (d.high - d.mean)] for d in diffs]).T
+        left.errorbar(sizes, mean, yerr=errors, marker="o", capsize=4, label=f"{epochs} epochs")
+        if epochs == min(s.epochs for s in grids):
+            grid = np.linspace(sizes.min(), max(sizes.max(), 128), 50)
+            left.plot(grid, mean[0] * sizes[0] / grid, "k:", label="∝ 1/size (halo)")
+    left.axhline(0, color="grey", lw=0.8)
+    left.set_xlabel("image size (pixels per side)")
+    left.set_ylabel(f"{loss} − Dice, test All-DSC (points)")
+    left.legend(fontsize=8)
+    for name, style in ((loss, "-o"), (grids[0].reference, "--s")):
+        for field, colour in (("fp_median_px", "C0"), ("band_fp_ratio", "C3")):
+            points = [(s.image_size, s.losses[name].halo_mean(field)) for s in grids if s.epochs == grids[0].epochs]
+            if points and not all(math.isnan(v) for _, v in points):
+                x, y = zip(*points, strict=True)
+                label = {"fp_median_px": "FP median distance (px)", "band_fp_ratio": "band FP / reference"}[field]
+                right.plot(x, y, style, color=colour, label=f"{name}: {label}")
+    right.set_xlabel("image size (pixels per side)")
+    right.set_ylim(bottom=0)
+    right.legend(fontsize=8)
+    right.set_title("halo", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_class_curves(summary: GridSummary, path: str | Path) -> Path:
+    """Validation DSC per foreground class and epoch, one panel per loss (each seed a line): a class that stays
+    near 0 for epochs (a missed, "dead" class) shows as a flat line at the bottom."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    losses = list(summary.losses.values())
+    fig, axes = plt.subplots(1, len(losses), figsize=(3.6 * len(losses), 3.2), sharey=True, squeeze=False)
+    for ax, loss in zip(axes[0], losses, strict=True):
+        epochs = np.arange(1, loss.val_curves.shape[1] + 1)
+        for k in range(1, loss.val_curves.shape[2]):
+            for seed, curve in enumerate(loss.val_curves[..., k]):
+                ax.plot(
+                    epochs, 100 * curve, color=f"C{k - 1}", alpha=0.8, lw=1.2, label=f"class {k}" if seed == 0 else None
+                )
+        ax.set_title(f"{loss.loss} ({summary.seeds} seeds)", fontsize=10)
+        ax.set_xlabel("epoch")
+    axes[0][0].set_ylabel("validation DSC (%)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    from matplotlib import pyplot as plt
+
+    from segmime_jax.atomic_files import atomic_output
+
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
