@@ -20,6 +20,7 @@ def test_acdc_demo_is_the_default_preset():
     assert config.data_root is None and config.synthetic_zoom == 2.0
     assert config.out == Path("results/acdc/demo")
     assert not config.train.augment
+    assert (config.adam_lr, config.train.adam_b1, config.train.epochs, config.seeds) == (2e-3, 0.9, 20, 1)
 
 
 def test_acdc_paper_preset_has_the_paper_settings():
