@@ -74,6 +74,7 @@ class GridSummary:
     adam_b1: float
     wall_time_s: float
     reference: str
+    class_names: tuple[str, ...]
     losses: dict[str, LossSummary]
     dsc_differences: dict[str, statistics.Difference]
     epoch_differences: dict[str, statistics.Difference]
@@ -132,6 +133,7 @@ def summarize_grid(folder: str | Path, *, halo: bool = True) -> GridSummary:
         adam_b1=float(train["adam_b1"]),
         wall_time_s=float(info["wall_time_s"]),
         reference=reference,
+        class_names=tuple(names),
         losses=losses,
         dsc_differences=dsc_differences,
         epoch_differences=epoch_differences,
@@ -265,10 +267,9 @@ def plot_class_curves(summary: GridSummary, path: str | Path) -> Path:
         epochs = np.arange(1, loss.val_curves.shape[1] + 1)
         for k in range(1, loss.val_curves.shape[2]):
             for seed, curve in enumerate(loss.val_curves[..., k]):
-                ax.plot(
-                    epochs, 100 * curve, color=f"C{k - 1}", alpha=0.8, lw=1.2, label=f"class {k}" if seed == 0 else None
-                )
-        ax.set_title(f"{loss.loss} ({summary.seeds} seeds)", fontsize=10)
+                label = summary.class_names[k] if seed == 0 else None
+                ax.plot(epochs, 100 * curve, color=f"C{k - 1}", alpha=0.8, lw=1.2, label=label)
+        ax.set_title(f"{loss.loss}, {summary.seeds} seeds ({summary.label})", fontsize=9)
         ax.set_xlabel("epoch")
     axes[0][0].set_ylabel("validation DSC (%)")
     axes[0][0].legend(fontsize=8)
