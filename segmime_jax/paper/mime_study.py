@@ -70,6 +70,8 @@ class GridSummary:
     seeds: int
     test_volumes: int
     train_slices: int
+    train_volumes: int
+    plateau_patience: int
     adam_lr: float
     adam_b1: float
     wall_time_s: float
@@ -81,8 +83,11 @@ class GridSummary:
 
     @property
     def label(self) -> str:
-        """E.g. ``"promise12 48² 6 ep lr 1e-03 b1 0.9"``."""
-        return f"{self.dataset} {self.image_size}² {self.epochs} ep lr {self.adam_lr:.0e} b1 {self.adam_b1:g}"
+        """E.g. ``"promise12 48², 21 train vol., 6 ep, lr 1e-03, β1 0.9, patience 1"``."""
+        return (
+            f"{self.dataset} {self.image_size}², {self.train_volumes} train vol., {self.epochs} ep, "
+            f"lr {self.adam_lr:.0e}, β1 {self.adam_b1:g}, patience {self.plateau_patience}"
+        )
 
 
 def summarize_grid(folder: str | Path, *, halo: bool = True) -> GridSummary:
@@ -129,6 +134,8 @@ def summarize_grid(folder: str | Path, *, halo: bool = True) -> GridSummary:
         seeds=int(config["seeds"]),
         test_volumes=int(info["data"]["test_volumes"]),
         train_slices=int(info["data"]["train_slices"]),
+        train_volumes=int(info["data"]["train_volumes"]),
+        plateau_patience=int(train["plateau_patience"]),
         adam_lr=float(config["adam_lr"]),
         adam_b1=float(train["adam_b1"]),
         wall_time_s=float(info["wall_time_s"]),
@@ -189,23 +196,30 @@ def _test_volumes(info: dict) -> dict:
 
 def markdown_table(summaries: Sequence[GridSummary]) -> str:
     """One Markdown row per (grid, loss): settings, test All-DSC, paired difference to the reference, epochs to
-    90 % (mean over seeds), the largest late gain, dead-class epochs, and the halo (binary tasks)."""
+    90 % (mean over seeds), the largest late gain, missed-class epochs (mean over seeds), and the halo's means
+    (columns only when some grid has a measured halo)."""
+    halo_fields = ("fp_ratio", "band_fp_ratio", "fp_median_px", "fn_ratio")
+    with_halo = any(loss.halo for s in summaries for loss in s.losses.values())
     header = (
         "| grid | loss | seeds × test vol. | All-DSC | − Dice [95 % CI] | epochs to 90 % | late gain (max) "
-        "| dead-class epochs | FP / ref. | band FP / ref. | FP median distance (px) | FN / ref. |"
+        "| missed-class epochs |"
     )
+    if with_halo:
+        header += " FP / ref. | band FP / ref. | FP median distance (px) | FN / ref. |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for s in summaries:
         for loss, summary in s.losses.items():
             diff = s.dsc_differences.get(loss)
-            halo = [summary.halo_mean(f) for f in ("fp_ratio", "band_fp_ratio", "fp_median_px", "fn_ratio")]
-            halo_cells = ["–" if math.isnan(v) else f"{v:.2f}" for v in halo]
-            lines.append(
-                f"| {s.label} | {loss} | {s.seeds} × {s.test_volumes} | {100 * summary.test_all_dsc:.1f} "
-                f"| {diff.format() if diff is not None else '(reference)'} "
+            versus = diff.format() if diff is not None else ("(reference)" if loss == s.reference else "–")
+            row = (
+                f"| {s.label} | {loss} | {s.seeds} × {s.test_volumes} | {100 * summary.test_all_dsc:.1f} | {versus} "
                 f"| {np.mean(summary.epochs_to_90):.1f} / {s.epochs} | {100 * max(summary.late_gain):.1f} "
-                f"| {np.mean(summary.dead_epochs):.1f} | " + " | ".join(halo_cells) + " |"
+                f"| {np.mean(summary.dead_epochs):.1f} |"
             )
+            if with_halo:
+                values = [summary.halo_mean(f) for f in halo_fields]
+                row += "".join(" – |" if math.isnan(v) else f" {v:.2f} |" for v in values)
+            lines.append(row)
     return "\n".join(lines)
 
 
