@@ -225,10 +225,10 @@ def markdown_table(summaries: Sequence[GridSummary]) -> str:
 
 def plot_gap_against_size(summaries: Sequence[GridSummary], path: str | Path, *, loss: str = "mime") -> Path:
     """Left: the paired ``loss − Dice`` test All-DSC (points, 95 % interval) against the image size, one series
-    per epoch budget, with the halo's prediction (a gap ∝ 1/size through the smallest size's mean). Right: the
-    halo against the image size: the median distance of false positives to the reference in working pixels
-    (about constant if the halo is a band of fixed width) and the false positives in that band over the
-    reference volume (shrinking as 1/size if the band's width is fixed)."""
+    per epoch budget, with what a halo of fixed width in pixels predicts (a gap ∝ 1/size through the smallest
+    size's mean). Middle: false positives and false negatives over the reference volume, per loss. Right: the
+    median distance of the false positives to the reference, in working pixels (about constant if the halo were
+    a band of fixed width in pixels)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -237,7 +237,7 @@ def plot_gap_against_size(summaries: Sequence[GridSummary], path: str | Path, *,
     grids = sorted((s for s in summaries if loss in s.dsc_differences), key=lambda s: (s.epochs, s.image_size))
     if not grids:
         raise ValueError(f"no grid compares {loss!r} with the reference loss")
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(13, 3.8))
     for epochs in sorted({s.epochs for s in grids}):
         series = [s for s in grids if s.epochs == epochs]
         sizes = np.array([s.image_size for s in series], float)
@@ -245,24 +245,27 @@ def plot_gap_against_size(summaries: Sequence[GridSummary], path: str | Path, *,
         mean = np.array([100 * d.mean for d in diffs])
         errors = np.array([[100 * (d.mean - d.low), 100 * (d.high - d.mean)] for d in diffs]).T
         left.errorbar(sizes, mean, yerr=errors, marker="o", capsize=4, label=f"{epochs} epochs")
-        if epochs == min(s.epochs for s in grids):
+        if epochs == grids[0].epochs:
             grid = np.linspace(sizes.min(), max(sizes.max(), 128), 50)
-            left.plot(grid, mean[0] * sizes[0] / grid, "k:", label="∝ 1/size (halo)")
+            left.plot(grid, mean[0] * sizes[0] / grid, "k:", label="∝ 1/size (fixed halo in pixels)")
     left.axhline(0, color="grey", lw=0.8)
     left.set_xlabel("image size (pixels per side)")
     left.set_ylabel(f"{loss} − Dice, test All-DSC (points)")
     left.legend(fontsize=8)
+    base = [s for s in grids if s.epochs == grids[0].epochs]
+    sizes = [s.image_size for s in base]
     for name, style in ((loss, "-o"), (grids[0].reference, "--s")):
-        for field, colour in (("fp_median_px", "C0"), ("band_fp_ratio", "C3")):
-            points = [(s.image_size, s.losses[name].halo_mean(field)) for s in grids if s.epochs == grids[0].epochs]
-            if points and not all(math.isnan(v) for _, v in points):
-                x, y = zip(*points, strict=True)
-                label = {"fp_median_px": "FP median distance (px)", "band_fp_ratio": "band FP / reference"}[field]
-                right.plot(x, y, style, color=colour, label=f"{name}: {label}")
-    right.set_xlabel("image size (pixels per side)")
-    right.set_ylim(bottom=0)
-    right.legend(fontsize=8)
-    right.set_title("halo", fontsize=10)
+        for field, colour, text in (("fp_ratio", "C3", "FP"), ("fn_ratio", "C2", "FN")):
+            middle.plot(
+                sizes, [s.losses[name].halo_mean(field) for s in base], style, color=colour, label=f"{name}: {text}"
+            )
+        right.plot(sizes, [s.losses[name].halo_mean("fp_median_px") for s in base], style, color="C0", label=name)
+    middle.set_ylabel("voxels / reference volume")
+    right.set_ylabel("median FP distance to the reference (px)")
+    for ax in (middle, right):
+        ax.set_xlabel("image size (pixels per side)")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
