@@ -20,7 +20,8 @@ def test_acdc_demo_is_the_default_preset():
     assert config.data_root is None and config.synthetic_zoom == 2.0
     assert config.out == Path("results/acdc/demo")
     assert not config.train.augment
-    assert (config.adam_lr, config.train.adam_b1, config.train.epochs, config.seeds) == (2e-3, 0.9, 20, 1)
+    assert (config.adam_lr, config.train.adam_b1, config.train.epochs, config.seeds) == (2e-3, 0.9, 16, 1)
+    assert (config.synthetic_cases, config.train.plateau_patience) == (30, 2)
 
 
 def test_acdc_paper_preset_has_the_paper_settings():
