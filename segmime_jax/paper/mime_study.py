@@ -18,15 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from segmime_jax.data import DatasetSplits, load_acdc, load_promise12
+from segmime_jax.data import DatasetSplits, VolumeInfo, load_acdc, load_promise12
 from segmime_jax.data.export import read_original_labels, read_prediction_nifti
 from segmime_jax.paper import statistics
+from segmime_jax.paper.grid import run_name
 from segmime_jax.paper.halo import HaloMeasures, halo_measures, working_pixel_mm
 from segmime_jax.train import RunResult
 from segmime_jax.train.metrics import mean_foreground
 from segmime_jax.train.results import load_run_result
 
-DEAD_CLASS_DSC = 0.05  # a foreground class under 5 % validation DSC is (all but) never predicted
+MISSED_CLASS_DSC = 0.05  # a foreground class under 5 % validation DSC is (all but) never predicted: "missed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +39,8 @@ class LossSummary:
       test_all_dsc: mean over seeds and test volumes of the per-volume All-DSC (mean over foreground classes).
       epochs_to_90: per seed, the first epoch reaching 90 % of the best validation DSC.
       late_gain: per seed, what the best validation DSC rose by in the last quarter of the epochs.
-      dead_epochs: per seed, the epochs at whose end some foreground class had validation DSC under 5 %.
+      missed_class_epochs: per seed, the epochs at whose end some foreground class had validation DSC under 5 %
+        (a class the network has stopped predicting).
       val_curves: ``(seeds, epochs, K)`` validation DSC per class (background first).
       halo: per seed and test volume, the halo of the foreground class (binary tasks), else empty.
     """
@@ -47,7 +49,7 @@ class LossSummary:
     test_all_dsc: float
     epochs_to_90: list[int]
     late_gain: list[float]
-    dead_epochs: list[int]
+    missed_class_epochs: list[int]
     val_curves: np.ndarray
     halo: list[HaloMeasures]
 
@@ -108,7 +110,7 @@ def summarize_grid(folder: str | Path, *, halo: bool = True) -> GridSummary:
     runs: dict[str, list[RunResult]] = {}
     for loss in config["losses"]:
         runs[loss] = [
-            load_run_result(folder / "runs" / f"adam-{loss}-seed{seed}") for seed in range(int(config["seeds"]))
+            load_run_result(folder / "runs" / run_name("adam", loss, seed)) for seed in range(int(config["seeds"]))
         ]
     volumes = _test_volumes(info) if halo and len(names) == 2 else None
     losses = {loss: _summarize_loss(loss, results, folder, volumes, info) for loss, results in runs.items()}
@@ -154,21 +156,25 @@ def _summarize_loss(loss: str, results: Sequence[RunResult], folder: Path, volum
     if volumes is not None:
         size = (int(info["config"]["image_size"]),) * 2
         for seed, result in enumerate(results):
+            predictions = folder / "runs" / run_name("adam", loss, seed) / "predictions"
             for name in result.test_volume_names:
-                path = folder / "runs" / f"adam-{loss}-seed{seed}" / "predictions" / f"{name}.nii.gz"
-                halos.append(volume_halo(volumes[name], path, size))
+                path = predictions / f"{name}.nii.gz"
+                if path.is_file():  # a grid run with --no-write-predictions has none
+                    halos.append(volume_halo(volumes[name], path, size))
     return LossSummary(
         loss=loss,
         test_all_dsc=float(np.mean([mean_foreground(r.test_dsc) for r in results])),
         epochs_to_90=[statistics.epochs_to_fraction(f, 0.9) for f in foreground],
         late_gain=[statistics.late_gain(f) for f in foreground],
-        dead_epochs=[int((c[:, 1:].min(axis=-1) < DEAD_CLASS_DSC).sum()) for c in curves],
+        missed_class_epochs=[int((c[:, 1:].min(axis=-1) < MISSED_CLASS_DSC).sum()) for c in curves],
         val_curves=curves,
         halo=halos,
     )
 
 
-def volume_halo(volume, prediction_path: Path, working_size: tuple[int, int], class_index: int = 1) -> HaloMeasures:
+def volume_halo(
+    volume: VolumeInfo, prediction_path: Path, working_size: tuple[int, int], class_index: int = 1
+) -> HaloMeasures:
     """The halo of class ``class_index`` in one written prediction against the volume's reference, on the original
     grid (:func:`segmime_jax.paper.halo.halo_measures`)."""
     prediction = read_prediction_nifti(volume, prediction_path) == class_index
@@ -214,7 +220,7 @@ def markdown_table(summaries: Sequence[GridSummary]) -> str:
             row = (
                 f"| {s.label} | {loss} | {s.seeds} × {s.test_volumes} | {100 * summary.test_all_dsc:.1f} | {versus} "
                 f"| {np.mean(summary.epochs_to_90):.1f} / {s.epochs} | {100 * max(summary.late_gain):.1f} "
-                f"| {np.mean(summary.dead_epochs):.1f} |"
+                f"| {np.mean(summary.missed_class_epochs):.1f} |"
             )
             if with_halo:
                 values = [summary.halo_mean(f) for f in halo_fields]
