@@ -86,6 +86,25 @@ def test_box_shifted_by_k_voxels_is_k_spacings_away(axis, k):
     assert assd == pytest.approx(brute_force(a, b, spacing)[1], rel=1e-12)
 
 
+def test_hd95_is_the_larger_directed_percentile_not_medpys_pooled_one():
+    # A bar 20 voxels long (10 mm spacing along it) against the same bar 3 voxels shorter: from the reference the
+    # missing end is 10-30 mm away, from the prediction everything is close. Ours (MONAI, MetricsReloaded): the
+    # larger of the two directed 95th percentiles; MedPy's hd95 pools both distance sets first.
+    from segmime_jax.train.surface import PERCENTILE, surface_distances
+
+    reference = np.zeros((24, 3, 3), bool)
+    reference[2:22, 1, 1] = True
+    prediction = reference.copy()
+    prediction[19:22] = False
+    spacing = (10.0, 1.0, 1.0)
+    hd95, _ = hd95_assd(prediction, reference, spacing)
+    to_reference, to_prediction = surface_distances(prediction, reference, spacing)
+    pooled = float(np.percentile(np.concatenate([to_reference, to_prediction]), PERCENTILE))
+    assert hd95 == pytest.approx(20.5)
+    assert hd95 == pytest.approx(max(np.percentile(to_reference, 95), np.percentile(to_prediction, 95)))
+    assert pooled == pytest.approx(12.0)
+
+
 def test_empty_masks_follow_the_convention():
     empty, full = np.zeros((5, 5, 3), bool), np.zeros((5, 5, 3), bool)
     full[1:4, 1:4, 1] = True

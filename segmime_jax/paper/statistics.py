@@ -54,7 +54,7 @@ class Difference:
         return max(self.n_units, self.n_seeds) < 5
 
     def format(self, *, scale: float = 100.0, unit: str = "points", digits: int = 1) -> str:
-        """E.g. ``"−0.8 points [−2.1, +0.5]"`` (values times ``scale``)."""
+        """E.g. ``"-0.8 points [-2.1, +0.5]"`` (values times ``scale``; ASCII signs)."""
         value = f"{scale * self.mean:+.{digits}f} {unit}"
         if math.isnan(self.low) or math.isnan(self.high):
             return value + " (no interval: one sample)"

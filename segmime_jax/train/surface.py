@@ -2,8 +2,9 @@
 symmetric surface distance (ASSD), per volume and class, on the volume's original voxel grid.
 
 Definitions (those of MetricsReloaded, Maier-Hein et al. 2024, and of MONAI's ``compute_hausdorff_distance`` /
-``compute_average_surface_distance(symmetric=True)``; nnU-Net v1 used MedPy's, which differ only in the ASSD
-average):
+``compute_average_surface_distance(symmetric=True)``; nnU-Net v1 used MedPy's, which differ in both: MedPy's
+``hd95`` is the 95th percentile of the two directed distance sets pooled, not the larger of the two directed
+95th percentiles, and its ``assd`` averages the two directed means):
 
 - the surface ∂A of a binary mask A is its voxels with at least one face neighbour (6-connectivity in 3D)
   outside A, the outside of the array counting as outside (``A & ~binary_erosion(A)``);
