@@ -270,9 +270,9 @@ def _check_rerun(argv, result, capsys):
     with pytest.raises(SystemExit, match="another configuration \\(different batch_size\\)"):
         acdc.main([*argv, "--batch-size", "4"])
     with pytest.raises(SystemExit, match="another configuration \\(different adam_b1\\)"):
-        acdc.main([*argv, "--adam-b1", "0.9"])
+        acdc.main([*argv, "--adam-b1", "0.95"])  # the demo has 0.9
     capsys.readouterr()
-    retrained = acdc.main([*argv, "--adam-b1", "0.9", "--overwrite", "--epochs", "1"])
+    retrained = acdc.main([*argv, "--adam-b1", "0.95", "--overwrite", "--epochs", "1"])
     printed = capsys.readouterr().out
     assert printed.count("--overwrite: training it again") == 2 and "compiling" not in printed  # betas are state
     assert len(retrained.runs["adam-dsc-seed0"].history) == 1
