@@ -4,9 +4,10 @@
     python -m experiments.mime_study --grids /tmp/p48,/tmp/p64 --figures docs/images
 
 Prints one Markdown row per (grid, loss): test All-DSC, the paired difference to Dice with its 95 % interval,
-epochs to 90 % of the best validation DSC, the late gain, the epochs with a missed ("dead") class, and for
-PROMISE12 the halo (false-positive volume and distance in pixels); see :mod:`segmime_jax.paper.mime_study`. With
-``--figures``: gap_against_size.png from the PROMISE12 grids and class_curves_<grid>.png per ACDC grid.
+epochs to 90 % of the best validation DSC, the late gain, the epochs with a missed class (one under 5 %
+validation DSC), and for PROMISE12 the halo (false-positive volume and distance in pixels); see
+:mod:`segmime_jax.paper.mime_study`. With ``--figures``: gap_against_size.png from the PROMISE12 grids and
+class_curves_<grid>.png per ACDC grid.
 """
 
 from __future__ import annotations

@@ -1,16 +1,18 @@
 """The halo of a segmentation: how much it over-segments around the reference, and how far out (our measurement).
 
 Why: with ω = −a·y + b·(1−y) on the foreground channel only (the binary task of paper §3.1, PROMISE12), the mime
-loss ωᵀs is linear in each probability, so per pixel it is smallest when the network says "foreground" wherever
-the pixel is foreground with probability above b/(a+b) (5 % for the paper's a = 1.9, b = 0.1), where the Dice
-loss stops at about DSC/2. Pixels that are foreground with a probability between the two (the uncertain band
-along the boundary, whose width is about constant in pixels) are added by the mime and not by Dice: a halo. A
-halo of constant width in pixels costs a DSC that shrinks about as 1/size of the object in pixels.
+loss ωᵀs is linear in each probability, so per pixel it is smallest when the network says "foreground" wherever the
+pixel is foreground with probability above b/(a+b) (5 % for the paper's a = 1.9, b = 0.1), where the Dice loss
+stops at about DSC/2. Pixels that are foreground with a probability between the two (where the network is unsure,
+along the boundary) are added by the mime and not by Dice: a halo. If that band had a fixed width in pixels, its
+cost in DSC would shrink about as 1/size of the object in pixels; these measures test that (docs/mime_study.md: on
+the synthetic PROMISE12 demo it does not, the halo keeps its size relative to the organ).
 
 :func:`halo_measures` measures it on one volume, on the original grid against the reference read from disk:
-the false-positive volume and the false-negative volume relative to the reference volume, and the mean
-distance of the false-positive voxels to the reference, in millimetres and in pixels of the working grid the
-network saw (a one-pixel halo at 48×48 is several millimetres).
+the false-positive volume and the false-negative volume relative to the reference volume, and the distance of
+the false-positive voxels to the reference (mean and median), in millimetres and in pixels of the working grid
+the network saw (a one-pixel halo at 48×48 is several millimetres), and the false positives within a band of
+``BAND_PX`` working pixels.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from segmime_jax.data.export import read_original_labels, read_prediction_nifti
 from segmime_jax.paper import statistics
 from segmime_jax.paper.grid import run_name
 from segmime_jax.paper.halo import HaloMeasures, halo_measures, working_pixel_mm
+from segmime_jax.report.figures import _pyplot, _save
 from segmime_jax.train import RunResult
 from segmime_jax.train.metrics import mean_foreground
 from segmime_jax.train.results import load_run_result
@@ -113,7 +114,8 @@ def summarize_grid(folder: str | Path, *, halo: bool = True) -> GridSummary:
             load_run_result(folder / "runs" / run_name("adam", loss, seed)) for seed in range(int(config["seeds"]))
         ]
     volumes = _test_volumes(info) if halo and len(names) == 2 else None
-    losses = {loss: _summarize_loss(loss, results, folder, volumes, info) for loss, results in runs.items()}
+    size = (int(config["image_size"]),) * 2
+    losses = {loss: _summarize_loss(loss, results, folder, volumes, size) for loss, results in runs.items()}
     reference = config["reference_loss"]
     dsc_differences, epoch_differences = {}, {}
     if reference in runs:
@@ -149,18 +151,23 @@ def summarize_grid(folder: str | Path, *, halo: bool = True) -> GridSummary:
     )
 
 
-def _summarize_loss(loss: str, results: Sequence[RunResult], folder: Path, volumes, info: dict) -> LossSummary:
+def _summarize_loss(
+    loss: str,
+    results: Sequence[RunResult],
+    folder: Path,
+    volumes: dict[str, VolumeInfo] | None,
+    working_size: tuple[int, int],
+) -> LossSummary:
     curves = np.stack([np.asarray([h["val_dsc"] for h in r.history], np.float64) for r in results])
     foreground = curves[..., 1:].mean(axis=-1)
     halos: list[HaloMeasures] = []
     if volumes is not None:
-        size = (int(info["config"]["image_size"]),) * 2
         for seed, result in enumerate(results):
             predictions = folder / "runs" / run_name("adam", loss, seed) / "predictions"
             for name in result.test_volume_names:
                 path = predictions / f"{name}.nii.gz"
                 if path.is_file():  # a grid run with --no-write-predictions has none
-                    halos.append(volume_halo(volumes[name], path, size))
+                    halos.append(volume_halo(volumes[name], path, working_size))
     return LossSummary(
         loss=loss,
         test_all_dsc=float(np.mean([mean_foreground(r.test_dsc) for r in results])),
@@ -188,7 +195,7 @@ def volume_halo(
 _LOADERS: dict[str, Callable[..., DatasetSplits]] = {"acdc": load_acdc, "promise12": load_promise12}
 
 
-def _test_volumes(info: dict) -> dict:
+def _test_volumes(info: dict) -> dict[str, VolumeInfo]:
     config = info["config"]
     size = (int(config["image_size"]),) * 2
     splits = _LOADERS[info["dataset"]](
@@ -235,11 +242,7 @@ def plot_gap_against_size(summaries: Sequence[GridSummary], path: str | Path, *,
     size's mean). Middle: false positives and false negatives over the reference volume, per loss. Right: the
     median distance of the false positives to the reference, in working pixels (about constant if the halo were
     a band of fixed width in pixels)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+    plt = _pyplot()
     grids = sorted((s for s in summaries if loss in s.dsc_differences), key=lambda s: (s.epochs, s.image_size))
     if not grids:
         raise ValueError(f"no grid compares {loss!r} with the reference loss")
@@ -273,17 +276,13 @@ def plot_gap_against_size(summaries: Sequence[GridSummary], path: str | Path, *,
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, Path(path), dpi=110)
 
 
 def plot_class_curves(summary: GridSummary, path: str | Path) -> Path:
     """Validation DSC per foreground class and epoch, one panel per loss (each seed a line): a class that stays
-    near 0 for epochs (a missed, "dead" class) shows as a flat line at the bottom."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+    near 0 for epochs (a missed class) shows as a flat line at the bottom."""
+    plt = _pyplot()
     losses = list(summary.losses.values())
     fig, axes = plt.subplots(1, len(losses), figsize=(3.6 * len(losses), 3.2), sharey=True, squeeze=False)
     for ax, loss in zip(axes[0], losses, strict=True):
@@ -297,16 +296,4 @@ def plot_class_curves(summary: GridSummary, path: str | Path) -> Path:
     axes[0][0].set_ylabel("validation DSC (%)")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
-
-
-def _save(fig, path: str | Path) -> Path:
-    from matplotlib import pyplot as plt
-
-    from segmime_jax.atomic_files import atomic_output
-
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return _save(fig, Path(path), dpi=110)
