@@ -1,6 +1,6 @@
 """ACDC experiment of the paper (Table 1 left, Figures 2-4): ENet, CE / Dice / Mime / NM, Adam and SGD.
 
-    python -m experiments.acdc                          # demo preset: synthetic data, CPU-sized (~13 min)
+    python -m experiments.acdc                          # demo preset: synthetic data, CPU-sized (~12 min)
     python -m experiments.acdc --preset paper --data-root /data/ACDC   # the paper's setting
     python -m experiments.acdc --losses ce,mime --optimizers adam,sgd --epochs 5 --out /tmp/acdc
 
@@ -39,7 +39,7 @@ class AcdcConfig(GridConfig):
 
 
 PRESETS: dict[str, AcdcConfig] = {
-    # Sized so that `make acdc` ends within ~13 minutes on a 2-core CPU, with the paper's finding visible
+    # Sized so that `make acdc` ends within ~12 minutes on a 2-core CPU, with the paper's finding visible
     # (docs/mime_study.md has the measurements behind each choice). The paper's slices are 256x256; a CPU cannot
     # afford that, and at 64x64 the myocardium of a whole-thorax field of view is 1-2 pixels thick, so that a
     # one-pixel boundary error halves its DSC: the synthetic data are drawn with a field of view shrunk 2x around
