@@ -47,7 +47,7 @@ benchmark: $(VENV)
 # The GPU check (README, "Checking a GPU") with the machine's own python3 and its jax (no .venv: it needs only
 # jax, flax, optax, orbax and chex). Options go through ARGS, e.g. make device-check ARGS="--time-budget-s 300"
 DEVICE_OUT ?= results/device-out
-REFERENCE ?= ../shared/reference
+REFERENCE ?= tests/fixtures
 device-check:
 	$(PYTHON) -m experiments.device_check --out $(DEVICE_OUT) --reference $(REFERENCE) $(ARGS)
 

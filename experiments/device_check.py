@@ -10,7 +10,7 @@ What each step does and writes: :mod:`segmime_jax.bench.device_check`.
 
 Examples::
 
-    python -m experiments.device_check --out results/device-out --reference ../shared/reference
+    python -m experiments.device_check --out results/device-out --reference tests/fixtures
     python -m experiments.device_check --out DIR --time-budget-s 300     # all steps within 300 s
     python -m experiments.device_check --out DIR --b128-timeout-s 70     # also batch 128
     python -m experiments.device_check --out DIR --quick --models enet   # smoke run at the CPU size

@@ -12,7 +12,6 @@ import numpy as np
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CACHE_DIR = REPO_ROOT / ".cache" / "jax-compilation"
-SHARED_REFERENCE = REPO_ROOT.parent / "shared" / "reference"
 
 CACHE_DIR.mkdir(parents=True, exist_ok=True)
 jax.config.update("jax_compilation_cache_dir", str(CACHE_DIR))

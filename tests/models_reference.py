@@ -1,6 +1,7 @@
-"""Helpers for checking the Flax models against ../shared/reference (see its README).
+"""Helpers for checking the Flax models against the PyTorch reference fixtures in ``tests/fixtures`` (see its README).
 
 * :func:`reference_state_dict` rebuilds the reference weights from a state-dict TSV (README recipe).
+* :func:`logits_error` compares the eval-mode logits alone (in ``make test``, in float32).
 * :func:`compare_with_fixture` runs a loaded model in eval mode on the fixture inputs and returns the
   relative errors of the logits and of the input gradient d sum(logits·R)/d input, where
   relative error = max|ours − reference| / max|reference|.
@@ -31,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_REFERENCE = REPO_ROOT.parent / "shared" / "reference"
+REFERENCE_FIXTURES = REPO_ROOT / "tests" / "fixtures"
 if __name__ == "__main__" and str(REPO_ROOT) not in sys.path:  # run as a script without the package installed
     sys.path.insert(0, str(REPO_ROOT))
 
@@ -83,6 +84,15 @@ def relative_error(ours, reference) -> float:
     """max|ours − reference| / max|reference|."""
     reference = np.asarray(reference, np.float64)
     return float(np.abs(np.asarray(ours, np.float64) - reference).max() / np.abs(reference).max())
+
+
+def logits_error(model: nnx.Module, name: str, case: int, reference_dir: pathlib.Path) -> float:
+    """Relative error of the eval-mode logits alone for ``{name}_*_{case}`` of the fixture (no backward pass)."""
+    with np.load(reference_dir / "forward_fixture.npz") as fixture:
+        x, logits = (fixture[f"{name}_{what}_{case}"].transpose(0, 2, 3, 1) for what in ("input", "logits"))
+    graphdef, state = nnx.split(model)
+    y = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))(state, jnp.asarray(x))
+    return relative_error(y, logits)
 
 
 def compare_with_fixture(model: nnx.Module, name: str, case: int, reference_dir: pathlib.Path) -> dict[str, float]:
@@ -179,7 +189,7 @@ def fixture_errors_float64(reference_dir: pathlib.Path, timeout: float = 600) ->
 
 if __name__ == "__main__":
     # The tests' jax configuration (helpers.py) without the compilation cache: this also runs on a GPU machine.
-    reference = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else SHARED_REFERENCE
+    reference = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else REFERENCE_FIXTURES
     precision = sys.argv[2] if len(sys.argv) > 2 else "highest"
     if precision == "float64":
         jax.config.update("jax_enable_x64", True)

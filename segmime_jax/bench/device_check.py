@@ -74,7 +74,7 @@ class DeviceCheckConfig:
         "empty one, is accepted)",
     )
     reference: pathlib.Path = option(
-        REPO_ROOT.parent / "shared" / "reference", "folder of the PyTorch reference fixtures (forward_fixture.npz)"
+        REPO_ROOT / "tests" / "fixtures", "folder of the PyTorch reference fixtures (forward_fixture.npz)"
     )
     time_budget_s: int = option(
         0,
