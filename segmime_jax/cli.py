@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import pathlib
 import sys
 import types
@@ -30,11 +31,48 @@ C = TypeVar("C")
 _SCALARS: dict[type, Callable[[str], Any]] = {int: int, float: float, str: str, pathlib.Path: pathlib.Path}
 
 
-def option(default: Any, help: str, *, choices: Sequence[Any] | None = None, metavar: str | None = None) -> Any:
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric option accepts: ``low``/``high`` bounds (None: unbounded), each inclusive unless
+    ``low_open``/``high_open``. Every numeric option must be finite whether or not it declares a range."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"{'<' if self.high_open else '<='} {self.high:g}" if self.high is not None else "finite"
+
+
+POSITIVE = Range(0, low_open=True)
+AT_LEAST_ONE = Range(1)
+NON_NEGATIVE = Range(0)
+FRACTION = Range(0, 1, high_open=True)  # Adam's betas, SGD momentum: [0, 1)
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    choices: Sequence[Any] | None = None,
+    metavar: str | None = None,
+    within: Range | None = None,
+) -> Any:
     """A dataclass field with a default and the help text of its command-line option.
 
     ``choices`` restricts the values (also checked by the config itself where it matters); ``metavar`` names
-    the value in ``--help``. The default must be immutable (a tuple, not a list).
+    the value in ``--help``; ``within`` is the :class:`Range` of a numeric option, shown in ``--help`` and
+    enforced by :func:`check_options`. The default must be immutable (a tuple, not a list).
     """
     if isinstance(default, list | dict | set):
         raise TypeError(f"option defaults must be immutable, got {default!r}")
@@ -43,7 +81,22 @@ def option(default: Any, help: str, *, choices: Sequence[Any] | None = None, met
         metadata["choices"] = tuple(choices)
     if metavar is not None:
         metadata["metavar"] = metavar
+    if within is not None:
+        metadata["within"] = within
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def check_options(config: Any) -> None:
+    """ValueError naming the first numeric field of ``config`` (a dataclass of :func:`option` fields) that is not
+    finite or lies outside its declared :class:`Range`, as its command-line flag. Configs call this first in
+    their ``__post_init__``, so a bad value is refused the same way from the command line and from Python."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        within = f.metadata.get("within", Range())
+        if not math.isfinite(value) or not within.contains(value):
+            raise ValueError(f"--{f.name.replace('_', '-')} must be {within}, got {value!r}")
 
 
 def nested(default: Any, *, exclude: Sequence[str] = ()) -> Any:
@@ -154,6 +207,8 @@ def build_parser(
         flag = "--" + f.name.replace("_", "-")
         dest = f.name if outer is None else f"{outer}.{f.name}"
         help_text = f.metadata.get("help", "")
+        if "within" in f.metadata:
+            help_text = f"{help_text}; {f.metadata['within']}"
         if value is not dataclasses.MISSING:
             help_text = f"{help_text} (default: {_describe(value)})".strip()
         if tp is bool:

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import jax
 
-from segmime_jax.cli import option
+from segmime_jax.cli import AT_LEAST_ONE, NON_NEGATIVE, check_options, option
 
 T = TypeVar("T")
 
@@ -54,12 +54,17 @@ class DistributedConfig:
     coordinator: str | None = option(
         None, "HOST:PORT of process 0's coordination service, for a manual launch", metavar="HOST:PORT"
     )
-    num_processes: int | None = option(None, "number of processes, for a manual launch")
-    process_id: int | None = option(None, "this process's index in [0, num-processes), for a manual launch")
-    init_timeout_s: int = option(120, "seconds to wait for every process to join before giving up")
-    heartbeat_timeout_s: int = option(60, "seconds without a heartbeat after which a process counts as dead")
+    num_processes: int | None = option(None, "number of processes, for a manual launch", within=AT_LEAST_ONE)
+    process_id: int | None = option(
+        None, "this process's index in [0, num-processes), for a manual launch", within=NON_NEGATIVE
+    )
+    init_timeout_s: int = option(120, "seconds to wait for every process to join before giving up", within=AT_LEAST_ONE)
+    heartbeat_timeout_s: int = option(
+        60, "seconds without a heartbeat after which a process counts as dead", within=AT_LEAST_ONE
+    )
 
     def __post_init__(self) -> None:
+        check_options(self)
         if self.distributed not in MODES:
             raise ValueError(f"--distributed must be one of {MODES}, got {self.distributed!r}")
         manual = (self.coordinator, self.num_processes, self.process_id)
@@ -70,13 +75,8 @@ class DistributedConfig:
                 raise ValueError("--coordinator was given with --distributed off")
             if not _ADDRESS.match(self.coordinator) or not 0 < int(self.coordinator.rsplit(":", 1)[1]) < 65536:
                 raise ValueError(f"--coordinator must be HOST:PORT, got {self.coordinator!r}")
-            if self.num_processes < 1:
-                raise ValueError(f"--num-processes must be >= 1, got {self.num_processes}")
             if not 0 <= self.process_id < self.num_processes:
                 raise ValueError(f"--process-id must be in [0, {self.num_processes}), got {self.process_id}")
-        for name in ("init_timeout_s", "heartbeat_timeout_s"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
 
     @property
     def manual(self) -> bool:

@@ -39,6 +39,8 @@ def test_acdc_overrides_reach_the_runs():
             "paper",
             "--losses",
             "ce,mime",
+            "--reference-loss",
+            "ce",
             "--optimizers",
             "sgd",
             "--data-root",
@@ -100,13 +102,40 @@ def test_acdc_overrides_reach_the_runs():
         ["--epoch", "3"],  # no abbreviations
         ["--loss", "ce"],
         ["--synthetic-zoom", "0.5"],
+        ["--losses", "ce,dsc", "--reference-loss", "mime"],  # nothing to compare with
+        ["--losses", "ce,mime"],  # the default reference, dsc, is not trained
+        ["--adam-b1", "1.5"],
+        ["--adam-b2", "1"],
+        ["--momentum", "-0.1"],
+        ["--weight-decay", "-1e-4"],
+        ["--sgd-lr", "inf"],
+        ["--adam-lr", "nan"],
+        ["--adam-lr", "-1"],
+        ["--plateau-factor", "1"],
+        ["--plateau-min-delta", "nan"],
+        ["--num-devices", "0"],
+        ["--seed", "-1"],
     ],
 )  # --loss is set per run
 def test_acdc_rejects_bad_options_in_two_lines(argv, capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         acdc.parse_args(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and err[0].startswith("usage:") and err[1].startswith("error:"), err
+    assert exit_info.value.code == 2  # one exit status for every refused option
+
+
+def test_numeric_options_show_and_enforce_their_range(capsys):
+    with pytest.raises(SystemExit):
+        acdc.parse_args(["--adam-b1", "1.5"])
+    assert capsys.readouterr().err.strip().endswith("error: --adam-b1 must be in [0, 1), got 1.5")
+    with pytest.raises(ValueError, match=r"--sgd-lr must be > 0, got inf"):
+        grid.GridConfig(sgd_lr=float("inf"))  # the same check from Python
+    with pytest.raises(SystemExit):
+        acdc.parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "Adam beta1; in [0, 1) (default: 0.9)" in help_text
+    assert "--resume" not in help_text  # there is no such flag: a rerun continues
 
 
 def test_foreground_only_matches_aliases_and_image_size_is_checked_early():
@@ -147,6 +176,27 @@ def test_bad_paths_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         acdc.main(["--out", str(a_file)])
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: --out {a_file}: is a file, not a folder"
+    for flag, path, problem in (
+        ("--out", a_file / "sub", f"is under {a_file}, a file"),
+        ("--cache-dir", a_file, "is a file"),
+    ):
+        with pytest.raises(SystemExit):
+            acdc.main([flag, str(path)])
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {flag} {path}: {problem}, not a folder"
+
+
+def test_a_damaged_synthetic_dataset_says_how_to_regenerate_it(tmp_path, capsys):
+    from segmime_jax.paper.datasets import dataset_root
+
+    argv = ["--synthetic-cases", "4", "--image-size", "32", "--cache-dir", str(tmp_path / "cache")]
+    root, synthetic = dataset_root("acdc", acdc.parse_args(argv), log=lambda _: None)
+    assert synthetic
+    image = next(root.rglob("*_frame01.nii.gz"))
+    image.write_bytes(image.read_bytes()[:100])  # truncated
+    with pytest.raises(SystemExit) as exit_info:
+        acdc.main([*argv, "--out", str(tmp_path / "out")])
+    message = str(exit_info.value)
+    assert message.startswith(f"error: {image}") and f"delete {root} and rerun to generate it again" in message
 
 
 @pytest.mark.slow

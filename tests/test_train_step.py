@@ -178,3 +178,27 @@ def test_optimizer_hyperparameters_are_state_not_code(setup):
             a, _ = shared_step(a, batch, jax.random.key(step), params)
             b, _ = own_step(b, batch, jax.random.key(step), params)
         chex.assert_trees_all_equal(a.params, b.params)
+
+
+def test_a_long_compilation_reports_its_elapsed_time():
+    """A compilation says so before, every tick while it lasts, and after, with whether the cache supplied it."""
+    import time
+
+    from segmime_jax.train.programs import compile_announced
+
+    class SlowProgram:
+        name = "train step"
+
+        def is_compiled(self, state, batch):
+            return False
+
+        def compile(self, *args):
+            time.sleep(0.35)
+            return 0.4, False
+
+    said: list[str] = []
+    compile_announced(SlowProgram(), (None, None), "batches of 8", said.append, tick_s=0.1)
+    assert said[0] == "compiling the train step (batches of 8) ..."
+    ticks = said[1:-1]
+    assert len(ticks) >= 2 and all(t.startswith("  ... still compiling the train step: ") for t in ticks)
+    assert said[-1] == "compiled the train step (batches of 8) in 0.4 s"

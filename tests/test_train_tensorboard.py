@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import pytest
 from train_support import read_event_scalars
 
 from segmime_jax.train import tensorboard
@@ -70,7 +69,9 @@ def test_without_tensorboardx_a_run_says_once_how_to_get_the_logs(tmp_path, monk
 def test_resumed_events_purge_what_the_killed_run_logged_past_its_checkpoint(tmp_path):
     """Epochs 1-3 logged, the run killed and resumed from its epoch-1 checkpoint: epochs 2 and 3 are logged again
     (other values). TensorBoard shows the new values only; the raw files hold both."""
-    pytest.importorskip("tensorboardX", reason="tensorboardX (the tensorboard extra) is not installed")
+    # tensorboardX (the tensorboard extra) and TensorBoard itself come with the dev extra: no skip.
+    from tensorboard.backend.event_processing import event_accumulator
+
     first = EpochEvents(tmp_path, CLASSES)
     for epoch in (1, 2, 3):
         first.write(record(epoch, 1.0 / epoch))
@@ -83,9 +84,6 @@ def test_resumed_events_purge_what_the_killed_run_logged_past_its_checkpoint(tmp
     ours = read_event_scalars(tmp_path)
     assert ours["loss/train"] == {1: 1.0, 2: 12.0, 3: 13.0}
     assert ours["val_dsc/LV"][3] == np.float32(0.8)
-    event_accumulator = pytest.importorskip(
-        "tensorboard.backend.event_processing.event_accumulator", reason="TensorBoard is not installed"
-    )
     accumulator = event_accumulator.EventAccumulator(str(tmp_path))
     accumulator.Reload()
     shown = {e.step: e.value for e in accumulator.Scalars("loss/train")}

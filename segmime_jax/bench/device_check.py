@@ -45,7 +45,7 @@ import zlib
 from collections.abc import Sequence
 
 from segmime_jax.atomic_files import write_text_atomic
-from segmime_jax.cli import option
+from segmime_jax.cli import NON_NEGATIVE, POSITIVE, Range, check_options, option
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 MODELS = ("enet", "residualunet")
@@ -80,37 +80,42 @@ class DeviceCheckConfig:
         0,
         "total time limit of the check in seconds: each step gets at most the time left, and steps are "
         "skipped once it is spent (0 = no total limit, only each step's own)",
+        within=NON_NEGATIVE,
     )
-    devices_timeout_s: int = option(120, "time limit of the device description (jax version, backend, devices)")
-    nvidia_smi_timeout_s: int = option(30, "time limit of the nvidia-smi query (where nvidia-smi exists)")
-    fp32_enet_timeout_s: int = option(130, "time limit of the float32 ENet benchmark")
-    fp32_residualunet_timeout_s: int = option(90, "time limit of the float32 ResidualUNet benchmark")
-    bf16_timeout_s: int = option(130, "time limit of the bfloat16 benchmark")
-    cmdbuf_timeout_s: int = option(100, "time limit of the ENet benchmark with convolutions in command buffers")
-    fixture_timeout_s: int = option(40, "time limit of each of the two fixture comparisons")
-    b128_timeout_s: int = option(0, "time limit of the batch 128 benchmark (0 = not run)")
+    devices_timeout_s: int = option(
+        120, "time limit of the device description (jax version, backend, devices)", within=NON_NEGATIVE
+    )
+    nvidia_smi_timeout_s: int = option(
+        30, "time limit of the nvidia-smi query (where nvidia-smi exists)", within=NON_NEGATIVE
+    )
+    fp32_enet_timeout_s: int = option(130, "time limit of the float32 ENet benchmark", within=NON_NEGATIVE)
+    fp32_residualunet_timeout_s: int = option(
+        90, "time limit of the float32 ResidualUNet benchmark", within=NON_NEGATIVE
+    )
+    bf16_timeout_s: int = option(130, "time limit of the bfloat16 benchmark", within=NON_NEGATIVE)
+    cmdbuf_timeout_s: int = option(
+        100, "time limit of the ENet benchmark with convolutions in command buffers", within=NON_NEGATIVE
+    )
+    fixture_timeout_s: int = option(40, "time limit of each of the two fixture comparisons", within=NON_NEGATIVE)
+    b128_timeout_s: int = option(0, "time limit of the batch 128 benchmark (0 = not run)", within=NON_NEGATIVE)
     max_traces_mib: float = option(
         15.0,
         "maximum size of traces.tar.gz in MiB (estimated before packing; files that would exceed it are "
         "left out and named in the log)",
+        within=POSITIVE,
     )
     memory_fraction: float = option(
         0.95,
         "share of the GPU memory XLA may take in the steps (XLA_PYTHON_CLIENT_MEM_FRACTION, unless it is "
         "already set; XLA's own default is 0.75)",
+        within=Range(0, 1, low_open=True),
     )
-    profile_steps: int = option(3, "profiled steps per benchmark case (0 = no profile)")
+    profile_steps: int = option(3, "profiled steps per benchmark case (0 = no profile)", within=NON_NEGATIVE)
     models: tuple[str, ...] = option(MODELS, "models to benchmark")
     quick: bool = option(False, "run the benchmarks at their CPU smoke size")
 
     def __post_init__(self) -> None:
-        for name in (*_TIMEOUTS, "profile_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not self.max_traces_mib > 0:
-            raise ValueError(f"max_traces_mib must be > 0, got {self.max_traces_mib}")
-        if not 0 < self.memory_fraction <= 1:
-            raise ValueError(f"memory_fraction must be in (0, 1], got {self.memory_fraction}")
+        check_options(self)
         unknown = [m for m in self.models if m not in MODELS]
         if unknown or not self.models:
             raise ValueError(f"models must be among {', '.join(MODELS)}, got {','.join(self.models) or 'none'}")

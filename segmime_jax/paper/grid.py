@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from segmime_jax.cli import nested, option
+from segmime_jax.cli import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_options, nested, option
 from segmime_jax.data import DataError, DatasetSplits
 from segmime_jax.distributed import DistributedConfig, initialize, is_primary, primary_first, process_label
 from segmime_jax.losses import LossProgram, build_loss
@@ -68,23 +68,29 @@ class GridConfig:
         1,
         "runs per (optimiser, loss), with seeds --seed, --seed+1, ...; the losses are compared "
         "paired by seed and test volume",
+        within=AT_LEAST_ONE,
     )
-    reference_loss: str = option("dsc", "the loss every other one is compared with (paired differences)")
+    reference_loss: str = option(
+        "dsc", "the loss every other one is compared with (paired differences); one of --losses"
+    )
     data_root: Path | None = option(
         None,
         "folder of the real dataset download; none: a synthetic dataset in the same format, generated into "
         "<cache-dir>/synthetic/ on first use and reused",
     )
-    synthetic_cases: int = option(20, "number of patients/cases of the synthetic dataset (ignored with --data-root)")
+    synthetic_cases: int = option(
+        20, "number of patients/cases of the synthetic dataset (ignored with --data-root)", within=AT_LEAST_ONE
+    )
     synthetic_zoom: float = option(
         1.0,
         "synthetic data only: field of view shrunk by this factor around the heart (ACDC) or the prostate "
         "(PROMISE12), at the same matrix size (1: as in the real datasets; see segmime_jax.data.synthetic)",
+        within=AT_LEAST_ONE,
     )
-    data_seed: int = option(0, "seed of the synthetic dataset and of the seeded split")
-    image_size: int = option(256, "working size: every slice is resized to SIZE x SIZE")
-    adam_lr: float = option(5e-4, "Adam learning rate (paper: 5e-4, betas 0.99, 0.999)")
-    sgd_lr: float = option(1e-2, "SGD learning rate (paper: 1e-2, momentum 0.9, weight decay 5e-4)")
+    data_seed: int = option(0, "seed of the synthetic dataset and of the seeded split", within=NON_NEGATIVE)
+    image_size: int = option(256, "working size: every slice is resized to SIZE x SIZE", within=AT_LEAST_ONE)
+    adam_lr: float = option(5e-4, "Adam learning rate (paper: 5e-4, betas 0.99, 0.999)", within=POSITIVE)
+    sgd_lr: float = option(1e-2, "SGD learning rate (paper: 1e-2, momentum 0.9, weight decay 5e-4)", within=POSITIVE)
     out: Path = option(Path("results"), "output folder")
     cache_dir: Path = option(
         Path(".cache"),
@@ -110,12 +116,19 @@ class GridConfig:
     distributed: DistributedConfig = nested(DistributedConfig())
 
     def __post_init__(self) -> None:
+        check_options(self)
         if not self.losses:
             raise ValueError("--losses: give at least one loss")
         if len(set(self.losses)) != len(self.losses):
             raise ValueError(f"--losses: repeated loss in {','.join(self.losses)}")
         for spec in self.losses + self.foreground_only + (self.reference_loss,):
             build_loss(spec)  # ValueError naming the valid losses
+        compared = {canonical_name(loss) for loss in self.losses}
+        if len(self.losses) > 1 and canonical_name(self.reference_loss) not in compared:
+            raise ValueError(
+                f"--reference-loss {self.reference_loss} is not one of --losses {','.join(self.losses)}: every loss "
+                "is compared with it; add it to --losses or name one of them"
+            )
         unknown = [o for o in self.optimizers if o not in OPTIMIZERS]
         if unknown or not self.optimizers:
             raise ValueError(
@@ -124,21 +137,23 @@ class GridConfig:
             )
         if len(set(self.optimizers)) != len(self.optimizers):
             raise ValueError(f"--optimizers: repeated optimiser in {','.join(self.optimizers)}")
-        for name in ("image_size", "synthetic_cases", "seeds"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not self.synthetic_zoom >= 1:
-            raise ValueError(f"--synthetic-zoom must be at least 1, got {self.synthetic_zoom}")
-        if self.adam_lr <= 0 or self.sgd_lr <= 0:
-            raise ValueError("learning rates must be positive")
         if self.grid_mode not in GRID_MODES:
             raise ValueError(f"--grid-mode must be one of {', '.join(GRID_MODES)}, got {self.grid_mode!r}")
-        if self.out.exists() and not self.out.is_dir():
-            raise ValueError(f"--out {self.out}: is a file, not a folder")
+        for flag, folder in (("--out", self.out), ("--cache-dir", self.cache_dir)):
+            _check_folder(flag, folder)
 
     @property
     def size(self) -> tuple[int, int]:
         return (self.image_size, self.image_size)
+
+
+def _check_folder(flag: str, folder: Path) -> None:
+    """ValueError if ``folder``, or the nearest of its parents that exists, is a file: nothing could be written
+    under it."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == folder else f"is under {existing}, a file"
+        raise ValueError(f"{flag} {folder}: {where}, not a folder")
 
 
 @dataclass(frozen=True)
@@ -278,7 +293,7 @@ def run_experiment(
             log = _silent  # process 0 speaks for the run
         check_grid(config, model)  # before any data is prepared or run folder made
         root, synthetic = primary_first("data", lambda: dataset_root(dataset, config, log=log))
-        data = primary_first("preprocessing", lambda: load(root))
+        data = primary_first("preprocessing", lambda: _load(load, root, synthetic))
         result = run_grid(
             config, data, model=model, data_root=root, synthetic=synthetic, calibration_class=calibration_class, log=log
         )
@@ -293,6 +308,18 @@ def run_experiment(
     if is_primary():
         log(format_summary(result))
     return result
+
+
+def _load(load: Callable[[Path], DatasetSplits], root: Path, synthetic: bool) -> DatasetSplits:
+    """``load(root)``; a bad file of a generated synthetic dataset says how to get a good one."""
+    try:
+        return load(root)
+    except DataError as err:
+        if not synthetic:
+            raise
+        raise DataError(
+            f"{err} (a generated synthetic dataset: delete {root} and rerun to generate it again)"
+        ) from None
 
 
 def _silent(text: str) -> None:

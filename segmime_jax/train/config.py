@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import optax
 
-from segmime_jax.cli import option
+from segmime_jax.cli import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_options, option
 from segmime_jax.losses import LossParams, loss_params
 from segmime_jax.train.optim import OPTIMIZERS, default_learning_rate, make_optimizer
 
@@ -31,59 +31,55 @@ class TrainConfig:
         None, "classes the loss looks at, comma-separated (none: all, background included)"
     )
     optimizer: str = option("adam", "optimizer", choices=OPTIMIZERS)
-    learning_rate: float | None = option(None, "starting learning rate (none: 5e-4 for adam, 1e-2 for sgd)")
-    adam_b1: float = option(0.99, "Adam beta1")
-    adam_b2: float = option(0.999, "Adam beta2")
-    momentum: float = option(0.9, "SGD momentum")
-    weight_decay: float = option(5e-4, "SGD weight decay, added to the gradient as PyTorch does")
-    epochs: int = option(100, "training epochs per run")
-    batch_size: int = option(8, "training batch size (global)")
-    eval_batch_size: int = option(16, "validation/test batch size (global)")
-    plateau_patience: int = option(20, "halve the learning rate after this many epochs without a better validation DSC")
-    plateau_factor: float = option(0.5, "learning-rate reduction factor")
-    plateau_min_delta: float = option(0.0, "an improvement must exceed the best DSC by more than this")
+    learning_rate: float | None = option(
+        None, "starting learning rate (none: 5e-4 for adam, 1e-2 for sgd)", within=POSITIVE
+    )
+    adam_b1: float = option(0.99, "Adam beta1", within=FRACTION)
+    adam_b2: float = option(0.999, "Adam beta2", within=FRACTION)
+    momentum: float = option(0.9, "SGD momentum", within=FRACTION)
+    weight_decay: float = option(5e-4, "SGD weight decay, added to the gradient as PyTorch does", within=NON_NEGATIVE)
+    epochs: int = option(100, "training epochs per run", within=AT_LEAST_ONE)
+    batch_size: int = option(8, "training batch size (global)", within=AT_LEAST_ONE)
+    eval_batch_size: int = option(16, "validation/test batch size (global)", within=AT_LEAST_ONE)
+    plateau_patience: int = option(
+        20, "halve the learning rate after this many epochs without a better validation DSC", within=AT_LEAST_ONE
+    )
+    plateau_factor: float = option(0.5, "learning-rate reduction factor", within=Range(0, 1, True, True))
+    plateau_min_delta: float = option(
+        0.0, "an improvement must exceed the best DSC by more than this", within=NON_NEGATIVE
+    )
     augment: bool = option(False, "on-device augmentation: vertical flip, mirror, rotation in +-45 degrees, each p=0.5")
     precision: str = option(
         "float32", "compute dtype of the model (parameters stay float32)", choices=tuple(PRECISIONS)
     )
-    seed: int = option(0, "training seed (initialisation, shuffling, dropout)")
-    checkpoints: bool = option(True, "keep orbax checkpoints of the latest and the best epoch (needed for --resume)")
+    seed: int = option(0, "training seed (initialisation, shuffling, dropout)", within=NON_NEGATIVE)
+    checkpoints: bool = option(
+        True,
+        "keep orbax checkpoints of the latest and the best epoch (a rerun into the same --out continues an "
+        "unfinished run from them)",
+    )
     write_predictions: bool = option(True, "write NIfTI test predictions")
-    num_examples: int = option(4, "test slices kept for Figure 4")
+    num_examples: int = option(4, "test slices kept for Figure 4", within=NON_NEGATIVE)
     progress: bool = option(True, "report progress: bars on a terminal, one line per epoch otherwise")
     telemetry: bool = option(True, "per-epoch gradient telemetry on a fixed validation batch")
     last_batch: str = option(
         "trim", "last partial training batch: trim its padding (exact BatchNorm) or drop it", choices=LAST_BATCH
     )
     num_devices: int | None = option(
-        None, "devices for data parallelism (none: as many local devices as divide both batch sizes)"
+        None,
+        "devices for data parallelism (none: as many local devices as divide both batch sizes)",
+        within=AT_LEAST_ONE,
     )
     data_on_device: bool = option(True, "keep the uint8 slices on the device(s) and gather batches there")
 
     def __post_init__(self) -> None:
-        positive = {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "eval_batch_size": self.eval_batch_size,
-            "plateau_patience": self.plateau_patience,
-        }
-        for name, value in positive.items():
-            if int(value) != value or value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        check_options(self)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
         if self.last_batch not in LAST_BATCH:
             raise ValueError(f"last_batch must be one of {LAST_BATCH}, got {self.last_batch!r}")
-        if not 0.0 < self.plateau_factor < 1.0:
-            raise ValueError(f"--plateau-factor must be in (0, 1), got {self.plateau_factor}")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise ValueError(f"learning rate must be positive, got {self.learning_rate}")
-        if self.num_examples < 0:
-            raise ValueError(f"--num-examples must be >= 0, got {self.num_examples}")
-        if self.num_devices is not None and self.num_devices < 1:
-            raise ValueError(f"--num-devices must be >= 1, got {self.num_devices}")
         from segmime_jax.models import MODELS
 
         if self.model.lower() not in MODELS:

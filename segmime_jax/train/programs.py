@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -143,13 +144,29 @@ def stacked_programs_for(optimizer: str, loss: LossProgram, num_classes: int, *,
     )
 
 
-def compile_announced(program: CompiledProgram, args: tuple[Any, ...], what: str, log: Callable[[str], None]) -> None:
-    """``program.compile(*args)``, saying so through ``log`` before and with its duration after (nothing when
-    it was compiled already)."""
+def compile_announced(
+    program: CompiledProgram, args: tuple[Any, ...], what: str, log: Callable[[str], None], *, tick_s: float = 20.0
+) -> None:
+    """``program.compile(*args)``, saying so through ``log`` before, every ``tick_s`` seconds while it lasts (a
+    first compilation of ResidualUNet's train step takes minutes on a small CPU), and with its duration and
+    whether the persistent compilation cache supplied it after (nothing when it was compiled already)."""
     if program.is_compiled(args[0], args[1]):
         return
     log(f"compiling the {program.name} ({what}) ...")
-    seconds, from_cache = program.compile(*args)
+    done = threading.Event()
+
+    def tick() -> None:
+        start = time.perf_counter()
+        while not done.wait(tick_s):
+            log(f"  ... still compiling the {program.name}: {time.perf_counter() - start:.0f} s")
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        seconds, from_cache = program.compile(*args)
+    finally:
+        done.set()
+        ticker.join()
     if from_cache:
         log(f"loaded the {program.name} ({what}) from the compilation cache in {seconds:.1f} s")
     else:

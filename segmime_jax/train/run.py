@@ -123,7 +123,7 @@ def check_run(config: TrainConfig, data: Any, run_dir: pathlib.Path, resume: boo
     _check_run_dir(run_dir, resume)
     barrier(f"checked {run_dir}")  # before process 0 writes into it
     if resume and not config.checkpoints:
-        raise ValueError("resume=True needs checkpoints=True (there is nothing to resume from otherwise)")
+        raise ValueError("continuing a run needs its checkpoints (--checkpoints, checkpoints=True from Python)")
     for split in ("train", "val", "test"):
         if len(getattr(data, split)) == 0:
             raise ValueError(f"the {split} split of dataset {getattr(data, 'name', '?')!r} is empty")
@@ -186,8 +186,8 @@ def _check_run_dir(run_dir: pathlib.Path, resume: bool) -> None:
     ]
     if used and not resume:
         raise FileExistsError(
-            f"{run_dir} already holds a run ({', '.join(used)}); pass resume=True to continue "
-            "it, or use a new run directory"
+            f"{run_dir} already holds a run ({', '.join(used)}); rerunning the same experiment command continues "
+            "it (resume=True from Python), --overwrite retrains it, or choose another --out"
         )
 
 
