@@ -1,10 +1,12 @@
 """What a result was computed on: devices, host, library versions and compiler flags (one record for the
-experiments' ``results.json`` and the benchmark's ``benchmark.json``)."""
+experiments' ``results.json`` and the benchmark's ``benchmark.json``); and the environment of a child process
+that must import this same package (:func:`child_process_environment`)."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
+import pathlib
 import platform
 from typing import Any
 
@@ -55,3 +57,15 @@ def environment() -> dict[str, Any]:
         "versions": {name: version for name in _PACKAGES if (version := package_version(name)) is not None},
         "xla_flags": os.environ.get("XLA_FLAGS"),
     }
+
+
+def child_process_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) with ``PYTHONPATH`` starting at the folder that holds this
+    ``segmime_jax``: a child ``python -m segmime_jax...`` then imports the same package, whether it is installed
+    or run from a checkout that is not."""
+    import segmime_jax
+
+    env = dict(os.environ if base is None else base)
+    here = os.fspath(pathlib.Path(segmime_jax.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
+    return env

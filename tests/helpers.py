@@ -12,6 +12,7 @@ import numpy as np
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CACHE_DIR = REPO_ROOT / ".cache" / "jax-compilation"
+REFERENCE_FIXTURES = REPO_ROOT / "tests" / "fixtures"  # the PyTorch reference fixtures (their README)
 
 CACHE_DIR.mkdir(parents=True, exist_ok=True)
 jax.config.update("jax_compilation_cache_dir", str(CACHE_DIR))

@@ -33,7 +33,7 @@ def test_case_validation():
 
 
 def test_config_rejects_bad_values():
-    from experiments.benchmark import BenchmarkConfig
+    from segmime_jax.commands.benchmark import BenchmarkConfig
 
     with pytest.raises(ValueError, match="unknown model"):
         BenchmarkConfig(models=("vgg",))
@@ -67,7 +67,7 @@ def test_report_names_the_processes():
 
 @pytest.mark.slow
 def test_quick_mode_writes_report(tmp_path):
-    from experiments.benchmark import main
+    from segmime_jax.commands.benchmark import main
 
     report = main(["--quick", "--models", "enet", "--profile-steps", "2", "--dump-hlo", "--out", str(tmp_path)])
     written = json.loads((tmp_path / "benchmark.json").read_text())
@@ -125,7 +125,7 @@ def test_flops_fall_back_to_a_cpu_lowering():
 
 
 def test_a_failing_case_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
-    from experiments import benchmark
+    from segmime_jax.commands import benchmark
 
     def out_of_memory(case, **kwargs):
         raise RuntimeError(f"RESOURCE_EXHAUSTED: out of memory allocating the {case.model} state")
@@ -147,7 +147,7 @@ def test_a_failing_case_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_a_failing_epoch_timing_is_recorded_once(tmp_path, monkeypatch):
-    from experiments import benchmark
+    from segmime_jax.commands import benchmark
 
     builds = []
     real_build = benchmark.build_setup
@@ -167,12 +167,25 @@ def test_a_failing_epoch_timing_is_recorded_once(tmp_path, monkeypatch):
     assert [(f["what"], f["error"]) for f in report["failed"]] == [("epoch timing", "RuntimeError: pipeline broke")]
 
 
-def test_device_check_children_find_the_repository():
-    from segmime_jax.bench.device_check import REPO_ROOT, child_environment
+def test_device_check_children_import_this_package(tmp_path):
+    """The steps' ``python -m segmime_jax...`` finds this same package from any folder, installed or not."""
+    import subprocess
+    import sys
+
+    import segmime_jax
+    from segmime_jax.bench.device_check import child_environment
 
     env = child_environment()
-    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(REPO_ROOT)
     assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"]
+    where = subprocess.run(
+        [sys.executable, "-c", "import segmime_jax; print(segmime_jax.__file__)"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": env["PYTHONPATH"].split(os.pathsep)[0]},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert where.stdout.strip() == segmime_jax.__file__
 
 
 def test_device_check_step_gets_its_xla_flags(monkeypatch):
@@ -205,7 +218,7 @@ def test_device_check_writes_its_files_flat(tmp_path, monkeypatch):
     share the tests' compilation cache (both benchmarks compile the same float32 program at this size)."""
     from helpers import CACHE_DIR
 
-    from experiments.device_check import main
+    from segmime_jax.commands.device_check import main
 
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(CACHE_DIR))
     monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
@@ -284,18 +297,18 @@ def _device_check_plan(tmp_path, monkeypatch, *args: str) -> tuple[list, dict]:
     import shutil
     import types
 
-    from experiments.device_check import main
     from segmime_jax.bench import device_check
+    from segmime_jax.commands.device_check import main
 
     clock, plan = [0.0], []
 
     def fake_run(command, *, timeout_s, log, xla_flags="", env=None):
         clock[0] += timeout_s
-        if "experiments.benchmark" in command:
+        if "segmime_jax.commands.benchmark" in command:
             out = command[command.index("--out") + 1]
             step = f"{os.path.basename(out)}: {' '.join(command[command.index('--models') :])}"
         else:
-            step = f"fixture {command[-1]}" if "tests/models_reference.py" in command else "devices"
+            step = f"fixture {command[-1]}" if "segmime_jax.models.reference" in command else "devices"
         plan.append((step, timeout_s, xla_flags))
         return ""
 
@@ -349,8 +362,8 @@ def test_grid_throughput_stacked_against_sequential(tmp_path, monkeypatch):
     """--runs: one row per run count with both modes' grid-step times (a tiny network stands in for ENet)."""
     from train_support import TinyNet
 
-    from experiments import benchmark
     from segmime_jax.bench import grid, suite
+    from segmime_jax.commands import benchmark
 
     def tiny(name, num_classes, *, rngs, dtype):
         return TinyNet(num_classes, rngs=rngs, dtype=dtype, width=8)

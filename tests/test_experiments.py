@@ -1,4 +1,4 @@
-"""The experiment CLIs (presets, overrides, validation) and an end-to-end run of experiments.acdc."""
+"""The experiment CLIs (presets, overrides, validation) and an end-to-end run of the ACDC grid (segmime_jax.commands.acdc)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import acdc, promise12
+from segmime_jax.commands import acdc, promise12
 from segmime_jax.paper import grid
 
 

@@ -1,4 +1,4 @@
-"""The gradient study (experiments.gradients) end to end, small: files written and numbers consistent."""
+"""The gradient study (segmime_jax.commands.gradients) end to end, small: files written and numbers consistent."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from experiments import gradients as experiment
+from segmime_jax.commands import gradients as experiment
 from segmime_jax.paper import gradient_study as study
 
 

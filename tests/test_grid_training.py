@@ -9,7 +9,7 @@ import types
 import numpy as np
 import pytest
 
-from experiments import acdc
+from segmime_jax.commands import acdc
 from segmime_jax.paper import grid, grid_training
 from segmime_jax.train import NonFiniteLossError
 from segmime_jax.train import stacked as stacked_module

@@ -102,7 +102,7 @@ def test_working_pixel_size():
 @pytest.mark.slow
 def test_mime_study_of_a_tiny_promise12_grid(tmp_path, capsys):
     """A two-loss PROMISE12 grid, then the study: a row per loss, the paired difference, a measured halo."""
-    from experiments import mime_study, promise12
+    from segmime_jax.commands import mime_study, promise12
 
     out = tmp_path / "grid"
     common = ["--cache-dir", str(tmp_path / "cache"), "--no-compilation-cache", "--no-progress"]

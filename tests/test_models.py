@@ -16,16 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from models_reference import (
-    REFERENCE_FIXTURES,
-    TSV,
-    fixture_errors_float64,
-    logits_error,
-    read_tsv,
-    reference_model,
-    reference_state_dict,
-    relative_error,
-)
+from helpers import REFERENCE_FIXTURES
 
 from segmime_jax.models import (
     MODELS,
@@ -40,6 +31,15 @@ from segmime_jax.models import (
 from segmime_jax.models.analysis import conv_flops, flops_from_cost_analysis
 from segmime_jax.models.enet import enet_dead_torch_keys
 from segmime_jax.models.layers import ConvTranspose, LayerFactory, dropout_stream, normal_init, xavier_normal_init
+from segmime_jax.models.reference import (
+    TSV,
+    fixture_errors_float64,
+    logits_error,
+    read_tsv,
+    reference_model,
+    reference_state_dict,
+    relative_error,
+)
 from segmime_jax.models.torch_weights import CONV_TRANSPOSE, _from_torch
 
 FLOAT64_TOLERANCE = 1e-6  # our float64 models against PyTorch float64 stored as float32: 0 (logits) to 4e-8 measured
@@ -170,7 +170,7 @@ def fixture_errors() -> dict[str, dict[str, float]]:
 def test_matches_pytorch_fixture(fixture_errors, case):
     """Our models computed in float64 against PyTorch's, computed in float64 and stored in float32: equal up to that
     rounding. (In float32 a near-zero ReLU input may cross zero under another summation order and move the input
-    gradient by ~1e-2: see models_reference.)"""
+    gradient by ~1e-2: see segmime_jax.models.reference.)"""
     errors = fixture_errors[case]
     print(f"{case}: relative error logits {errors['logits']:.2e}, input gradient {errors['input_grad']:.2e}")
     assert errors["logits"] <= FLOAT64_TOLERANCE

@@ -1,9 +1,10 @@
 """A GPU check in one command: benchmarks, traces and the model-vs-fixture comparison, as a few flat files.
 
-:func:`run_check` (``python -m experiments.device_check --out DIR``, ``make device-check``) runs each step in a
-child process with its own time limit, from a checkout of the repository: the steps run
-``experiments/benchmark.py`` and ``tests/models_reference.py`` with the repository on ``PYTHONPATH``, so
-nothing has to be installed, and they need only jax, flax, optax, orbax and chex (no nibabel or SimpleITK).
+:func:`run_check` (``segmime-device-check --out DIR``; in a checkout ``python -m experiments.device_check`` or
+``make device-check``) runs each step in a child process with its own time limit: the steps run
+``python -m segmime_jax.commands.benchmark`` and ``python -m segmime_jax.models.reference`` with this package on
+``PYTHONPATH``, so a checkout needs nothing installed, and they need only jax, flax, optax, orbax and chex (no
+nibabel or SimpleITK).
 It writes to ``out``, without subfolders, in order of importance:
 
 1. ``benchmark_fp32_enet.json`` and ``benchmark_fp32_residualunet.json``: each model in float32 at batches
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -46,8 +46,9 @@ from collections.abc import Sequence
 
 from segmime_jax.atomic_files import write_text_atomic
 from segmime_jax.cli import NON_NEGATIVE, POSITIVE, Range, check_options, option
+from segmime_jax.environment import child_process_environment
+from segmime_jax.models.reference import REFERENCE_FIXTURES
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 MODELS = ("enet", "residualunet")
 MIB = 2**20
 CONVOLUTION_COMMAND_BUFFERS = "--xla_gpu_enable_command_buffer=+CONVOLUTION"
@@ -74,7 +75,9 @@ class DeviceCheckConfig:
         "empty one, is accepted)",
     )
     reference: pathlib.Path = option(
-        REPO_ROOT / "tests" / "fixtures", "folder of the PyTorch reference fixtures (forward_fixture.npz)"
+        REFERENCE_FIXTURES,
+        "folder of the PyTorch reference fixtures (forward_fixture.npz; the default is the checkout's, relative to "
+        "the current folder)",
     )
     time_budget_s: int = option(
         0,
@@ -122,12 +125,11 @@ class DeviceCheckConfig:
 
 
 def child_environment(memory_fraction: float = 0.95) -> dict[str, str]:
-    """The steps' environment: the repository on ``PYTHONPATH`` (so that nothing has to be installed, and so
-    that ``python tests/models_reference.py`` sees the package, not only ``tests/``), and
+    """The steps' environment: this package on ``PYTHONPATH`` (so that a checkout needs nothing installed,
+    :func:`~segmime_jax.environment.child_process_environment`), and
     ``XLA_PYTHON_CLIENT_MEM_FRACTION=memory_fraction`` unless already set (batch 128 in float32 needs more
     than XLA's default 75 % of the GPU memory)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env = child_process_environment()
     env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", str(memory_fraction))
     return env
 
@@ -135,7 +137,7 @@ def child_environment(memory_fraction: float = 0.95) -> dict[str, str]:
 def _run(
     command: list[str], *, timeout_s: int, log: list[str], xla_flags: str = "", env: dict[str, str] | None = None
 ) -> str:
-    """Run ``command`` from the repository root in ``env`` (default :func:`child_environment`), ``xla_flags``
+    """Run ``command`` in the current folder in ``env`` (default :func:`child_environment`), ``xla_flags``
     appended to its ``XLA_FLAGS``; append its output and how it ended to ``log``; return its stdout."""
     env, shown = dict(env or child_environment()), ""
     if xla_flags:
@@ -144,9 +146,7 @@ def _run(
     log.append(f"$ {shown}{' '.join(command)}  (limit {timeout_s} s)")
     start = time.perf_counter()
     try:
-        done = subprocess.run(
-            command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s, check=False, env=env
-        )
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False, env=env)
         stdout, stderr, status = done.stdout, done.stderr, f"exit {done.returncode}"
     except subprocess.TimeoutExpired as expired:
         stdout = expired.stdout.decode() if isinstance(expired.stdout, bytes) else (expired.stdout or "")
@@ -200,8 +200,8 @@ class _Check:
 
 @dataclasses.dataclass(frozen=True)
 class _Benchmark:
-    """One benchmark step: ``python -m experiments.benchmark`` with ``args`` into ``work/name``, its JSON kept as
-    ``benchmark_<name>.json``; ``models``: the ones it runs, in this order, if they are in the config's."""
+    """One benchmark step: ``python -m segmime_jax.commands.benchmark`` with ``args`` into ``work/name``, its JSON
+    kept as ``benchmark_<name>.json``; ``models``: the ones it runs, in this order, if they are in the config's."""
 
     name: str
     args: tuple[str, ...]
@@ -217,7 +217,7 @@ def _benchmark(check: _Check, step: _Benchmark) -> None:
         command = [
             sys.executable,
             "-m",
-            "experiments.benchmark",
+            "segmime_jax.commands.benchmark",
             "--out",
             str(out),
             "--models",
@@ -278,12 +278,12 @@ def _fixture_errors(check: _Check) -> dict:
     """Both models against the fixtures at two precisions; ``{"error": ...}`` entries where a run failed."""
     reference = check.config.reference
     if not (reference / "forward_fixture.npz").is_file():
-        return {"error": f"no forward_fixture.npz in {reference}"}
+        return {"error": f"no forward_fixture.npz in {reference} (give --reference, e.g. a checkout's tests/fixtures)"}
     errors = {}
     for precision in ("highest", "default"):
         stdout = check.run(
             f"the fixture comparison at {precision} precision",
-            [sys.executable, "tests/models_reference.py", str(reference), precision],
+            [sys.executable, "-m", "segmime_jax.models.reference", str(reference), precision],
             check.config.fixture_timeout_s,
         )
         if stdout is None:
@@ -334,19 +334,11 @@ def _fresh_work_folder(work: pathlib.Path) -> None:
         else:
             raise SystemExit(f"error: --work {work} holds files this tool did not write; give an empty or new folder")
     work.mkdir(parents=True)
-    (work / WORK_MARKER).write_text("intermediate files of python -m experiments.device_check; emptied on each run\n")
-
-
-def _check_repository() -> None:
-    needed = [REPO_ROOT / "experiments" / "benchmark.py", REPO_ROOT / "tests" / "models_reference.py"]
-    missing = [str(path) for path in needed if not path.is_file()]
-    if missing:
-        raise SystemExit(f"error: the GPU check runs from a checkout of the repository; missing {', '.join(missing)}")
+    (work / WORK_MARKER).write_text("intermediate files of segmime-device-check; emptied on each run\n")
 
 
 def run_check(config: DeviceCheckConfig) -> list[pathlib.Path]:
     """Run every step of the check (see the module docstring); returns the files written to ``config.out``."""
-    _check_repository()
     config.out.mkdir(parents=True, exist_ok=True)
     _fresh_work_folder(config.work)
     check = _Check(config)

@@ -1,4 +1,5 @@
-"""Helpers for checking the Flax models against the PyTorch reference fixtures in ``tests/fixtures`` (see its README).
+"""The Flax models against the original PyTorch ones: fixtures computed by LIVIAETS/boundary-loss's ``networks.py``
+(``tests/fixtures`` in the repository, with a README giving their recipe).
 
 * :func:`reference_state_dict` rebuilds the reference weights from a state-dict TSV (README recipe).
 * :func:`logits_error` compares the eval-mode logits alone (in ``make test``, in float32).
@@ -13,15 +14,15 @@
   comparison (the device check's) runs with ``--xla_cpu_experimental_ynn_fusion_type=`` (YNN fusions off), in a
   subprocess when needed.
 
-Run as a script (``python tests/models_reference.py [REFERENCE_DIR [PRECISION]]``) it prints the errors of all
-four cases as JSON; PRECISION is the jax default matmul precision of a float32 comparison (default ``highest``;
-on a GPU, ``default`` shows what TF32 convolutions cost), or ``float64`` for the comparison in float64.
+Run as ``python -m segmime_jax.models.reference [REFERENCE_DIR [PRECISION]]`` (default folder: ``tests/fixtures``
+of the current directory) it prints the errors of all four cases as JSON; PRECISION is the jax default matmul
+precision of a float32 comparison (default ``highest``; on a GPU, ``default`` shows what TF32 convolutions cost),
+or ``float64`` for the comparison in float64.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -31,13 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-REFERENCE_FIXTURES = REPO_ROOT / "tests" / "fixtures"
-if __name__ == "__main__" and str(REPO_ROOT) not in sys.path:  # run as a script without the package installed
-    sys.path.insert(0, str(REPO_ROOT))
+from segmime_jax.environment import child_process_environment
+from segmime_jax.models.enet import ENet
+from segmime_jax.models.residualunet import ResidualUNet
+from segmime_jax.models.torch_weights import load_torch_state_dict
 
-from segmime_jax.models import ENet, ResidualUNet, load_torch_state_dict  # noqa: E402
-
+REFERENCE_FIXTURES = pathlib.Path("tests") / "fixtures"  # in a checkout, relative to its root
 TSV = {"enet": "enet_1to4_state_dict.tsv", "residualunet": "residualunet_1to2_state_dict.tsv"}
 NO_YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
 
@@ -152,15 +152,13 @@ def all_cases_without_ynn(
     """
     if not ynn_convolutions_active():
         return all_cases(reference_dir)
-    env = dict(os.environ)
+    env = child_process_environment()
     if NO_YNN_FLAG in env.get("XLA_FLAGS", ""):
         raise RuntimeError(f"YNN convolutions are still active with XLA_FLAGS={env['XLA_FLAGS']}")
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + NO_YNN_FLAG).strip()
-    here = pathlib.Path(__file__).resolve()
     done = subprocess.run(
-        [sys.executable, str(here), str(reference_dir), *([precision] if precision else [])],
+        [sys.executable, "-m", "segmime_jax.models.reference", str(reference_dir), *([precision] if precision else [])],
         env=env,
-        cwd=here.parents[1],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -173,10 +171,9 @@ def all_cases_without_ynn(
 
 def fixture_errors_float64(reference_dir: pathlib.Path, timeout: float = 600) -> dict[str, dict[str, float]]:
     """:func:`all_cases` with the models computing in float64, in a subprocess (x64 is process-wide)."""
-    here = pathlib.Path(__file__).resolve()
     done = subprocess.run(
-        [sys.executable, str(here), str(reference_dir), "float64"],
-        cwd=here.parents[1],
+        [sys.executable, "-m", "segmime_jax.models.reference", str(reference_dir), "float64"],
+        env=child_process_environment(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -188,7 +185,7 @@ def fixture_errors_float64(reference_dir: pathlib.Path, timeout: float = 600) ->
 
 
 if __name__ == "__main__":
-    # The tests' jax configuration (helpers.py) without the compilation cache: this also runs on a GPU machine.
+    # The tests' jax configuration without the compilation cache: this also runs on a GPU machine.
     reference = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else REFERENCE_FIXTURES
     precision = sys.argv[2] if len(sys.argv) > 2 else "highest"
     if precision == "float64":
