@@ -1,4 +1,4 @@
-"""The experiment CLIs (presets, overrides, validation) and an end-to-end run of the ACDC grid (segmime_jax.commands.acdc)."""
+"""The experiment CLIs (presets, overrides, validation) and an end-to-end run of the ACDC grid (commands.acdc)."""
 
 from __future__ import annotations
 
