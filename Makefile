@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test test-all lint format acdc promise12 gradients benchmark device-check clean
+.PHONY: test test-all lint format acdc promise12 gradients benchmark figures device-check clean
 
 $(VENV): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +44,15 @@ gradients: $(VENV)
 benchmark: $(VENV)
 	$(PY) -m experiments.benchmark $(ARGS)
 
-# The GPU check (README, "Checking a GPU") with the machine's own python3 and its jax (no .venv: it needs only
+# The README's two figures: Figure 1 of the gradient study and Figure 2 of the ACDC demo (about 12 minutes on a
+# 2-core CPU; a finished demo in results/acdc/demo is reused).
+figures: $(VENV)
+	$(PY) -m experiments.gradients --out results/gradients
+	cp results/gradients/figure1.png docs/images/figure1.png
+	$(PY) -m experiments.acdc --out results/acdc/demo
+	cp results/acdc/demo/fig2.png docs/images/fig2_acdc_demo.png
+
+# The GPU check (docs/benchmark.md, "Checking a GPU") with the machine's own python3 and its jax (no .venv: it needs only
 # jax, flax, optax, orbax and chex). Options go through ARGS, e.g. make device-check ARGS="--time-budget-s 300"
 DEVICE_OUT ?= results/device-out
 REFERENCE ?= tests/fixtures

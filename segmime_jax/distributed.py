@@ -9,7 +9,7 @@ of one device. Each process feeds only its own rows of every global batch
 ``metrics.jsonl``) are written by process 0 (:func:`is_primary`), checkpoints by all processes together through
 orbax's multi-process path, and logs and progress bars come from process 0 only.
 
-Launch (see the README): every process gets the same command line plus ``--coordinator HOST:PORT
+Launch (see docs/training.md): every process gets the same command line plus ``--coordinator HOST:PORT
 --num-processes N --process-id I``; or ``--distributed auto`` (the default) lets
 ``jax.distributed.initialize()`` read SLURM, Open MPI or a TPU pod's environment. On CPU the processes use gloo
 collectives. A process that dies makes the others stop after ``--heartbeat-timeout-s`` (JAX's coordination

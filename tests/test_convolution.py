@@ -3,7 +3,7 @@ form XLA:GPU maps onto cuDNN's backward-filter convolution or a matrix product (
 whole-feature-map-window convolution).
 
 The HLO checks read the StableHLO jax emits (before any backend's rewriting): what the GPU compiler then
-does with it was measured on an H200 (README, "Performance"), not here.
+does with it was measured on an H200 (docs/performance.md), not here.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ class GridConfig:
         "auto",
         "how the runs train: sequential (one after another), stacked (the runs of each optimiser together, one "
         "compiled step over a run axis, spread over the devices), auto (the mode measured faster on this backend: "
-        "sequential on CPU; see the README)",
+        "sequential on CPU; see docs/training.md)",
         choices=GRID_MODES,
     )
     train: TrainConfig = nested(TrainConfig(), exclude=PER_RUN_FIELDS)

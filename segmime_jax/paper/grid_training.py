@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 GRID_MODES = ("sequential", "stacked", "auto")
 
 #: Backends (``jax.default_backend()``) on which training a grid's runs stacked was measured faster than one
-#: after another (README, "Stacked runs"). CPU: 0.6x (XLA:CPU's grouped convolutions are slow); GPU, TPU: not
+#: after another (docs/training.md, "Stacked runs"). CPU: 0.6x (XLA:CPU's grouped convolutions are slow); GPU, TPU: not
 #: measured yet, so ``auto`` keeps the safe default there too.
 STACKED_FASTER_ON: frozenset[str] = frozenset()
 
