@@ -35,6 +35,7 @@ from segmime_jax.distributed import barrier, is_primary
 from segmime_jax.train import NonFiniteLossError, RunResult, load_run_result, save_run_result, train_and_evaluate
 from segmime_jax.train.config import RESUMABLE_CHANGES, stack_key
 from segmime_jax.train.metrics import mean_foreground
+from segmime_jax.train.run_lock import RunLock, check_not_in_use
 from segmime_jax.train.surface import surface_from_predictions
 
 if TYPE_CHECKING:
@@ -75,8 +76,12 @@ def grid_mode(mode: str, backend: str | None = None) -> str:
 def plan_run(run: GridRun, data: DatasetSplits, overwrite: bool) -> str:
     """What to do with ``run``'s folder: ``"start"``, ``"reuse"`` (finished with this configuration),
     ``"continue"`` (from its checkpoints) or ``"restart"`` (unfinished, nothing to continue from). Raises
-    ValueError when the folder holds a run of another configuration or other data (before anything trains)."""
+    ValueError when the folder holds a run of another configuration or other data, and
+    :class:`~segmime_jax.train.run_lock.RunInUseError` when another process is training it (before anything
+    trains)."""
     directory = run.directory
+    if is_primary():
+        check_not_in_use(directory)  # another command trains it now: touch nothing of it
     if not directory.is_dir() or not any(directory.iterdir()):
         return "start"
     if overwrite:
@@ -175,7 +180,8 @@ def _announce(
             else "      unfinished, with no checkpoint to continue from: training it again"
         )
         if is_primary():
-            shutil.rmtree(run.directory)
+            with RunLock(run.directory):  # the lock file lies beside the folder: it outlives the folder
+                shutil.rmtree(run.directory)
         barrier(f"{run.directory}: cleared")
 
 

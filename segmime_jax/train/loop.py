@@ -122,10 +122,7 @@ def train_and_evaluate(
         best = best_tree(run, progress, progress.state.checkpoint_tree())
         test_eval, outputs = _test(run, progress.state.replace_from_checkpoint(best))
     finally:
-        if run.events is not None:
-            run.events.close()
-        if run.store is not None:
-            run.store.close()
+        run.close()
     result = run_result(run, progress, test_eval, outputs, time.perf_counter() - start_time)
     if is_primary():
         save_run_result(result, run.run_dir)

@@ -27,6 +27,7 @@ from segmime_jax.train.optim import PlateauState
 from segmime_jax.train.programs import Programs, compile_announced, programs_for
 from segmime_jax.train.progress import Reporter
 from segmime_jax.train.results import METRICS_FILE, RESULT_FILE
+from segmime_jax.train.run_lock import RunLock
 from segmime_jax.train.samples import telemetry_batch
 from segmime_jax.train.sharding import batch_sharding, make_data_mesh, replicate, shard_batch
 from segmime_jax.train.state import TrainState
@@ -64,6 +65,16 @@ class Run:
     reporter: Reporter
     model_factory: ModelFactory | None
     events: Any = None  # the TensorBoard writer (segmime_jax.train.epoch_end.open_events), process 0 only
+    lock: RunLock | None = None  # held while the run trains (process 0), released by close()
+
+    def close(self) -> None:
+        """Close the TensorBoard writer and the checkpoint store, and give the run's lock back."""
+        if self.events is not None:
+            self.events.close()
+        if self.store is not None:
+            self.store.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 @dataclasses.dataclass
@@ -91,8 +102,27 @@ def setup_run(
     loss_terms: Sequence[str] | None,
     log: Callable[[str], None] | None,
 ) -> Run:
-    """Check the run folder and the data, build the mesh, the programs and the device-side data."""
-    check_run(config, data, run_dir, resume)
+    """Check the run folder and the data, build the mesh, the programs and the device-side data; the run holds
+    its folder's lock (:mod:`segmime_jax.train.run_lock`) until :meth:`Run.close`."""
+    lock = check_run(config, data, run_dir, resume)
+    try:
+        return _setup(config, data, run_dir, lock, model_factory=model_factory, loss_terms=loss_terms, log=log)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _setup(
+    config: TrainConfig,
+    data: Any,
+    run_dir: pathlib.Path,
+    lock: RunLock | None,
+    *,
+    model_factory: ModelFactory | None,
+    loss_terms: Sequence[str] | None,
+    log: Callable[[str], None] | None,
+) -> Run:
     mesh = make_data_mesh(config.num_devices, batch_sizes=(config.batch_size, config.eval_batch_size))
     sharding = batch_sharding(mesh)
     loss, params = loss_program(config, data.train.num_classes, loss_terms)
@@ -113,12 +143,26 @@ def setup_run(
         store=CheckpointStore(run_dir / "checkpoints") if config.checkpoints else None,
         reporter=Reporter(enabled=config.progress, label=run_label(config), log=log, quiet=not is_primary()),
         model_factory=model_factory,
+        lock=lock,
     )
 
 
-def check_run(config: TrainConfig, data: Any, run_dir: pathlib.Path, resume: bool) -> None:
-    """Make ``run_dir``; refuse a folder that holds a run unless resuming, empty splits, other class lists,
-    and a batch size that leaves no batch (ValueError, FileExistsError)."""
+def check_run(config: TrainConfig, data: Any, run_dir: pathlib.Path, resume: bool) -> RunLock | None:
+    """Take ``run_dir``'s lock (process 0; :class:`~segmime_jax.train.run_lock.RunInUseError` if another process
+    trains it) and make the folder; refuse a folder that holds a run unless resuming, empty splits, other class
+    lists, and a batch size that leaves no batch (ValueError, FileExistsError). Returns the lock (None on the
+    other processes), given back if a check fails."""
+    lock = RunLock(run_dir).acquire() if is_primary() else None
+    try:
+        _check_run(config, data, run_dir, resume)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
+
+
+def _check_run(config: TrainConfig, data: Any, run_dir: pathlib.Path, resume: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_run_dir(run_dir, resume)
     barrier(f"checked {run_dir}")  # before process 0 writes into it

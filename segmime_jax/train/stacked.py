@@ -114,10 +114,7 @@ def train_stacked(
                 out[i] = result
     finally:
         for run in runs:
-            if run.events is not None:
-                run.events.close()
-            if run.store is not None:
-                run.store.close()
+            run.close()
     return out  # type: ignore[return-value]
 
 
@@ -134,7 +131,7 @@ def _new_run(
     """One run's host side (folder, checkpoints, voice, loss parameters); the devices are its group's."""
     from segmime_jax.train.checkpoint import CheckpointStore
 
-    check_run(config, data, run_dir, resume)
+    lock = check_run(config, data, run_dir, resume)
     _, params = loss_program(config, data.train.num_classes, loss_terms)
     return Run(
         config=config,
@@ -151,6 +148,7 @@ def _new_run(
         store=CheckpointStore(run_dir / "checkpoints") if config.checkpoints else None,
         reporter=Reporter(enabled=config.progress, label=run_label(config), log=group_reporter.message, bars=False),
         model_factory=model_factory,
+        lock=lock,
     )
 
 
