@@ -115,6 +115,10 @@ def test_acdc_overrides_reach_the_runs():
         ["--plateau-min-delta", "nan"],
         ["--num-devices", "0"],
         ["--seed", "-1"],
+        ["--shard", "0/2"],
+        ["--shard", "3/2"],
+        ["--shard", "1/0"],
+        ["--shard", "x"],
     ],
 )  # --loss is set per run
 def test_acdc_rejects_bad_options_in_two_lines(argv, capsys):
@@ -326,3 +330,41 @@ def _check_rerun(argv, result, capsys):
     printed = capsys.readouterr().out
     assert printed.count("--overwrite: training it again") == 2 and "compiling" not in printed  # betas are state
     assert len(retrained.runs["adam-dsc-seed0"].history) == 1
+
+
+def test_shards_split_the_grid_and_slurm_arrays_name_them():
+    from segmime_jax.paper.shards import Shard, parse_shard, resolve_shard, shard_from_environment
+
+    runs = [f"run{i}" for i in range(1, 9)]
+    assert parse_shard("2/3").select(runs) == ["run2", "run5", "run8"]
+    assert sorted(sum((Shard(k, 3).select(runs) for k in (1, 2, 3)), [])) == runs  # each run in exactly one shard
+    array = {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_MIN": "1"}
+    assert shard_from_environment(array) == Shard(3, 8)
+    assert shard_from_environment({**array, "SLURM_ARRAY_TASK_ID": "10", "SLURM_ARRAY_TASK_MIN": "10"}) == Shard(1, 8)
+    assert shard_from_environment({"SLURM_JOB_ID": "7"}) is None  # a job, not an array
+    assert resolve_shard("1/1", array) == Shard(1, 1)  # --shard wins over the array
+    with pytest.raises(ValueError, match="contiguous"):
+        shard_from_environment({**array, "SLURM_ARRAY_TASK_ID": "12"})
+
+
+@pytest.mark.slow
+def test_shards_then_a_plain_command_write_the_table_of_one_plain_command(tmp_path, capsys):
+    argv = [
+        *("--synthetic-cases", "5", "--synthetic-zoom", "1", "--image-size", "32", "--epochs", "1"),
+        *("--losses", "dsc,mime", "--seeds", "2", "--num-examples", "1", "--cache-dir", str(tmp_path / "cache")),
+    ]
+    plain = tmp_path / "plain"
+    acdc.main([*argv, "--out", str(plain)])
+    sharded = tmp_path / "sharded"
+    assert acdc.main([*argv, "--out", str(sharded), "--shard", "1/2"]) is None  # runs 1 and 3 of 4
+    printed = capsys.readouterr().out
+    assert "shard 1/2: 2 of the grid's 4 runs (adam-dsc-seed0, adam-mime-seed0)" in printed
+    assert "waits for 2 unfinished run(s) of other shards (adam-dsc-seed1, adam-mime-seed1)" in printed
+    assert not (sharded / "table1.md").exists()
+    acdc.main([*argv, "--out", str(sharded), "--shard", "2/2"])  # the last shard finds the grid finished
+    assert "every run of the grid is finished, writing the grid's report" in capsys.readouterr().out
+    assert acdc.main([*argv, "--out", str(sharded), "--shard", "2/2"]) is not None
+    assert "shard 2/2: its runs are all finished already" in capsys.readouterr().out
+    acdc.main([*argv, "--out", str(sharded)])  # the final plain command reuses every run
+    assert "finished earlier: reusing" in capsys.readouterr().out
+    assert (sharded / "table1.md").read_text() == (plain / "table1.md").read_text()

@@ -84,7 +84,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "segmime-acdc") ->
     )
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "segmime-acdc") -> GridResult:
+def main(argv: Sequence[str] | None = None, prog: str = "segmime-acdc") -> GridResult | None:
     config = parse_args(argv, prog)
 
     def load(root: Path):

@@ -80,7 +80,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "segmime-promise12
     )
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "segmime-promise12") -> GridResult:
+def main(argv: Sequence[str] | None = None, prog: str = "segmime-promise12") -> GridResult | None:
     config = parse_args(argv, prog)
     if "nm" in config.losses:
         print(

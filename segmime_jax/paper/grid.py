@@ -24,6 +24,7 @@ into the cache folder: :func:`segmime_jax.paper.datasets.dataset_root`) and call
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,8 @@ from segmime_jax.losses.spec import canonical_name
 from segmime_jax.models import check_input_size
 from segmime_jax.paper.datasets import data_info, dataset_root
 from segmime_jax.paper.grid_report import GridResult, format_summary, write_grid_report
-from segmime_jax.paper.grid_training import GRID_MODES, DivergedRunsError, train_grid
+from segmime_jax.paper.grid_training import GRID_MODES, DivergedRunsError, plan_run, train_grid
+from segmime_jax.paper.shards import Shard, parse_shard, resolve_shard
 from segmime_jax.train import NonFiniteLossError, TrainConfig
 from segmime_jax.train.optim import OPTIMIZERS
 
@@ -112,6 +114,13 @@ class GridConfig:
         "sequential on CPU; see docs/training.md)",
         choices=GRID_MODES,
     )
+    shard: str | None = option(
+        None,
+        "train only the runs whose index in the grid (optimiser, loss, seed order) is K-1 modulo N, and write the "
+        "report only once every run of the grid is finished (a plain command afterwards reuses them all); "
+        "default: the task of the SLURM array that launched this process (ID - MIN + 1 of COUNT), else every run",
+        metavar="K/N",
+    )
     train: TrainConfig = nested(TrainConfig(), exclude=PER_RUN_FIELDS)
     distributed: DistributedConfig = nested(DistributedConfig())
 
@@ -141,6 +150,8 @@ class GridConfig:
             raise ValueError(f"--grid-mode must be one of {', '.join(GRID_MODES)}, got {self.grid_mode!r}")
         for flag, folder in (("--out", self.out), ("--cache-dir", self.cache_dir)):
             _check_folder(flag, folder)
+        if self.shard is not None:
+            parse_shard(self.shard)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -230,8 +241,12 @@ def run_grid(
     synthetic: bool,
     calibration_class: str | None = None,
     log: Callable[[str], None] = print,
-) -> GridResult:
+) -> GridResult | None:
     """Train (or reuse) every run of ``config`` on ``data`` and write the report into ``config.out``.
+
+    With a shard (``--shard K/N``, or a SLURM array's task: :mod:`segmime_jax.paper.shards`) only the shard's
+    runs train, and the report is written only if every run of the grid is then finished; otherwise this
+    returns None after saying which runs it waits for.
 
     Args:
       config: the grid and training options.
@@ -258,6 +273,10 @@ def run_grid(
         f"({info['train_volumes']}/{info['val_volumes']}/{info['test_volumes']} volumes) at "
         f"{config.image_size}x{config.image_size}, {'synthetic' if synthetic else 'real'} data from {data_root}"
     )
+    shard = resolve_shard(config.shard, os.environ)
+    if shard is not None and shard.count > 1:
+        if not _train_shard(shard, grid, data, terms, config, model=model, log=log):
+            return None
     runs = train_grid(grid, data, terms, mode=config.grid_mode, overwrite=config.overwrite, model=model, log=log)
     return write_grid_report(
         config,
@@ -272,6 +291,34 @@ def run_grid(
     )
 
 
+def _train_shard(
+    shard: Shard,
+    grid: Sequence[GridRun],
+    data: DatasetSplits,
+    terms: Sequence[str],
+    config: GridConfig,
+    *,
+    model: str,
+    log: Callable[[str], None],
+) -> bool:
+    """Train the shard's runs; whether every run of the grid is finished (then the report can be written)."""
+    mine = shard.select(grid)
+    log(f"shard {shard}: {len(mine)} of the grid's {len(grid)} runs ({', '.join(r.name for r in mine) or 'none'})")
+    if mine and all(plan_run(run, data, overwrite=config.overwrite) == "reuse" for run in mine):
+        log(f"shard {shard}: its runs are all finished already")
+    if mine:
+        train_grid(mine, data, terms, mode=config.grid_mode, overwrite=config.overwrite, model=model, log=log)
+    unfinished = [run.name for run in grid if plan_run(run, data, overwrite=False) != "reuse"]
+    if unfinished:
+        log(
+            f"shard {shard} done; the grid's report waits for {len(unfinished)} unfinished run(s) of other shards "
+            f"({', '.join(unfinished)}): once they are finished, the same command without --shard writes it"
+        )
+        return False
+    log(f"shard {shard}: every run of the grid is finished, writing the grid's report")
+    return True
+
+
 # ------------------------------------------------------------------------------------------ entry points
 def run_experiment(
     config: GridConfig,
@@ -281,7 +328,7 @@ def run_experiment(
     load: Callable[[Path], DatasetSplits],
     calibration_class: str | None = None,
     log: Callable[[str], None] = print,
-) -> GridResult:
+) -> GridResult | None:
     """What ``python -m experiments.<dataset>`` does: find or make the data, run the grid, print the summary.
 
     A user's mistake (bad option value, data, run folder) ends the program with one ``error:`` line; so does a
@@ -305,7 +352,7 @@ def run_experiment(
         ) from None
     except KeyboardInterrupt:
         raise SystemExit("interrupted: run the same command again to continue from the last completed epochs") from None
-    if is_primary():
+    if is_primary() and result is not None:
         log(format_summary(result))
     return result
 

@@ -76,12 +76,9 @@ def grid_mode(mode: str, backend: str | None = None) -> str:
 def plan_run(run: GridRun, data: DatasetSplits, overwrite: bool) -> str:
     """What to do with ``run``'s folder: ``"start"``, ``"reuse"`` (finished with this configuration),
     ``"continue"`` (from its checkpoints) or ``"restart"`` (unfinished, nothing to continue from). Raises
-    ValueError when the folder holds a run of another configuration or other data, and
-    :class:`~segmime_jax.train.run_lock.RunInUseError` when another process is training it (before anything
-    trains)."""
+    ValueError when the folder holds a run of another configuration or other data (before anything trains).
+    Reads the folder only (no lock): :func:`train_grid` checks the locks."""
     directory = run.directory
-    if is_primary():
-        check_not_in_use(directory)  # another command trains it now: touch nothing of it
     if not directory.is_dir() or not any(directory.iterdir()):
         return "start"
     if overwrite:
@@ -129,8 +126,12 @@ def train_grid(
 
     Raises:
       ValueError: a run folder holds a run of another configuration or other data (before anything trains).
+      RunInUseError: another process is training one of the runs (before anything trains).
       DivergedRunsError: runs diverged (after the others finished).
     """
+    if is_primary():
+        for run in grid:
+            check_not_in_use(run.directory)  # another command trains it now: touch nothing of the grid
     actions = {run.name: plan_run(run, data, overwrite) for run in grid}
     barrier("grid planned")  # every process has read the run folders before any is written
     mode = grid_mode(mode)
