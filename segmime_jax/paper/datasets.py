@@ -5,12 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from segmime_jax.data import DatasetSplits
-
-if TYPE_CHECKING:
-    from segmime_jax.paper.grid import GridConfig
+from segmime_jax.paper.grid_config import GridConfig
 
 
 def dataset_root(dataset: str, config: GridConfig, *, log: Callable[[str], None] = print) -> tuple[Path, bool]:

@@ -11,17 +11,15 @@ NIfTI predictions, :func:`segmime_jax.paper.grid._add_surface_metrics`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from segmime_jax.paper import statistics
+from segmime_jax.paper.grid_config import GridRun
 from segmime_jax.report import tables
 from segmime_jax.train import RunResult
 from segmime_jax.train.results import volume_metrics_csv
-
-if TYPE_CHECKING:
-    from segmime_jax.paper.grid import GridRun
 
 
 def pooled(runs: Sequence[RunResult], name: str) -> np.ndarray | None:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -17,13 +17,11 @@ from segmime_jax.data import DatasetSplits
 from segmime_jax.environment import environment
 from segmime_jax.losses.spec import canonical_name
 from segmime_jax.paper import distances, statistics
+from segmime_jax.paper.grid_config import GridConfig, GridRun
 from segmime_jax.report import boxplots, figures, tables
 from segmime_jax.train import RunResult
 from segmime_jax.train.metrics import mean_foreground
 from segmime_jax.train.surface import CONVENTION
-
-if TYPE_CHECKING:
-    from segmime_jax.paper.grid import GridConfig, GridRun
 
 
 @dataclass

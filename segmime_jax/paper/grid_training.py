@@ -25,23 +25,18 @@ import dataclasses
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import jax
 
 from segmime_jax.atomic_files import json_ready
 from segmime_jax.data import DatasetSplits, fingerprint_differences
 from segmime_jax.distributed import barrier, is_primary
+from segmime_jax.paper.grid_config import GRID_MODES, GridRun
 from segmime_jax.train import NonFiniteLossError, RunResult, load_run_result, save_run_result, train_and_evaluate
 from segmime_jax.train.config import RESUMABLE_CHANGES, stack_key
 from segmime_jax.train.metrics import mean_foreground
 from segmime_jax.train.run_lock import RunLock, check_not_in_use
 from segmime_jax.train.surface import surface_from_predictions
-
-if TYPE_CHECKING:
-    from segmime_jax.paper.grid import GridRun
-
-GRID_MODES = ("sequential", "stacked", "auto")
 
 #: Backends (``jax.default_backend()``) on which training a grid's runs stacked was measured faster than one
 #: after another (docs/training.md, "Stacked runs"). CPU: 0.6x (XLA:CPU's grouped convolutions are slow); GPU, TPU: not

@@ -21,7 +21,7 @@ import numpy as np
 from segmime_jax.data import DatasetSplits, VolumeInfo, load_acdc, load_promise12
 from segmime_jax.data.export import read_original_labels, read_prediction_nifti
 from segmime_jax.paper import statistics
-from segmime_jax.paper.grid import run_name
+from segmime_jax.paper.grid_config import run_name
 from segmime_jax.paper.halo import HaloMeasures, halo_measures, working_pixel_mm
 from segmime_jax.report.figures import _pyplot, _save
 from segmime_jax.train import RunResult
