@@ -161,6 +161,9 @@ def test_promise12_presets():
     assert demo.foreground_only == ("mime", "nm")
     classes = {r.loss: r.config.loss_classes for r in grid.grid_runs(demo, model="residualunet", num_classes=2)}
     assert classes == {"ce": None, "dsc": None, "mime": (1,)}
+    converged = promise12.parse_args(["--preset", "converged"])  # the demo trained 6x longer, Dice and Mime
+    assert converged.losses == ("dsc", "mime") and (converged.train.epochs, converged.train.plateau_patience) == (72, 6)
+    assert (converged.image_size, converged.synthetic_cases, converged.train.adam_b1) == (48, 16, 0.9)
     assert promise12.parse_args(["--foreground-only", ""]).foreground_only == ()
 
 
