@@ -1,5 +1,6 @@
 """Docs that run: every Python block of README.md and docs/ runs, every relative link resolves, every shell block
-says which test runs it or why none does, and every ``--flag`` a shell block names exists in its command's --help.
+says which test runs it or why none does, every ``--flag`` a shell block names exists in its command's --help, and
+every ``--flag`` in the prose is an option of some command.
 
 Python blocks run with Sybil, one namespace per page (a page's blocks continue each other), in a temporary
 folder. A shell block is marked on the line above it with ``<!-- shell: run by tests/FILE.py::TEST -->`` (the
@@ -40,7 +41,10 @@ COMMANDS = {
     "make gradients": "segmime_jax.commands.gradients",
     "make benchmark": "segmime_jax.commands.benchmark",
     "make device-check": "segmime_jax.commands.device_check",
+    "segmime_jax.data.synthetic": "segmime_jax.data.synthetic.cli",
 }
+#: flags the docs name in prose that belong to other tools (gcloud's), or stand for any flag
+OTHER_TOOLS_FLAGS = {"--worker", "--command", "--flag"}
 
 
 def page_id(path: Path) -> str:
@@ -89,8 +93,9 @@ def test_shell_blocks_say_which_test_runs_them_or_why_none_does(path):
 
 def help_text(module: str) -> str:
     out = io.StringIO()
+    main = importlib.import_module(module).main
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
-        importlib.import_module(module).main(["--help"], prog="command")
+        main(["--help"], prog="command") if "prog" in main.__code__.co_varnames else main(["--help"])
     return out.getvalue()
 
 
@@ -113,6 +118,15 @@ def test_flags_in_shell_blocks_exist(path):
             helps.setdefault(module, help_text(module))
             for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", arguments):
                 assert flag in helps[module], f"{page_id(path)}:{line}: {flag} is not an option of {module}"
+
+
+@pytest.mark.parametrize("path", params())
+def test_flags_in_prose_exist(path):
+    """A ``--flag`` in an inline code span is an option of one of the commands (or of a tool named above)."""
+    everything = " ".join(help_text(module) for module in sorted(set(COMMANDS.values())))
+    for span in re.findall(r"`([^`]*)`", FENCE.sub("", path.read_text())):
+        for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*(?![\w=]*_)", span):  # not XLA's --xla_... flags
+            assert flag in everything or flag in OTHER_TOOLS_FLAGS, f"{page_id(path)}: {flag} is no command's option"
 
 
 def anchors(page: Path) -> set[str]:
