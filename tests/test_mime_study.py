@@ -10,7 +10,8 @@ import pytest
 from helpers import random_onehot
 
 from segmime_jax import losses as L
-from segmime_jax.paper.halo import halo_measures, working_pixel_mm
+from segmime_jax.paper.halo import eroded_dsc, halo_measures, working_pixel_mm
+from segmime_jax.paper.mime_study import RIM_WIDTHS
 
 
 def _logit_grad(loss, logits, target, **kwargs):
@@ -80,6 +81,19 @@ def test_halo_of_a_one_pixel_dilation():
     assert m.fp_ratio == pytest.approx(41 / 32) and m.band_fp_ratio == pytest.approx(40 / 32)
 
 
+def test_peeling_a_one_pixel_rim_off_a_dilation_restores_the_reference():
+    """An 8x8 square grown by two voxels all round, in two slices: peeling one working pixel (2 voxels of 0.5 mm at a
+    1 mm working pixel) within each slice gives the reference back; half a pixel peels one voxel."""
+    reference = np.zeros((2, 20, 20), bool)
+    reference[:, 6:14, 6:14] = True
+    prediction = np.zeros_like(reference)
+    prediction[:, 4:16, 4:16] = True  # grown by 2 voxels = 1 working pixel all round
+    dsc = eroded_dsc(prediction, reference, (4.0, 0.5, 0.5), working_pixel_mm=1.0, pixels=(0, 0.5, 1), slice_axis=0)
+    assert dsc[0] == pytest.approx(2 * 64 / (144 + 64))
+    assert dsc[1] == pytest.approx(2 * 64 / (100 + 64))  # one voxel peeled: 10x10 left
+    assert dsc[2] == pytest.approx(1.0)
+
+
 def test_halo_of_an_undersegmentation_and_of_nothing():
     reference = np.zeros((1, 8, 8), bool)
     reference[0, 2:6, 2:6] = True
@@ -118,8 +132,10 @@ def test_mime_study_of_a_tiny_promise12_grid(tmp_path, capsys):
     assert set(summary.losses) == {"dsc", "mime"} and set(summary.dsc_differences) == {"mime"}
     mime = summary.losses["mime"]
     assert len(mime.halo) == summary.test_volumes and mime.epochs_to_90 == [1]
+    assert len(mime.rim_dsc) == summary.test_volumes and all(len(r) == len(RIM_WIDTHS) for r in mime.rim_dsc)
     assert all(h.reference_voxels > 0 and np.isfinite(h.fp_ratio) for h in mime.halo)
-    assert printed.count("| promise12 32², ") == 2
+    assert printed.count("| promise12 32², ") == 4  # a row per loss in the main table and in the rim table
+    assert "| peel 0 px | peel 0.25 px |" in printed
     assert (tmp_path / "figures" / "gap_against_size.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="not a finished grid"):
         mime_study.main(["--grids", str(tmp_path)])

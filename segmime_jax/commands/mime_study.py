@@ -40,6 +40,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "segmime-mime-study") ->
             raise SystemExit(f"error: {folder}: not a finished grid (no results.json)")
     summaries = [study.summarize_grid(folder, halo=config.halo) for folder in config.grids]
     print(study.markdown_table(summaries))
+    if any(loss.rim_dsc for s in summaries for loss in s.losses.values()):
+        print()
+        print(study.rim_table(summaries))
     if config.figures is not None:
         promise12 = [s for s in summaries if s.dataset == "promise12" and "mime" in s.dsc_differences]
         if promise12:

@@ -60,9 +60,9 @@ PRESETS: dict[str, GridConfig] = {
     # The demo's data and network trained to convergence, Dice and the mime only: 72 epochs, the rate halved after 6
     # without a better validation DSC. Measured 2026-12-07 on a 2-core CPU (one seed, 3 test volumes): Dice 92.9,
     # Mime 86.4, Mime - Dice -6.5 points [-8.3, -5.5], late gains 0.0 and 0.1; 38 + 37 minutes beside other jobs
-    # (about 65 minutes alone). Converged, the mime's excess is a rim about one working pixel wide (false positives
-    # 0.31 of the gland, a median 1.1 pixels from it), which costs ~6 points on a 20-pixel gland at 48x48 and should
-    # cost ~1 at the paper's 256x256: this preset shows that mechanism, not the paper's level (docs/mime_study.md).
+    # (about 65 minutes alone). Converged, the mime's false positives are 0.31 of the gland, a median 1.1 working
+    # pixels from it; a uniform sub-pixel rim explains ~2.7 of the 6.5 points, uneven over-segmentation the rest.
+    # This preset shows that converged state, not the paper's level (docs/mime_study.md).
     "converged": GridConfig(
         losses=("dsc", "mime"),
         foreground_only=("mime", "nm"),

@@ -22,13 +22,15 @@ from segmime_jax.data import DatasetSplits, VolumeInfo, load_acdc, load_promise1
 from segmime_jax.data.export import read_original_labels, read_prediction_nifti
 from segmime_jax.paper import statistics
 from segmime_jax.paper.grid_config import run_name
-from segmime_jax.paper.halo import HaloMeasures, halo_measures, working_pixel_mm
+from segmime_jax.paper.halo import HaloMeasures, eroded_dsc, halo_measures, working_pixel_mm
 from segmime_jax.report.figures import _pyplot, _save
 from segmime_jax.train import RunResult
 from segmime_jax.train.metrics import mean_foreground
 from segmime_jax.train.results import load_run_result
 
 MISSED_CLASS_DSC = 0.05  # a foreground class under 5 % validation DSC is (all but) never predicted: "missed"
+#: Widths (working pixels) of the rims peeled off a prediction by the rim measure (:func:`rim_table`).
+RIM_WIDTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +46,8 @@ class LossSummary:
         (a class the network has stopped predicting).
       val_curves: ``(seeds, epochs, K)`` validation DSC per class (background first).
       halo: per seed and test volume, the halo of the foreground class (binary tasks), else empty.
+      rim_dsc: per seed and test volume, the foreground DSC on the original grid after peeling a rim of each
+        width of :data:`RIM_WIDTHS` off the prediction (:func:`~segmime_jax.paper.halo.eroded_dsc`), with the halo.
     """
 
     loss: str
@@ -53,6 +57,7 @@ class LossSummary:
     missed_class_epochs: list[int]
     val_curves: np.ndarray
     halo: list[HaloMeasures]
+    rim_dsc: list[list[float]] = dataclasses.field(default_factory=list)
 
     def halo_mean(self, field: str) -> float:
         """Mean of one :class:`HaloMeasures` field over seeds and volumes (NaN entries left out)."""
@@ -161,13 +166,16 @@ def _summarize_loss(
     curves = np.stack([np.asarray([h["val_dsc"] for h in r.history], np.float64) for r in results])
     foreground = curves[..., 1:].mean(axis=-1)
     halos: list[HaloMeasures] = []
+    rims: list[list[float]] = []
     if volumes is not None:
         for seed, result in enumerate(results):
             predictions = folder / "runs" / run_name("adam", loss, seed) / "predictions"
             for name in result.test_volume_names:
                 path = predictions / f"{name}.nii.gz"
                 if path.is_file():  # a grid run with --no-write-predictions has none
-                    halos.append(volume_halo(volumes[name], path, working_size))
+                    halo, rim = volume_halo(volumes[name], path, working_size)
+                    halos.append(halo)
+                    rims.append(rim)
     return LossSummary(
         loss=loss,
         test_all_dsc=float(np.mean([mean_foreground(r.test_dsc) for r in results])),
@@ -176,20 +184,40 @@ def _summarize_loss(
         missed_class_epochs=[int((c[:, 1:].min(axis=-1) < MISSED_CLASS_DSC).sum()) for c in curves],
         val_curves=curves,
         halo=halos,
+        rim_dsc=rims,
     )
 
 
 def volume_halo(
     volume: VolumeInfo, prediction_path: Path, working_size: tuple[int, int], class_index: int = 1
-) -> HaloMeasures:
+) -> tuple[HaloMeasures, list[float]]:
     """The halo of class ``class_index`` in one written prediction against the volume's reference, on the original
-    grid (:func:`segmime_jax.paper.halo.halo_measures`)."""
+    grid (:func:`segmime_jax.paper.halo.halo_measures`), and its DSC with a rim of each width of :data:`RIM_WIDTHS`
+    working pixels peeled off (:func:`segmime_jax.paper.halo.eroded_dsc`, within slices)."""
     prediction = read_prediction_nifti(volume, prediction_path) == class_index
     reference = read_original_labels(volume, class_index + 1) == class_index
     spacing = volume.array_spacing
     in_plane = [s for axis, s in enumerate(spacing) if axis != volume.slice_axis]
     pixel = working_pixel_mm(in_plane, volume.in_plane_shape, working_size)
-    return halo_measures(prediction, reference, spacing, working_pixel_mm=pixel)
+    halo = halo_measures(prediction, reference, spacing, working_pixel_mm=pixel)
+    rim = eroded_dsc(
+        prediction, reference, spacing, working_pixel_mm=pixel, pixels=RIM_WIDTHS, slice_axis=volume.slice_axis
+    )
+    return halo, rim
+
+
+def rim_table(summaries: Sequence[GridSummary]) -> str:
+    """One Markdown row per (grid, loss) with a measured halo: the mean foreground DSC (%) on the original grid
+    after peeling a rim of each width of :data:`RIM_WIDTHS` working pixels off the predictions. The width that
+    maximises it says how much of the loss's over-segmentation a uniform rim explains."""
+    header = "| grid | loss | " + " | ".join(f"peel {w:g} px" for w in RIM_WIDTHS) + " |"
+    lines = [header, "|" + "---|" * (len(RIM_WIDTHS) + 2)]
+    for s in summaries:
+        for loss in s.losses.values():
+            if loss.rim_dsc:
+                means = np.mean(np.asarray(loss.rim_dsc, np.float64), axis=0) * 100
+                lines.append(f"| {s.label} | {loss.loss} | " + " | ".join(f"{m:.1f}" for m in means) + " |")
+    return "\n".join(lines)
 
 
 _LOADERS: dict[str, Callable[..., DatasetSplits]] = {"acdc": load_acdc, "promise12": load_promise12}
