@@ -21,6 +21,7 @@ results.json, test_metrics.csv, fig2.png, fig3.png, fig4.png, hd95.png, train_lo
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,44 +36,41 @@ DESCRIPTION = __doc__.split("\n\n")[0] + (
     "has no term against false positives and collapses to all-foreground (paper §2.4)."
 )
 
+# Sized so that `make promise12` ends within ~12 minutes on a 2-core CPU. ResidualUNet has 19.6M parameters
+# and trains at ~14 slices/s at 48x48 on such a CPU (the paper's 256x256 would be ~30 times slower), so each
+# run gets ~3,000 slices: 16 cases (11 train / 2 validation / 3 test) drawn with the field of view shrunk 2x
+# around the prostate (--synthetic-zoom 2: at 48x48 a whole-pelvis view leaves a gland ~10 pixels across),
+# batch 8, 12 epochs, Adam at 1e-3 with beta1 = 0.9 instead of the paper's 0.99 (which averages the gradient
+# over ~100 steps, a third of a run), the rate halved after every epoch without a better validation DSC
+# (2 validation volumes make a noisy curve; the decay settles it). At this size and budget the paper's mime
+# trails Dice by ~11 points: it calls prostate every pixel above b/(a+b) = 5 % probability and over-segments by
+# ~0.7 of the gland's volume; neither 64x64, a gentler schedule nor training to convergence ("converged" below)
+# brought it within 3 points (docs/mime_study.md).
+DEMO = GridConfig(
+    losses=("ce", "dsc", "mime"),
+    foreground_only=("mime", "nm"),
+    optimizers=("adam",),
+    synthetic_cases=16,
+    synthetic_zoom=2.0,
+    image_size=48,
+    adam_lr=1e-3,
+    out=Path("results/promise12/demo"),
+    train=TrainConfig(epochs=12, batch_size=8, eval_batch_size=16, plateau_patience=1, augment=True, adam_b1=0.9),
+)
+
 PRESETS: dict[str, GridConfig] = {
-    # Sized so that `make promise12` ends within ~12 minutes on a 2-core CPU. ResidualUNet has 19.6M parameters
-    # and trains at ~14 slices/s at 48x48 on such a CPU (the paper's 256x256 would be ~30 times slower), so each
-    # run gets ~3,000 slices: 16 cases (11 train / 2 validation / 3 test) drawn with the field of view shrunk 2x
-    # around the prostate (--synthetic-zoom 2: at 48x48 a whole-pelvis view leaves a gland ~10 pixels across),
-    # batch 8, 12 epochs, Adam at 1e-3 with beta1 = 0.9 instead of the paper's 0.99 (which averages the gradient
-    # over ~100 steps, a third of a run), the rate halved after every epoch without a better validation DSC
-    # (2 validation volumes make a noisy curve; the decay settles it). At this size and budget the paper's mime
-    # trails Dice by ~11 points: it calls prostate every pixel above b/(a+b) = 5 % probability and over-segments by
-    # ~0.7 of the gland's volume; neither 64x64, a gentler schedule nor training to convergence ("converged" below)
-    # brought it within 3 points (docs/mime_study.md).
-    "demo": GridConfig(
-        losses=("ce", "dsc", "mime"),
-        foreground_only=("mime", "nm"),
-        optimizers=("adam",),
-        synthetic_cases=16,
-        synthetic_zoom=2.0,
-        image_size=48,
-        adam_lr=1e-3,
-        out=Path("results/promise12/demo"),
-        train=TrainConfig(epochs=12, batch_size=8, eval_batch_size=16, plateau_patience=1, augment=True, adam_b1=0.9),
-    ),
+    "demo": DEMO,
     # The demo's data and network trained to convergence, Dice and the mime only: 72 epochs, the rate halved after 6
     # without a better validation DSC. Measured 2026-12-07 on a 2-core CPU (one seed, 3 test volumes): Dice 92.9,
     # Mime 86.4, Mime - Dice -6.5 points [-8.3, -5.5], late gains 0.0 and 0.1; 38 + 37 minutes beside other jobs
     # (about 65 minutes alone). Converged, the mime's false positives are 0.31 of the gland, a median 1.1 working
     # pixels from it; a uniform sub-pixel rim explains ~2.7 of the 6.5 points, uneven over-segmentation the rest.
     # This preset shows that converged state, not the paper's level (docs/mime_study.md).
-    "converged": GridConfig(
+    "converged": dataclasses.replace(
+        DEMO,
         losses=("dsc", "mime"),
-        foreground_only=("mime", "nm"),
-        optimizers=("adam",),
-        synthetic_cases=16,
-        synthetic_zoom=2.0,
-        image_size=48,
-        adam_lr=1e-3,
         out=Path("results/promise12/converged"),
-        train=TrainConfig(epochs=72, batch_size=8, eval_batch_size=16, plateau_patience=6, augment=True, adam_b1=0.9),
+        train=dataclasses.replace(DEMO.train, epochs=72, plateau_patience=6),
     ),
     # Paper §3.2: 256x256, batch 4, 200 epochs, Adam and SGD, augmentation (flip, mirror, rotation ±45°).
     "paper": GridConfig(

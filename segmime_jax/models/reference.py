@@ -156,24 +156,21 @@ def all_cases_without_ynn(
     if NO_YNN_FLAG in env.get("XLA_FLAGS", ""):
         raise RuntimeError(f"YNN convolutions are still active with XLA_FLAGS={env['XLA_FLAGS']}")
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + NO_YNN_FLAG).strip()
-    done = subprocess.run(
-        [sys.executable, "-m", "segmime_jax.models.reference", str(reference_dir), *([precision] if precision else [])],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"fixture comparison subprocess failed:\n{done.stdout}\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return _in_subprocess(reference_dir, [precision] if precision else [], env, timeout)
 
 
 def fixture_errors_float64(reference_dir: pathlib.Path, timeout: float = 600) -> dict[str, dict[str, float]]:
     """:func:`all_cases` with the models computing in float64, in a subprocess (x64 is process-wide)."""
+    return _in_subprocess(reference_dir, ["float64"], child_process_environment(), timeout)
+
+
+def _in_subprocess(
+    reference_dir: pathlib.Path, args: list[str], env: dict[str, str], timeout: float
+) -> dict[str, dict[str, float]]:
+    """The JSON this module prints when run as ``python -m segmime_jax.models.reference REFERENCE_DIR *args``."""
     done = subprocess.run(
-        [sys.executable, "-m", "segmime_jax.models.reference", str(reference_dir), "float64"],
-        env=child_process_environment(),
+        [sys.executable, "-m", "segmime_jax.models.reference", str(reference_dir), *args],
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,

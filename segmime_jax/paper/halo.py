@@ -83,10 +83,7 @@ def halo_measures(
       >>> m.fp_median_px, round(m.band_fp_ratio, 3)  # every false positive within 2 working pixels
       (0.5, 1.778)
     """
-    prediction = np.asarray(prediction, bool)
-    reference = np.asarray(reference, bool)
-    if prediction.shape != reference.shape:
-        raise ValueError(f"prediction {prediction.shape} and reference {reference.shape} differ in shape")
+    prediction, reference = _masks(prediction, reference)
     if len(spacing) != reference.ndim:
         raise ValueError(f"spacing {tuple(spacing)} does not have one value per axis of {reference.shape}")
     if not working_pixel_mm > 0:
@@ -143,10 +140,7 @@ def eroded_dsc(
       ...                                  pixels=(0, 1), slice_axis=0)]
       [0.529, 1.0]
     """
-    prediction = np.asarray(prediction, bool)
-    reference = np.asarray(reference, bool)
-    if prediction.shape != reference.shape:
-        raise ValueError(f"prediction {prediction.shape} and reference {reference.shape} differ in shape")
+    prediction, reference = _masks(prediction, reference)
     sampling = [1e9 if axis == slice_axis else float(s) for axis, s in enumerate(spacing)]  # 1e9: not across slices
     depth = ndimage.distance_transform_edt(prediction, sampling=sampling)
     out = []
@@ -155,6 +149,15 @@ def eroded_dsc(
         total = kept.sum() + reference.sum()
         out.append(float(2 * (kept & reference).sum() / total) if total else math.nan)
     return out
+
+
+def _masks(prediction: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks as boolean arrays; ValueError if their shapes differ."""
+    prediction = np.asarray(prediction, bool)
+    reference = np.asarray(reference, bool)
+    if prediction.shape != reference.shape:
+        raise ValueError(f"prediction {prediction.shape} and reference {reference.shape} differ in shape")
+    return prediction, reference
 
 
 def working_pixel_mm(in_plane_spacing: Sequence[float], in_plane_shape: Sequence[int], working_size: Sequence[int]):
