@@ -180,16 +180,14 @@ def test_eight_devices_same_batches():
     assert result.stdout.strip().endswith("ok")
 
 
-def test_stacked_train_batches_give_each_run_its_own_order():
-    from segmime_jax.data.pipeline import BATCH_KEYS, stacked_train_batches
-    from segmime_jax.train.sharding import make_runs_mesh, stacked_batch_sharding
+def test_run_train_batches_give_each_run_its_own_order():
+    from segmime_jax.data.pipeline import BATCH_KEYS, run_train_batches
+    from segmime_jax.train.sharding import make_mesh, runs_batch_sharding
 
     dataset = make_dataset()  # 9 slices: batches of 4, 4 and 1 (padded)
-    mesh = make_runs_mesh(3, 1)
+    mesh = make_mesh(1)
     stacked = list(
-        stacked_train_batches(
-            dataset, 4, seeds=[5, 7, 5], epoch=2, mesh=mesh, sharding=stacked_batch_sharding(mesh), prefetch=0
-        )
+        run_train_batches(dataset, 4, seeds=[5, 7, 5], epoch=2, sharding=runs_batch_sharding(mesh), prefetch=0)
     )
     alone = {seed: list(train_batches(dataset, 4, seed=seed, epoch=2, prefetch=0)) for seed in (5, 7)}
     assert len(stacked) == 3
@@ -200,5 +198,5 @@ def test_stacked_train_batches_give_each_run_its_own_order():
             for key in BATCH_KEYS:
                 np.testing.assert_array_equal(batch[key][run], np.asarray(alone[seed][position][key]))
     device = to_device(dataset)  # gathered on the device: the same batches
-    again = next(stacked_train_batches(device, 4, seeds=[5, 7, 5], epoch=2, mesh=mesh, sharding=None, prefetch=0))
+    again = next(run_train_batches(device, 4, seeds=[5, 7, 5], epoch=2, sharding=None, prefetch=0))
     np.testing.assert_array_equal(np.asarray(again["label"]), np.asarray(stacked[0]["label"]))

@@ -36,17 +36,18 @@ WORKER = textwrap.dedent("""
     import jax, numpy as np
     from flax import nnx
     from train_support import tiny_factory, tiny_splits
-    from segmime_jax.train import CheckpointStore, TrainConfig, TrainState, train_and_evaluate
-    from segmime_jax.train import loop
+    from segmime_jax.train import TrainConfig, TrainState, train_and_evaluate
+    from segmime_jax.train import engine
+    from segmime_jax.train.checkpoint import CheckpointStore
 
     if int(kill_after):  # die in the middle of an epoch, after that many steps
-        checked, steps = loop._pending_loss, []
+        checked, steps = engine._account, []
         def dying(*args, **kwargs):
             steps.append(1)
             if len(steps) == int(kill_after):
                 os._exit(9)
             return checked(*args, **kwargs)
-        loop._pending_loss = dying
+        engine._account = dying
     # 14 training slices, batch 8: a batch split over the 4 devices and a trimmed one of 6 (replicated)
     data = tiny_splits(train_volumes=7, slices=2)
     config = TrainConfig(loss="1*ce+1*dsc", optimizer="sgd", learning_rate=0.1, epochs=3, batch_size=8,

@@ -1,6 +1,6 @@
-"""How a grid trains its runs (--grid-mode): which runs are stacked together, what auto picks, and a diverged
-run that no longer stops the others. The training functions are replaced by fakes: nothing is trained here
-(test_train_stacked.py trains stacked runs)."""
+"""How a grid trains its runs (--grid-mode): which runs train together, and a diverged run that no longer stops
+the others. The engine is replaced by a fake: nothing is trained here (test_train_stacked.py trains runs
+together; test_train_sharding.py checks what each layout picks)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 
 from segmime_jax.commands import acdc
 from segmime_jax.paper import grid, grid_training
+from segmime_jax.paper.grid_config import GRID_MODES
 from segmime_jax.train import NonFiniteLossError
-from segmime_jax.train import stacked as stacked_module
+from segmime_jax.train.layout import LAYOUTS
 
 
 def _grid(tmp_path, *args):
@@ -33,38 +34,30 @@ def _diverged(config):
 @pytest.fixture
 def calls(monkeypatch):
     """Fake training: records each call; runs with the SGD dsc loss of seed 1 diverge."""
-    made = {"alone": [], "stacked": []}
+    made = {"calls": []}
 
     def outcome(config):
         return (
             _diverged(config) if (config.optimizer, config.loss, config.seed) == ("sgd", "dsc", 1) else _result(config)
         )
 
-    def train_and_evaluate(config, data, run_dir, **kwargs):
-        made["alone"].append(config)
-        result = outcome(config)
-        if isinstance(result, NonFiniteLossError):
-            raise result
-        return result
-
-    def train_stacked(configs, data, run_dirs, **kwargs):
-        made["stacked"].append(list(configs))
+    def train_runs(configs, data, run_dirs, *, layout, **kwargs):
+        made["calls"].append((layout, list(configs)))
         return [outcome(config) for config in configs]
 
-    monkeypatch.setattr(grid_training, "train_and_evaluate", train_and_evaluate)
-    monkeypatch.setattr(stacked_module, "train_stacked", train_stacked)
+    monkeypatch.setattr(grid_training, "train_runs", train_runs)
     return made
 
 
-def test_stacked_mode_trains_each_optimiser_as_one_stack(tmp_path, calls):
+def test_runs_that_share_a_step_train_as_one_call(tmp_path, calls):
     config, runs = _grid(tmp_path, "--grid-mode", "stacked")
     log = []
     with pytest.raises(grid_training.DivergedRunsError, match="1 run\\(s\\) diverged.*sgd-dsc-seed1: non-finite"):
         grid_training.train_grid(
             runs, None, ("ce", "dsc"), mode="stacked", overwrite=False, model="enet", log=log.append
         )
-    assert calls["alone"] == []
-    assert [[(c.optimizer, c.loss, c.seed) for c in stack] for stack in calls["stacked"]] == [
+    assert {layout for layout, _ in calls["calls"]} == {"stacked"}
+    assert [[(c.optimizer, c.loss, c.seed) for c in stack] for _, stack in calls["calls"]] == [
         [("adam", "ce", 0), ("adam", "ce", 1), ("adam", "dsc", 0), ("adam", "dsc", 1)],
         [("sgd", "ce", 0), ("sgd", "ce", 1), ("sgd", "dsc", 0), ("sgd", "dsc", 1)],
     ]
@@ -75,15 +68,12 @@ def test_sequential_mode_goes_on_after_a_divergence(tmp_path, calls):
     _, runs = _grid(tmp_path)
     with pytest.raises(grid_training.DivergedRunsError) as caught:
         grid_training.train_grid(runs, None, ("ce", "dsc"), mode="sequential", overwrite=False, model="enet", log=print)
-    assert len(calls["alone"]) == 8 and calls["stacked"] == []  # the runs after the diverged one trained too
+    assert [len(configs) for _, configs in calls["calls"]] == [1] * 8  # the runs after the diverged one trained too
     assert list(caught.value.errors) == ["sgd-dsc-seed1"]
 
 
-def test_auto_picks_the_measured_faster_mode():
-    assert grid_training.grid_mode("stacked") == "stacked" and grid_training.grid_mode("sequential") == "sequential"
-    assert grid_training.grid_mode("auto", "cpu") == "sequential"  # stacked measured at 0.6x on CPU
-    assert grid_training.grid_mode("auto", "gpu") == "sequential"  # not measured: the safe default
-    with pytest.raises(ValueError, match="--grid-mode"):
-        grid_training.grid_mode("parallel")
+def test_grid_modes_are_the_layouts():
+    assert GRID_MODES == LAYOUTS
+    assert acdc.parse_args(["--grid-mode", "parallel"]).grid_mode == "parallel"
     with pytest.raises(SystemExit):
-        acdc.parse_args(["--grid-mode", "parallel"])
+        acdc.parse_args(["--grid-mode", "vmap"])

@@ -11,18 +11,17 @@ from flax import nnx
 from train_support import TinyNet
 
 from segmime_jax.losses import loss_from_spec
-from segmime_jax.train import (
+from segmime_jax.train import NonFiniteLossError, TrainState, make_optimizer, make_train_step
+from segmime_jax.train.checkpoint import (
     CheckpointStore,
-    NonFiniteLossError,
-    TrainState,
     check_finite,
     check_state_finite,
-    get_learning_rate,
-    make_optimizer,
-    make_train_step,
-    set_learning_rate,
+    leaf_names,
+    pack,
+    packing_table,
+    unpack,
 )
-from segmime_jax.train.checkpoint import leaf_names, pack, packing_table, unpack
+from segmime_jax.train.optim import get_learning_rate, set_learning_rate
 
 
 def _state(seed: int, tx) -> TrainState:

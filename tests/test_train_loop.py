@@ -17,18 +17,17 @@ from train_support import ExplodingNet, TinyNet, read_event_scalars, tiny_factor
 from segmime_jax.data.dataset import DatasetSplits
 from segmime_jax.losses import loss_from_spec
 from segmime_jax.train import (
-    CheckpointStore,
     NonFiniteLossError,
-    PlateauState,
     TrainConfig,
     TrainState,
-    evaluate,
     load_run_result,
     make_eval_step,
-    plateau_update,
     train_and_evaluate,
 )
-from segmime_jax.train import loop as loop_module
+from segmime_jax.train import engine as loop_module
+from segmime_jax.train.checkpoint import CheckpointStore
+from segmime_jax.train.evaluate import evaluate
+from segmime_jax.train.optim import PlateauState, plateau_update
 from segmime_jax.train.tensorboard import epoch_scalars
 
 # 9 training slices with batch 4: two full batches and a trimmed one of 1 slice per epoch.

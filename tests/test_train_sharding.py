@@ -18,7 +18,9 @@ import jax
 import numpy as np
 import pytest
 
-from segmime_jax.train import choose_num_devices, make_data_mesh, shard_batch
+from segmime_jax.train import make_mesh
+from segmime_jax.train.layout import choose_layout
+from segmime_jax.train.sharding import choose_num_devices, shard_batch
 
 TESTS = pathlib.Path(__file__).resolve().parent
 
@@ -29,8 +31,9 @@ SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from flax import nnx
     from train_support import tiny_factory, tiny_splits
-    from segmime_jax.train import CheckpointStore, TrainConfig, TrainState, train_and_evaluate
-    from segmime_jax.train import run as run_setup
+    from segmime_jax.train import TrainConfig, TrainState, train_and_evaluate
+    from segmime_jax.train import engine
+    from segmime_jax.train.checkpoint import CheckpointStore
 
     assert jax.device_count() == 8, jax.devices()
     meshes = []  # the meshes the runs really used
@@ -39,7 +42,7 @@ SCRIPT = textwrap.dedent("""
         meshes.append(real_mesh(*args, **kwargs))
         return meshes[-1]
 
-    real_mesh, run_setup.make_data_mesh = run_setup.make_data_mesh, recording_mesh
+    real_mesh, engine.make_mesh = engine.make_mesh, recording_mesh
     # 12 training slices, batch 8: one full batch split over the devices, one trimmed batch of 4 (replicated)
     data = tiny_splits(train_volumes=4, slices=3)
     out = {}
@@ -90,9 +93,33 @@ def test_device_choice_and_batch_placement():
     assert choose_num_devices((8, 16), available=8) == 8
     assert choose_num_devices((6, 16), available=8) == 2
     assert choose_num_devices((5,), available=8) == 5
-    mesh = make_data_mesh(batch_sizes=(4,))
-    assert mesh.axis_names == ("data",)
+    mesh = make_mesh(batch_sizes=(4,))
+    assert mesh.axis_names == ("runs", "data") and mesh.shape["runs"] == 1
     batch = shard_batch({"x": np.zeros((4, 2), np.float32)}, mesh)
     assert batch["x"].sharding.spec == jax.sharding.PartitionSpec("data")
     with pytest.raises(ValueError, match=r"device\(s\) are available"):
-        make_data_mesh(jax.local_device_count() + 1)
+        make_mesh(jax.local_device_count() + 1)
+
+
+def test_the_layout_auto_picks():
+    """(R, D) = (4, 1): one run at a time; (4, 4): one stack, one run per device; (8, 4): two such stacks;
+    (2, 8): one stack, each run over 4 devices."""
+
+    def picked(runs, devices):
+        layout = choose_layout(runs, devices, backend="gpu", batch_sizes=(8, 8))
+        return layout.mode, layout.stacks, layout.meshes
+
+    assert picked(4, 1) == ("sequential", (1, 1, 1, 1), ((1, 1),) * 4)
+    assert picked(4, 4) == ("parallel", (4,), ((4, 1),))
+    assert picked(8, 4) == ("parallel", (4, 4), ((4, 1), (4, 1)))
+    assert picked(2, 8) == ("parallel", (2,), ((2, 4),))
+    assert picked(5, 4) == ("parallel", (4, 1), ((4, 1), (1, 4)))
+    assert picked(1, 8) == ("sequential", (1,), ((1, 8),))
+    assert choose_layout(8, 4, mode="stacked", batch_sizes=(8,)).meshes == ((4, 1),)  # two runs per device
+    assert choose_layout(4, 4, mode="sequential").stacks == (1, 1, 1, 1)
+    assert choose_layout(8, 4, backend="gpu", batch_sizes=(8,)).describe() == (
+        "8 runs, parallel: 2 stacks of 4 x (one run per device, 1 device per run); 8 runs and 4 devices: whole "
+        "runs to devices"
+    )
+    with pytest.raises(ValueError, match="--grid-mode must be one of"):
+        choose_layout(2, 1, mode="vmap")

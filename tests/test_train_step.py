@@ -11,17 +11,10 @@ from flax import nnx
 from train_support import TinyNet, tiny_dataset
 
 from segmime_jax.losses import LossProgram, build_loss, loss_from_spec, loss_params
-from segmime_jax.train import (
-    TrainState,
-    evaluate,
-    make_data_mesh,
-    make_eval_step,
-    make_optimizer,
-    make_train_step,
-    mean_foreground,
-    replicate,
-    shard_batch,
-)
+from segmime_jax.train import TrainState, make_eval_step, make_mesh, make_optimizer, make_train_step
+from segmime_jax.train.evaluate import evaluate
+from segmime_jax.train.metrics import mean_foreground
+from segmime_jax.train.sharding import replicate, shard_batch
 
 NUM_CLASSES = 3
 
@@ -34,7 +27,7 @@ def setup():
         "label": dataset.labels.astype(np.int32),
         "mask": np.ones(4, bool),
     }
-    mesh = make_data_mesh(batch_sizes=(4,))
+    mesh = make_mesh(batch_sizes=(4,))
     return dataset, mesh, shard_batch(batch, mesh)
 
 

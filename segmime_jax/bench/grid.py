@@ -5,9 +5,9 @@
 - sequential: R calls of the training loop's one-run step (:func:`segmime_jax.train.make_train_step`, data
   parallel over the case's devices), dispatched back to back and waited for at the end, as consecutive runs
   of a grid would (their inputs never wait for each other);
-- stacked: one call of the stacked step (:func:`segmime_jax.train.stacked_step.make_stacked_train_step`) on
-  a ``('runs', 'data')`` mesh of the case's devices, each run with its own initial weights (seed r), loss
-  parameters and batch.
+- stacked: one call of the step of a stack of R runs (:func:`segmime_jax.train.make_runs_train_step`) on the
+  ``('runs', 'data')`` mesh the ``stacked`` layout gives the case's devices (:mod:`segmime_jax.train.layout`:
+  several runs vmapped per device), each run with its own initial weights (seed r), loss parameters and batch.
 
 Both report run-images/s: R × batch size over the grid step's median time; ``speedup`` is stacked over
 sequential. The losses are the case's for every run (the loss is data: its value does not change the time).
@@ -28,10 +28,10 @@ from segmime_jax.bench.suite import BenchCase, Setup, random_batch
 from segmime_jax.bench.timing import time_call
 from segmime_jax.losses import loss_from_spec
 from segmime_jax.models import build_model
-from segmime_jax.train import TrainState, make_optimizer
+from segmime_jax.train import TrainState, make_mesh, make_optimizer, make_runs_train_step
 from segmime_jax.train.config import PRECISIONS
-from segmime_jax.train.sharding import make_runs_mesh, shard_runs, stack_runs, stacked_batch_sharding
-from segmime_jax.train.stacked_step import make_stacked_train_step
+from segmime_jax.train.layout import choose_layout
+from segmime_jax.train.sharding import runs_batch_sharding, shard_runs, stack_runs
 
 
 @dataclasses.dataclass
@@ -58,15 +58,15 @@ def build_stacked_setup(case: BenchCase, runs: int) -> StackedSetup:
         TrainState.create(build_model(case.model, case.num_classes, rngs=nnx.Rngs(r), dtype=dtype), tx)
         for r in range(runs)
     ]
-    mesh = make_runs_mesh(runs, case.num_devices, batch_sizes=(case.batch_size,))
+    layout = choose_layout(runs, case.num_devices, mode="stacked", batch_sizes=(case.batch_size,))
+    ((mesh_runs, mesh_data),) = layout.meshes
+    mesh = make_mesh(mesh_data, runs=mesh_runs, batch_sizes=(case.batch_size,))
     loss, params = loss_from_spec(case.loss, case.num_classes)
-    batch = jax.device_put(
-        {k: np.stack([v] * runs) for k, v in random_batch(case).items()}, stacked_batch_sharding(mesh)
-    )
+    batch = jax.device_put({k: np.stack([v] * runs) for k, v in random_batch(case).items()}, runs_batch_sharding(mesh))
     keys = shard_runs(jnp.stack([jax.random.key(r) for r in range(runs)]), mesh)
     args = (batch, keys, shard_runs(stack_runs([params] * runs), mesh), shard_runs(jnp.ones(runs, bool), mesh))
     state = shard_runs(stack_runs(states), mesh)
-    step = make_stacked_train_step(tx, loss, case.num_classes, mesh=mesh)
+    step = make_runs_train_step(tx, loss, case.num_classes, mesh=mesh)
     start = time.perf_counter()
     compiled = step.lower(state, *args).compile()
     return StackedSetup(runs, state, args, compiled, time.perf_counter() - start, mesh)

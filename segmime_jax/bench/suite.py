@@ -45,17 +45,10 @@ from segmime_jax.bench.timing import TimingStats, time_call
 from segmime_jax.losses import LossParams, loss_from_spec
 from segmime_jax.models import build_model
 from segmime_jax.models.analysis import cpu_lowered_flops, flops_from_cost_analysis
-from segmime_jax.train import (
-    TrainState,
-    make_data_mesh,
-    make_optimizer,
-    make_train_step,
-    probabilities,
-    replicate,
-    train_step_fn,
-)
+from segmime_jax.train import TrainState, make_mesh, make_optimizer, make_train_step
 from segmime_jax.train.config import PRECISIONS
-from segmime_jax.train.sharding import shard_batch
+from segmime_jax.train.sharding import replicate, shard_batch
+from segmime_jax.train.step import probabilities, train_step_fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +150,7 @@ def build_setup(case: BenchCase, *, seed: int = 0) -> Setup:
     """Model, optimiser, replicated state, sharded batch and the compiled train step of ``case``."""
     model = build_model(case.model, case.num_classes, rngs=nnx.Rngs(seed), dtype=PRECISIONS[case.precision])
     tx = make_optimizer(case.optimizer)
-    mesh = make_data_mesh(case.num_devices, batch_sizes=(case.batch_size,))
+    mesh = make_mesh(case.num_devices, batch_sizes=(case.batch_size,))
     state = replicate(TrainState.create(model, tx), mesh)
     batch = shard_batch(random_batch(case, seed), mesh)
     loss, loss_params = loss_from_spec(case.loss, case.num_classes)

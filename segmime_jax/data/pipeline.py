@@ -27,7 +27,6 @@ cross the host-device boundary.
 from __future__ import annotations
 
 import collections
-import functools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from segmime_jax.data.dataset import SliceDataset, VolumeInfo
-from segmime_jax.data.placement import fitting, local_rows, place
+from segmime_jax.data.placement import fitting, place_blocks
 
 Batch = dict[str, jax.Array]
 
@@ -127,29 +126,27 @@ def _finalize(image: jax.Array, label: jax.Array) -> tuple[jax.Array, jax.Array]
 
 @jax.jit
 def _gather(images: jax.Array, labels: jax.Array, index: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
-    image = jnp.where(valid[:, None, None], jnp.take(images, index, axis=0, mode="clip"), 0)
-    label = jnp.where(valid[:, None, None], jnp.take(labels, index, axis=0, mode="clip"), 0)
+    image = jnp.where(valid[..., None, None], jnp.take(images, index, axis=0, mode="clip"), 0)
+    label = jnp.where(valid[..., None, None], jnp.take(labels, index, axis=0, mode="clip"), 0)
     return (image.astype(jnp.float32) / 255.0)[..., None], label.astype(jnp.int32)
 
 
 def _make_batch(
-    dataset: AnyDataset, index: np.ndarray, batch_size: int, sharding: jax.sharding.Sharding | None
+    dataset: AnyDataset, chunks: Sequence[np.ndarray], batch_size: int, sharding: jax.sharding.Sharding | None
 ) -> Batch:
+    """One batch of ``batch_size`` rows per chunk of dataset positions: ``(B, ...)`` for one chunk given as an
+    array, ``(R, B, ...)`` for a list of R chunks (one per run); rows past a chunk's end are padding."""
     host = dataset.host if isinstance(dataset, DeviceDataset) else dataset
-    sharding = fitting(sharding, batch_size)
-    count = len(index)
-    mask = np.arange(batch_size) < count
-    padded = np.zeros(batch_size, dtype=np.int32)
-    padded[:count] = index
-    volume_id = np.full(batch_size, -1, dtype=np.int32)
-    slice_index = np.full(batch_size, -1, dtype=np.int32)
-    volume_id[:count] = host.volume_ids[index]
-    slice_index[:count] = host.slice_indices[index]
-    rows = local_rows(sharding, batch_size)  # this process's rows of the global batch (all of them on one host)
-
-    def put(array: np.ndarray) -> jax.Array:
-        return place(array[rows], sharding, global_rows=batch_size)
-
+    grid = [chunks] if isinstance(chunks, np.ndarray) else list(chunks)
+    mask = np.stack([np.arange(batch_size) < len(chunk) for chunk in grid])
+    padded = np.zeros(mask.shape, dtype=np.int32)
+    for row, chunk in zip(padded, grid, strict=True):
+        row[: len(chunk)] = chunk
+    if isinstance(chunks, np.ndarray):
+        mask, padded = mask[0], padded[0]
+    sharding = fitting(sharding, batch_size, axis=padded.ndim - 1)
+    volume_id = np.where(mask, host.volume_ids[padded], -1).astype(np.int32)
+    slice_index = np.where(mask, host.slice_indices[padded], -1).astype(np.int32)
     if isinstance(dataset, DeviceDataset):
         # Gather with replicated indices (unambiguous under explicit and automatic sharding alike), then
         # split the batch over the devices: a local slice of replicated data, no communication.
@@ -160,22 +157,23 @@ def _make_batch(
         if sharding is not None:
             image, label = jax.device_put(image, sharding), jax.device_put(label, sharding)
     else:
-        height, width = host.image_size
-        local_index, local_mask = padded[rows], mask[rows]
-        image_u8 = np.zeros((len(local_index), height, width), dtype=np.uint8)
-        label_u8 = np.zeros((len(local_index), height, width), dtype=np.uint8)
-        image_u8[local_mask] = host.images[local_index[local_mask]]
-        label_u8[local_mask] = host.labels[local_index[local_mask]]
+        # Each process reads only the slices its own devices hold (place_blocks): the rows of its runs' batches.
+        def read(images: np.ndarray) -> Callable[[tuple[slice, ...]], np.ndarray]:
+            def block(where: tuple[slice, ...]) -> np.ndarray:
+                index, real = padded[where[: padded.ndim]], mask[where[: padded.ndim]]
+                out = np.zeros((*index.shape, *images.shape[1:]), np.uint8)
+                out[real] = images[index[real]]
+                return out
+
+            return block
+
+        shape = (*padded.shape, *host.image_size)
         image, label = _finalize(
-            place(image_u8, sharding, global_rows=batch_size), place(label_u8, sharding, global_rows=batch_size)
+            place_blocks(shape, sharding, read(host.images)), place_blocks(shape, sharding, read(host.labels))
         )
-    return {
-        "image": image,
-        "label": label,
-        "mask": put(mask),
-        "volume_id": put(volume_id),
-        "slice_index": put(slice_index),
-    }
+    ids = (mask, volume_id, slice_index)
+    mask, volume_id, slice_index = (place_blocks(x.shape, sharding, lambda where, x=x: x[where]) for x in ids)
+    return {"image": image, "label": label, "mask": mask, "volume_id": volume_id, "slice_index": slice_index}
 
 
 def _prefetch(items: Iterable, size: int) -> Iterator:
@@ -211,72 +209,51 @@ def train_batches(
     padding: ``last_batch="pad"``), holds only its real slices (``"trim"``: a smaller batch, replicated when
     the devices do not divide it) or is left out (``"drop"``).
     """
-    _check_batch_size(batch_size)
-    if last_batch not in LAST_BATCH:
-        raise ValueError(f"last_batch must be one of {LAST_BATCH}, got {last_batch!r}")
-    order = epoch_order(len(dataset), seed=seed, epoch=epoch)
-    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    if chunks and len(chunks[-1]) < batch_size and last_batch == "drop":
-        chunks.pop()
-    sizes = [len(c) if last_batch == "trim" else batch_size for c in chunks]
-    return _prefetch(
-        (_make_batch(dataset, chunk, size, sharding) for chunk, size in zip(chunks, sizes, strict=True)), prefetch
+    return run_train_batches(
+        dataset, batch_size, seeds=seed, epoch=epoch, sharding=sharding, prefetch=prefetch, last_batch=last_batch
     )
 
 
-def stacked_train_batches(
+def run_train_batches(
     dataset: AnyDataset,
     batch_size: int,
     *,
-    seeds: Sequence[int],
+    seeds: int | Sequence[int],
     epoch: int,
-    mesh: jax.sharding.Mesh,
-    sharding: jax.sharding.Sharding,
+    sharding: jax.sharding.Sharding | None = None,
     prefetch: int = 2,
     last_batch: str = "pad",
 ) -> Iterator[Batch]:
-    """One epoch of :func:`train_batches` for each of R runs, stacked on a leading run axis.
-
-    Entry r of each batch (``image`` ``(R, B, H, W, 1)``, ``mask`` ``(R, B)``, ...) is the batch
-    ``train_batches(dataset, batch_size, seed=seeds[r], epoch=epoch)`` yields at that position: each run sees
-    its own seed's order, and runs with the same seed the same batches (each distinct order is assembled once).
+    """One epoch of shuffled batches for one run (``seeds`` an int: ``(B, ...)`` batches) or for each of R runs
+    trained together (``seeds`` a list: ``(R, B, ...)``, entry r in the order of ``seeds[r]``).
 
     Args:
-      dataset: the slices (a :class:`DeviceDataset` placed for ``mesh``, or host slices).
+      dataset: the slices (a :class:`DeviceDataset`, or host slices).
       batch_size: slices per batch (the last one as ``last_batch`` says: see :func:`train_batches`).
-      seeds: the R runs' seeds.
-      epoch: the epoch (with the seed, it fixes the order).
-      mesh: the runs' mesh; the runs' batches are assembled replicated on it, then split.
-      sharding: the stacked batch's placement, e.g. ``NamedSharding(mesh, P('runs', 'data'))`` (a trimmed last
-        batch that its batch axis's devices do not divide keeps that axis whole).
+      seeds: the run's seed, or the R runs' seeds; with ``epoch``, a seed fixes the order (:func:`epoch_order`).
+      epoch: the epoch.
+      sharding: the batches' placement, e.g. ``NamedSharding(mesh, P('runs', 'data'))`` for R runs (a trimmed
+        last batch that the devices of its batch axis do not divide keeps that axis whole).
       prefetch: batches kept in flight.
       last_batch: ``"pad"``, ``"trim"`` or ``"drop"``, as for :func:`train_batches`.
 
     Returns:
-      An iterator of stacked batches.
+      An iterator of batches.
     """
-    distinct = sorted(set(seeds))
-    which = tuple(distinct.index(seed) for seed in seeds)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    epochs = [
-        train_batches(
-            dataset, batch_size, seed=seed, epoch=epoch, sharding=replicated, prefetch=0, last_batch=last_batch
-        )
-        for seed in distinct
-    ]
+    _check_batch_size(batch_size)
+    if last_batch not in LAST_BATCH:
+        raise ValueError(f"last_batch must be one of {LAST_BATCH}, got {last_batch!r}")
+    orders = [epoch_order(len(dataset), seed=seed, epoch=epoch) for seed in np.atleast_1d(seeds)]
+    starts = list(range(0, len(dataset), batch_size))
+    if starts and len(dataset) - starts[-1] < batch_size and last_batch == "drop":
+        starts.pop()
 
-    def stacked(batches: tuple[Batch, ...]) -> Batch:
-        return _stacker(fitting(sharding, batches[0]["mask"].shape[0], axis=1))(batches, which)
+    def batch(start: int) -> Batch:
+        chunks = [order[start : start + batch_size] for order in orders]
+        size = len(chunks[0]) if last_batch == "trim" else batch_size
+        return _make_batch(dataset, chunks[0] if np.ndim(seeds) == 0 else chunks, size, sharding)
 
-    return _prefetch((stacked(tuple(batches)) for batches in zip(*epochs, strict=True)), prefetch)
-
-
-@functools.lru_cache(maxsize=16)
-def _stacker(sharding: jax.sharding.Sharding) -> Callable[..., Batch]:
-    def stack(batches: tuple[Batch, ...], which: tuple[int, ...]) -> Batch:
-        return {key: jnp.stack([batches[i][key] for i in which]) for key in BATCH_KEYS}
-
-    return jax.jit(stack, static_argnums=1, out_shardings=sharding)
+    return _prefetch((batch(start) for start in starts), prefetch)
 
 
 def eval_batches(

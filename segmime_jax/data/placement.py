@@ -4,6 +4,8 @@ and :mod:`segmime_jax.train.sharding`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
@@ -68,3 +70,18 @@ def place(array: np.ndarray, sharding: jax.sharding.Sharding | None, *, global_r
     elif sharding.is_fully_addressable:
         return jax.device_put(array, sharding)
     return jax.make_array_from_process_local_data(sharding, array, (global_rows, *array.shape[1:]))
+
+
+def place_blocks(
+    shape: tuple[int, ...], sharding: jax.sharding.Sharding | None, block: Callable[[tuple[slice, ...]], np.ndarray]
+) -> jax.Array:
+    """A global array of ``shape`` on ``sharding`` of which each process builds only the blocks its own devices
+    hold: ``block(index)`` returns the values at ``index`` (a tuple of slices, one per axis), e.g. the rows of one
+    process's runs of a stacked batch.
+
+    Returns:
+      A ``jax.Array`` of ``shape``, sharded as ``sharding`` (``None``: on the default device).
+    """
+    if sharding is None:
+        return jax.device_put(block(tuple(slice(0, n) for n in shape)))
+    return jax.make_array_from_callback(shape, sharding, block)

@@ -6,9 +6,8 @@ define presets of a :class:`GridConfig` and a loader, and call :func:`run_experi
 into the cache folder: :func:`segmime_jax.paper.datasets.dataset_root`) and calls :func:`run_grid`:
 
 1. every (optimiser, loss, seed) is trained into ``<out>/runs/<optimizer>-<loss>-seed<S>/``
-   (:mod:`segmime_jax.paper.grid_training`: one run after another with
-   :func:`segmime_jax.train.train_and_evaluate`, or the runs of each optimiser stacked with
-   :func:`segmime_jax.train.stacked.train_stacked`, ``--grid-mode``). All runs share one set of compiled
+   (:mod:`segmime_jax.paper.grid_training` with :func:`segmime_jax.train.train_runs`, laid out on the devices by
+   ``--grid-mode``). All runs share one set of compiled
    programs (the loss is a per-run argument, see :mod:`segmime_jax.losses.params`). A rerun reuses finished
    runs and continues unfinished ones from their checkpoints; ``overwrite`` retrains;
 2. the report: ``table1.md`` / ``table1.csv`` (Table 1, and ours next to the paper's; HD95 and ASSD in mm in

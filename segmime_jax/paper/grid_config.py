@@ -18,7 +18,7 @@ from segmime_jax.train.config import TrainConfig
 from segmime_jax.train.optim import OPTIMIZERS
 
 #: How a grid's runs train (:mod:`segmime_jax.paper.grid_training`).
-GRID_MODES = ("sequential", "stacked", "auto")
+GRID_MODES = ("auto", "sequential", "parallel", "stacked")  # segmime_jax.train.layout.LAYOUTS
 
 #: TrainConfig fields a grid sets per run (not command-line options of the grid).
 PER_RUN_FIELDS = ("model", "loss", "loss_classes", "optimizer", "learning_rate")
@@ -86,9 +86,10 @@ class GridConfig:
     )
     grid_mode: str = option(
         "auto",
-        "how the runs train: sequential (one after another), stacked (the runs of each optimiser together, one "
-        "compiled step over a run axis, spread over the devices), auto (the mode measured faster on this backend: "
-        "sequential on CPU; see docs/training.md)",
+        "how the runs share the devices: sequential (one run at a time over all devices), parallel (whole runs to "
+        "devices: one run per device, or each run over devices/runs of them), stacked (several runs vmapped on "
+        "each device), auto (parallel with several runs and devices, stacked where measured faster, else "
+        "sequential; see docs/training.md)",
         choices=GRID_MODES,
     )
     shard: str | None = option(

@@ -1,17 +1,13 @@
-"""Training the runs of a grid: reuse, continue or start each, one after another or stacked.
+"""Training the runs of a grid: reuse, continue or start each, then train the rest with one engine.
 
 :func:`train_grid` first plans every run (:func:`plan_run`: reuse a finished run, continue it from its
 checkpoints, start or restart it; a folder holding a run of another configuration or other data is refused
-before anything trains), then trains what needs training:
-
-- ``sequential``: one run after another (:func:`segmime_jax.train.train_and_evaluate`), all sharing one set
-  of compiled programs;
-- ``stacked``: the runs that can share a step (same model, optimiser kind, batch sizes, epochs, ...:
-  :func:`segmime_jax.train.config.stack_key`; the loss, the seed and the optimiser's hyperparameters may
-  differ) trained together (:func:`segmime_jax.train.stacked.train_stacked`), one stack per optimiser kind;
-- ``auto``: stacked on the backends where it was measured faster (:data:`STACKED_FASTER_ON`), else sequential.
-
-Either way each run's folder holds the same files, and either mode continues the other's runs.
+before anything trains), then trains what needs training with :func:`segmime_jax.train.train_runs`: the runs
+that can share a step (same model, optimiser kind, batch sizes, epochs, ...:
+:func:`segmime_jax.train.config.stack_key`; the loss, the seed and the optimiser's hyperparameters may differ)
+as one call, laid out on the devices by ``--grid-mode`` (:mod:`segmime_jax.train.layout`: ``sequential``,
+``parallel``, ``stacked`` or ``auto``); in ``sequential`` mode one run per call, so that each run's lines follow
+its announcement. Every layout writes the same files, and any continues another's runs.
 
 A diverged run (NaN/inf loss, gradient or state) does not stop the grid: the other runs finish and are kept,
 then :class:`DivergedRunsError` names every diverged run and its last good checkpoint, and no report is
@@ -26,22 +22,16 @@ import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import jax
-
 from segmime_jax.atomic_files import json_ready
 from segmime_jax.data import DatasetSplits, fingerprint_differences
 from segmime_jax.distributed import barrier, is_primary
-from segmime_jax.paper.grid_config import GRID_MODES, GridRun
-from segmime_jax.train import NonFiniteLossError, RunResult, load_run_result, save_run_result, train_and_evaluate
+from segmime_jax.paper.grid_config import GridRun
+from segmime_jax.train import NonFiniteLossError, RunResult, load_run_result, save_run_result, train_runs
 from segmime_jax.train.config import RESUMABLE_CHANGES, stack_key
+from segmime_jax.train.layout import choose_layout
 from segmime_jax.train.metrics import mean_foreground
 from segmime_jax.train.run_lock import RunLock, check_not_in_use
 from segmime_jax.train.surface import surface_from_predictions
-
-#: Backends (``jax.default_backend()``) on which training a grid's runs stacked was measured faster than one
-#: after another (docs/training.md, "Stacked runs"). CPU: 0.6x (XLA:CPU's grouped convolutions are slow); GPU, TPU: not
-#: measured yet, so ``auto`` keeps the safe default there too.
-STACKED_FASTER_ON: frozenset[str] = frozenset()
 
 
 class DivergedRunsError(FloatingPointError):
@@ -52,20 +42,6 @@ class DivergedRunsError(FloatingPointError):
         self.errors = dict(errors)
         lines = "; ".join(f"{name}: {error}" for name, error in self.errors.items())
         super().__init__(f"{len(self.errors)} run(s) diverged, the others finished; no report written. {lines}")
-
-
-def grid_mode(mode: str, backend: str | None = None) -> str:
-    """``"sequential"`` or ``"stacked"``: ``mode`` itself, or for ``"auto"`` the measured-faster mode of
-    ``backend`` (default: ``jax.default_backend()``)."""
-    if mode not in GRID_MODES:
-        raise ValueError(f"--grid-mode must be one of {', '.join(GRID_MODES)}, got {mode!r}")
-    if mode == "stacked" and jax.process_count() > 1:
-        raise ValueError("--grid-mode stacked runs in one process; over several processes use sequential")
-    if mode != "auto":
-        return mode
-    if jax.process_count() > 1:
-        return "sequential"  # stacked runs use one process's devices
-    return "stacked" if (backend or jax.default_backend()) in STACKED_FASTER_ON else "sequential"
 
 
 def plan_run(run: GridRun, data: DatasetSplits, overwrite: bool) -> str:
@@ -129,16 +105,16 @@ def train_grid(
             check_not_in_use(run.directory)  # another command trains it now: touch nothing of the grid
     actions = {run.name: plan_run(run, data, overwrite) for run in grid}
     barrier("grid planned")  # every process has read the run folders before any is written
-    mode = grid_mode(mode)
+    layout = choose_layout(max(1, sum(a != "reuse" for a in actions.values())), grid[0].config.num_devices, mode=mode)
     number = {run.name: i for i, run in enumerate(grid, start=1)}
     results: dict[str, RunResult | NonFiniteLossError] = {}
-    for group in _groups(grid, actions, stacked=mode == "stacked"):
+    for group in _groups(grid, actions, together=layout.mode != "sequential"):
         for run in group:
             _announce(run, number[run.name], len(grid), model, actions[run.name], overwrite, log)
         if len(group) == 1 and actions[group[0].name] == "reuse":
             results[group[0].name] = _reuse(group[0], data, log)
         else:
-            results.update(_train(group, actions, data, terms, log))
+            results.update(_train(group, actions, data, terms, mode, log))
         for run in group:
             _report(run, results[run.name], log)
     errors = {name: r for name, r in results.items() if isinstance(r, NonFiniteLossError)}
@@ -147,10 +123,10 @@ def train_grid(
     return {run.name: results[run.name] for run in grid}  # type: ignore[misc]
 
 
-def _groups(grid: Sequence[GridRun], actions: dict[str, str], *, stacked: bool) -> list[list[GridRun]]:
-    """The runs in training order: one per group, or, stacked, the runs to train grouped by what they share
-    (each reused run alone)."""
-    if not stacked:
+def _groups(grid: Sequence[GridRun], actions: dict[str, str], *, together: bool) -> list[list[GridRun]]:
+    """The runs in training order: one per group, or the runs to train grouped by what they share (each reused
+    run alone)."""
+    if not together:
         return [[run] for run in grid]
     groups: dict[object, list[GridRun]] = {}
     for run in grid:
@@ -207,21 +183,16 @@ def _add_surface_metrics(
 
 
 def _train(
-    group: list[GridRun], actions: dict[str, str], data: DatasetSplits, terms: Sequence[str], log: Callable
+    group: list[GridRun], actions: dict[str, str], data: DatasetSplits, terms: Sequence[str], mode: str, log: Callable
 ) -> dict[str, RunResult | NonFiniteLossError]:
-    resume = any(actions[run.name] == "continue" for run in group)
-    if len(group) == 1:
-        try:
-            run = group[0]
-            return {
-                run.name: train_and_evaluate(run.config, data, run.directory, resume=resume, loss_terms=terms, log=log)
-            }
-        except NonFiniteLossError as error:
-            return {group[0].name: error}
-    from segmime_jax.train.stacked import train_stacked
-
-    out = train_stacked(
-        [run.config for run in group], data, [run.directory for run in group], resume=resume, loss_terms=terms, log=log
+    out = train_runs(
+        [run.config for run in group],
+        data,
+        [run.directory for run in group],
+        resume=any(actions[run.name] == "continue" for run in group),
+        layout=mode,
+        loss_terms=terms,
+        log=log,
     )
     return {run.name: result for run, result in zip(group, out, strict=True)}
 

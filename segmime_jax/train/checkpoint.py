@@ -244,11 +244,10 @@ class CheckpointStore:
         structure and dtypes of ``template`` (arrays, or ``jax.ShapeDtypeStruct`` leaves) and on ``sharding``
         (default: that of ``template``'s first leaf, e.g. replicated); ``None`` when there is no such
         checkpoint."""
-        self._manager.wait_until_finished()
-        epoch = self._manager.latest_step() if epoch is None else epoch
-        if epoch is None or epoch not in self._manager.all_steps():
+        found = self.restore_meta(epoch)
+        if found is None:
             return None
-        meta = dict(self._manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+        epoch, meta = found
         if [(e["name"], e["shape"]) for e in meta["packing"]] != [
             (e["name"], e["shape"]) for e in packing_table(template)
         ]:
@@ -265,6 +264,15 @@ class CheckpointStore:
         }
         restored = self._manager.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
         return epoch, unpack(template, restored["state"]), meta
+
+    def restore_meta(self, epoch: int | None = None) -> tuple[int, dict[str, Any]] | None:
+        """``(epoch, meta)`` of the checkpoint of ``epoch`` (default: the latest), without its arrays; ``None``
+        when there is no such checkpoint."""
+        self._manager.wait_until_finished()
+        epoch = self._manager.latest_step() if epoch is None else epoch
+        if epoch is None or epoch not in self._manager.all_steps():
+            return None
+        return epoch, dict(self._manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
     def wait(self) -> None:
         """Block until a pending asynchronous save is on disk."""

@@ -112,8 +112,8 @@ class TrainConfig:
         )
 
 
-#: Fields that may differ between runs trained together (:mod:`segmime_jax.train.stacked`): per-run arrays of the
-#: stacked step (the loss, the optimiser's hyperparameters, the seed), or fields that change no number.
+#: Fields that may differ between runs trained together (:mod:`segmime_jax.train.engine`): per-run arrays of the
+#: step of a stack (the loss, the optimiser's hyperparameters, the seed), or fields that change no number.
 STACKABLE_CHANGES = frozenset(
     {"loss", "loss_classes", "learning_rate", "adam_b1", "adam_b2", "momentum", "weight_decay", "seed"}
 ) | (RESUMABLE_CHANGES - {"epochs"})

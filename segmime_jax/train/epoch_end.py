@@ -1,5 +1,5 @@
-"""What ends a training step, an epoch and a run, for one run trained alone (:mod:`segmime_jax.train.loop`) and
-for runs trained together (:mod:`segmime_jax.train.stacked`) alike, so that both write the same files.
+"""What ends a training step, an epoch and a run, per run of a stack (:mod:`segmime_jax.train.engine`): each run
+writes the files it would write alone.
 
 - :func:`checked_loss`: a dispatched step's loss, fetched one step later and checked (NaN/inf stop the run);
 - :func:`end_epoch`: the best epoch and the plateau rule, the checkpoint (or in-memory best copy) and the
@@ -25,7 +25,7 @@ import numpy as np
 
 from segmime_jax.atomic_files import json_ready
 from segmime_jax.distributed import is_primary
-from segmime_jax.train.checkpoint import CheckpointStore, check_finite, check_packed_finite, pack, unpack
+from segmime_jax.train.checkpoint import CheckpointStore, check_finite, check_packed_finite, unpack
 from segmime_jax.train.evaluate import Evaluation
 from segmime_jax.train.optim import plateau_update
 from segmime_jax.train.results import METRICS_FILE, RunResult
@@ -67,10 +67,11 @@ def end_epoch(
     record: dict[str, Any],
     evaluation: Evaluation,
     *,
-    tree: Any,
-    packed: dict[str, jax.Array] | None = None,
+    template: Any,
+    packed: dict[str, jax.Array],
     epoch_start: float,
     start_time: float,
+    checkpoint_start: float | None = None,
     time_share: float = 1.0,
 ) -> None:
     """Best epoch and plateau rule, then the checkpoint (or in-memory best copy) and the ``metrics.jsonl`` line.
@@ -79,11 +80,12 @@ def end_epoch(
       run, progress: the run and its progress (updated: history, plateau, best, epoch).
       record: the epoch's record so far (``epoch``, ``train_loss``, ``learning_rate``, times ...).
       evaluation: the epoch's validation.
-      tree: the state's :meth:`~segmime_jax.train.state.TrainState.checkpoint_tree` (or a tree of its
-        ``jax.ShapeDtypeStruct``: only structure, shapes and dtypes are read) and ``packed`` its
-        :func:`~segmime_jax.train.checkpoint.pack` (default: packed here, within the checkpoint's time).
+      template: the run's :meth:`~segmime_jax.train.state.TrainState.checkpoint_tree` as ``jax.ShapeDtypeStruct``
+        leaves (structure, shapes and dtypes).
+      packed: the run's state, :func:`~segmime_jax.train.checkpoint.pack`-ed.
       epoch_start, start_time: ``time.perf_counter()`` at the start of the epoch and of this call's training.
-      time_share: the run's share of the time since ``start_time`` (``1/R`` for one of R runs trained together),
+      checkpoint_start: ``time.perf_counter()`` when the checkpoint's work began (packing the state; default: now).
+      time_share: the run's share of the time since ``start_time`` (``1/R`` for one of a stack of R runs),
         which the checkpoint records as the run's time so far.
 
     Raises:
@@ -93,8 +95,7 @@ def end_epoch(
     val_dsc_fg = evaluation.mean_dsc_fg
     improved = val_dsc_fg > progress.best_metric
     best_metric, best_epoch = (val_dsc_fg, epoch) if improved else (progress.best_metric, progress.best_epoch)
-    checkpoint_start = time.perf_counter()
-    packed = pack(tree) if packed is None else packed
+    checkpoint_start = time.perf_counter() if checkpoint_start is None else checkpoint_start
     check_packed_finite(packed, epoch=epoch, store=run.store)  # before anything of this epoch is kept
     progress.best_metric, progress.best_epoch = best_metric, best_epoch
     progress.plateau = plateau_update(
@@ -125,7 +126,7 @@ def end_epoch(
             "data": run.fingerprint,
             "elapsed_s": progress.elapsed_before + time_share * (time.perf_counter() - start_time),
         }
-        run.store.save(epoch, tree, meta, improved=improved, packed=packed)
+        run.store.save(epoch, template, meta, improved=improved, packed=packed)
     elif improved:
         progress.best_packed = packed  # a fresh array: the next steps donate the state, not this copy
     checkpoint_s = time.perf_counter() - checkpoint_start

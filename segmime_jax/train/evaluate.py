@@ -1,12 +1,10 @@
 """Evaluation over whole volumes: 3D DSC per volume and class, loss, and calibration statistics.
 
-The jitted evaluation step (:func:`segmime_jax.train.step.make_eval_step`) turns each batch into small
-per-slice counts; the host sums them per volume and over the whole set. Batches come from
-:func:`segmime_jax.data.pipeline.eval_batches`: every slice once, volume after volume, packed into fixed-shape
-batches (a batch may end one volume and start the next), so short volumes do not make batches of padding.
-
-:func:`evaluate_runs` does the same for R runs trained together: each batch goes once through the stacked
-evaluation step, and the outputs are reduced per run.
+The jitted evaluation step of a stack of runs (:func:`segmime_jax.train.step.make_runs_eval_step`) turns each
+batch into small per-slice counts for every run; the host sums them per run, per volume and over the whole set.
+Batches come from :func:`segmime_jax.data.pipeline.eval_batches`: every slice once, volume after volume, packed
+into fixed-shape batches (a batch may end one volume and start the next), so short volumes do not make batches of
+padding.
 """
 
 from __future__ import annotations
@@ -142,68 +140,48 @@ def evaluate(
     batch_size: int,
     loss_params: Any,
     *,
+    runs: Sequence[bool] | None = None,
     sharding: jax.sharding.Sharding | None = None,
-    on_volume: Callable[[Any, np.ndarray], None] | None = None,
+    on_volume: Any = None,
     prefetch: int = 2,
-) -> Evaluation:
-    """Run ``eval_step`` over every slice of ``dataset`` (a :class:`~segmime_jax.data.dataset.SliceDataset` or
-    its :class:`~segmime_jax.data.pipeline.DeviceDataset`) and reduce per volume.
+) -> Any:
+    """Run ``eval_step`` over every slice of ``dataset`` once, for one run or a stack of R runs, and reduce per run
+    and volume.
 
     Args:
-      eval_step: ``(state, batch, loss_params) -> stats``, from :func:`~segmime_jax.train.step.make_eval_step`.
-      state: the train state to evaluate.
-      dataset: the slices; volumes are read from ``dataset.volumes`` / ``slices_of``.
+      eval_step: ``(state, batch, loss_params) -> stats``: one run's (:func:`~segmime_jax.train.step.make_eval_step`),
+        or, with ``runs``, a stack's, with a leading run axis R on the state, the loss parameters and the stats
+        (:func:`~segmime_jax.train.step.make_runs_eval_step`).
+      state: the train state to evaluate (stacked with ``runs``).
+      dataset: the slices (a :class:`~segmime_jax.data.dataset.SliceDataset` or its
+        :class:`~segmime_jax.data.pipeline.DeviceDataset`); volumes are read from ``dataset.volumes`` /
+        ``slices_of``.
       batch_size: slices per (padded) batch.
-      loss_params: the loss's :class:`~segmime_jax.losses.params.LossParams` (for the reported loss).
+      loss_params: the runs' stacked :class:`~segmime_jax.losses.params.LossParams` (for the reported loss).
+      runs: for a stack, R booleans: the runs to reduce (the others, e.g. frozen after a divergence, are computed
+        with the rest but not reduced); ``None`` for one run.
       sharding: where to put each batch (split on ``'data'``).
-      on_volume: called as ``on_volume(volume_info, prediction)`` with the argmax labels ``(S, H, W)`` uint8
-        of each volume, slices in order, as soon as the volume is complete (e.g. to write NIfTI files).
+      on_volume: ``on_volume(volume_info, prediction)`` with the argmax labels ``(S, H, W)`` uint8 of each
+        volume, slices in order, as soon as the volume is complete (e.g. to write NIfTI files); for a stack, R
+        such callbacks (or ``None`` entries), one per run.
 
     Returns:
-      The :class:`Evaluation`. Results do not depend on ``batch_size``, except the reported loss (a mean of
-      batch losses) for losses that normalise per batch.
+      The :class:`Evaluation`; for a stack, R entries, ``None`` for runs not in ``runs``. Results do not depend on
+      ``batch_size``, except the reported loss (a mean of batch losses) for losses that normalise per batch.
     """
-    sums = _Sums(dataset, on_volume)
-    _run_batches(
-        eval_step,
-        state,
-        dataset,
-        batch_size,
-        loss_params,
-        _wanted(on_volume is not None),
-        sums.add,
-        sharding=sharding,
-        prefetch=prefetch,
-    )
-    return sums.result()
-
-
-def evaluate_runs(
-    eval_step: Callable[..., dict[str, Any]],
-    state: TrainState,
-    dataset: Any,
-    batch_size: int,
-    loss_params: Any,
-    *,
-    runs: Sequence[bool],
-    sharding: jax.sharding.Sharding | None = None,
-    on_volume: Sequence[Callable[[Any, np.ndarray], None] | None] | None = None,
-    prefetch: int = 2,
-) -> list[Evaluation | None]:
-    """:func:`evaluate` of R stacked runs in one pass: each batch goes once through a stacked ``eval_step``
-    (:func:`~segmime_jax.train.stacked_step.make_stacked_eval_step`) and is reduced per run.
-
-    Args:
-      eval_step: ``(state, batch, loss_params) -> stats`` with a leading run axis R on state, params and stats.
-      state, loss_params: the stacked state and loss parameters (leading axis R).
-      dataset, batch_size, sharding, prefetch: as :func:`evaluate`.
-      runs: R booleans, the runs to reduce (the others, e.g. frozen after a divergence, are computed with the
-        rest but not reduced).
-      on_volume: R callbacks (or ``None`` entries) as ``on_volume`` of :func:`evaluate`.
-
-    Returns:
-      R entries: the :class:`Evaluation` of each run, ``None`` for runs not in ``runs``.
-    """
+    if runs is None:  # one run: a stack of one, without the run axis
+        (one,) = evaluate(
+            lambda *args: jax.tree.map(lambda x: x[None], eval_step(*args)),
+            state,
+            dataset,
+            batch_size,
+            loss_params,
+            runs=[True],
+            sharding=sharding,
+            on_volume=[on_volume],
+            prefetch=prefetch,
+        )
+        return one
     on_volume = [None] * len(runs) if on_volume is None else list(on_volume)
     if len(on_volume) != len(runs):
         raise ValueError(f"{len(runs)} runs but {len(on_volume)} on_volume callbacks")

@@ -1,20 +1,18 @@
-"""The compiled programs of a run (train step, evaluation step, gradient probe), shared between runs.
+"""The compiled programs of a stack of runs (train step, evaluation step, gradient probe), shared between stacks.
 
 What a program computes depends on the optimiser *kind* (Adam or SGD: every numeric hyperparameter, learning
 rate included, is a leaf of the optimiser state, see :func:`~segmime_jax.train.optim.make_optimizer`), the
 :class:`~segmime_jax.losses.params.LossProgram` (which loss terms exist; their weights are a per-run argument),
 the number of classes, augmentation and the device mesh. :func:`programs_for` returns one :class:`Programs`
 object per such combination, so the CE, Dice, Mime and NM runs of a grid, and its seeds, use the same
-compiled steps.
+compiled steps. The programs map over a leading run axis (:mod:`segmime_jax.train.step`): a stack of one run
+is the plain one-run computation.
 
 Each program is compiled ahead of time (``jax.jit(...).lower(...).compile()``) once per argument signature —
 the model's graph, the batch shape and its sharding — when :meth:`CompiledProgram.compile` is first called
 for it, which lets the training loop announce every compilation and its duration before any progress bar
 starts, and lets tests count compilations (:attr:`Programs.compilations`). With JAX's persistent compilation
 cache (``jax_compilation_cache_dir``) a compilation in a later process is a cache read.
-
-:func:`stacked_programs_for` gives the same three programs for R runs trained together
-(:mod:`segmime_jax.train.stacked_step`), on a ``('runs', 'data')`` mesh.
 """
 
 from __future__ import annotations
@@ -31,10 +29,9 @@ from jax.sharding import Mesh
 
 from segmime_jax.losses import LossProgram
 from segmime_jax.train.optim import make_optimizer
-from segmime_jax.train.stacked_step import make_stacked_eval_step, make_stacked_probe, make_stacked_train_step
 from segmime_jax.train.state import TrainState
-from segmime_jax.train.step import make_eval_step, make_train_step
-from segmime_jax.train.telemetry import make_gradient_probe
+from segmime_jax.train.step import make_runs_eval_step, make_runs_train_step, over_runs
+from segmime_jax.train.telemetry import gradient_probe_fn
 
 _CACHE_EVENTS = {"/jax/compilation_cache/cache_hits": "hits", "/jax/compilation_cache/cache_misses": "misses"}
 _cache_counts = {"hits": 0, "misses": 0}
@@ -49,7 +46,7 @@ jax.monitoring.register_event_listener(_count_cache_event)
 
 
 def _signature(state: TrainState, batch: dict[str, jax.Array]) -> tuple[Any, ...]:
-    # state.step is a scalar for one run and (R,) for R stacked runs (whose evaluation batch has no run axis)
+    # state.step is (R,): the run count; the evaluation batch has no run axis
     image = batch["image"]
     runs = tuple(getattr(state.step, "shape", ()))
     return state.graphdef, runs, tuple(image.shape), str(image.dtype), getattr(image, "sharding", None)
@@ -99,10 +96,12 @@ class CompiledProgram:
 
 @dataclasses.dataclass(eq=False)
 class Programs:
-    """The three compiled programs of runs with one structure (see the module docstring).
+    """The three compiled programs of stacks with one structure (see the module docstring); every argument but
+    the evaluation and probe batches, and every output, has a leading run axis R.
 
     Attributes:
-      train_step: ``(state, batch, key, loss_params) -> (state, {"loss", "grad_norm"})``, state donated.
+      train_step: ``(state, batch, key, loss_params, active) -> (state, {"loss", "grad_norm", "updated"})``,
+        state donated (:func:`~segmime_jax.train.step.make_runs_train_step`).
       eval_step: ``(state, batch, loss_params) -> {"loss", "num_real", "dice", "calibration", "prediction"}``.
       probe: ``(state, batch, loss_params) -> gradient telemetry`` (:mod:`segmime_jax.train.telemetry`).
     """
@@ -119,28 +118,15 @@ class Programs:
 
 @functools.lru_cache(maxsize=32)
 def programs_for(optimizer: str, loss: LossProgram, num_classes: int, *, augment: bool, mesh: Mesh) -> Programs:
-    """The (memoised) :class:`Programs` of runs with this optimiser kind, loss program, class count,
-    augmentation and mesh."""
+    """The (memoised) :class:`Programs` of stacks with this optimiser kind, loss program, class count,
+    augmentation and ``('runs', 'data')`` mesh."""
     tx = make_optimizer(optimizer)  # the structure only: the hyperparameters are in each run's state
     return Programs(
-        train_step=CompiledProgram(make_train_step(tx, loss, num_classes, augment=augment, mesh=mesh), "train step"),
-        eval_step=CompiledProgram(make_eval_step(loss, num_classes, mesh=mesh), "evaluation step"),
-        probe=CompiledProgram(make_gradient_probe(loss, num_classes, mesh=mesh), "gradient probe"),
-    )
-
-
-@functools.lru_cache(maxsize=32)
-def stacked_programs_for(optimizer: str, loss: LossProgram, num_classes: int, *, augment: bool, mesh: Mesh) -> Programs:
-    """The (memoised) :class:`Programs` of stacked runs (:mod:`segmime_jax.train.stacked_step`) on a
-    ``('runs', 'data')`` mesh: the train step takes ``(state, batch, key, loss_params, active)``, and every
-    argument but the evaluation and probe batches has a leading run axis."""
-    tx = make_optimizer(optimizer)
-    return Programs(
         train_step=CompiledProgram(
-            make_stacked_train_step(tx, loss, num_classes, augment=augment, mesh=mesh), "stacked train step"
+            make_runs_train_step(tx, loss, num_classes, augment=augment, mesh=mesh), "train step"
         ),
-        eval_step=CompiledProgram(make_stacked_eval_step(loss, num_classes, mesh=mesh), "stacked evaluation step"),
-        probe=CompiledProgram(make_stacked_probe(loss, num_classes, mesh=mesh), "stacked gradient probe"),
+        eval_step=CompiledProgram(make_runs_eval_step(loss, num_classes, mesh=mesh), "evaluation step"),
+        probe=CompiledProgram(over_runs(gradient_probe_fn(loss, num_classes), mesh, (0, None, 0)), "gradient probe"),
     )
 
 

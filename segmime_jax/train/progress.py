@@ -47,6 +47,11 @@ class Reporter:
         self.bars = bars and enabled and bool(getattr(self.stream, "isatty", lambda: False)())
         self._epoch_bar: Any = None
 
+    def follow(self, other: Reporter) -> None:
+        """Draw no bars and say everything through ``other`` (a run of a stack whose bars ``other`` draws)."""
+        self.bars = False
+        self._log = other.message
+
     def message(self, text: str) -> None:
         """Say ``text`` (above the bars when they are drawn)."""
         if self.quiet:

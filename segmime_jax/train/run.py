@@ -1,9 +1,9 @@
-"""A training run's set-up: what stays fixed (:class:`Run`), what an epoch advances and a checkpoint restores
-(:class:`Progress`), and how a run starts: check the folder and the data, build the mesh and the programs
-(:func:`setup_run`), restore the latest checkpoint or initialise from the seed (:func:`restore_or_start`),
-and compile every program the epochs will call (:func:`compile_programs`).
+"""One run's host side: what stays fixed (:class:`Run`: folder, lock, checkpoints, voice, loss parameters), what
+an epoch advances and a checkpoint restores (:class:`Progress`), and how a run starts: check the folder and the
+data (:func:`open_run`), restore the latest checkpoint's progress (:func:`restore_progress`) and its state or
+initialise that from the seed (:func:`initial_state`).
 
-The loop that drives a run is :mod:`segmime_jax.train.loop`."""
+The engine that trains runs, alone or many together, is :mod:`segmime_jax.train.engine`."""
 
 from __future__ import annotations
 
@@ -24,12 +24,10 @@ from segmime_jax.losses import LossParams, LossProgram
 from segmime_jax.train.checkpoint import CheckpointStore
 from segmime_jax.train.config import PRECISIONS, RESUMABLE_CHANGES, TrainConfig
 from segmime_jax.train.optim import PlateauState
-from segmime_jax.train.programs import Programs, compile_announced, programs_for
 from segmime_jax.train.progress import Reporter
 from segmime_jax.train.results import METRICS_FILE, RESULT_FILE
 from segmime_jax.train.run_lock import RunLock
-from segmime_jax.train.samples import telemetry_batch
-from segmime_jax.train.sharding import batch_sharding, make_data_mesh, replicate, shard_batch
+from segmime_jax.train.sharding import replicate
 from segmime_jax.train.state import TrainState
 
 # Model factory: (num_classes, *, rngs, dtype) -> nnx.Module
@@ -48,19 +46,13 @@ def step_root(seed: int) -> jax.Array:
 
 @dataclasses.dataclass
 class Run:
-    """What stays fixed during a run."""
+    """What stays fixed during a run (its devices are those of its stack: :mod:`segmime_jax.train.engine`)."""
 
     config: TrainConfig
     data: Any
     run_dir: pathlib.Path
     fingerprint: dict[str, str]
-    mesh: Any
-    sharding: Any
-    programs: Programs
-    loss_params: Any
-    train_data: Any
-    val_data: Any
-    probe_batch: dict[str, jax.Array] | None
+    loss_params: LossParams  # host arrays
     store: CheckpointStore | None
     reporter: Reporter
     model_factory: ModelFactory | None
@@ -79,9 +71,8 @@ class Run:
 
 @dataclasses.dataclass
 class Progress:
-    """What changes from epoch to epoch, and what a checkpoint restores."""
+    """What changes from epoch to epoch, and what a checkpoint restores (the state itself lives in the stack)."""
 
-    state: TrainState
     history: list[dict] = dataclasses.field(default_factory=list)
     plateau: PlateauState = dataclasses.field(default_factory=PlateauState)
     best_metric: float = -math.inf
@@ -92,7 +83,7 @@ class Progress:
 
 
 # -------------------------------------------------------------------------------------------------- set-up
-def setup_run(
+def open_run(
     config: TrainConfig,
     data: Any,
     run_dir: pathlib.Path,
@@ -102,49 +93,26 @@ def setup_run(
     loss_terms: Sequence[str] | None,
     log: Callable[[str], None] | None,
 ) -> Run:
-    """Check the run folder and the data, build the mesh, the programs and the device-side data; the run holds
-    its folder's lock (:mod:`segmime_jax.train.run_lock`) until :meth:`Run.close`."""
+    """Check the run folder and the data (:func:`check_run`) and open the run; it holds its folder's lock
+    (:mod:`segmime_jax.train.run_lock`) until :meth:`Run.close`."""
     lock = check_run(config, data, run_dir, resume)
     try:
-        return _setup(config, data, run_dir, lock, model_factory=model_factory, loss_terms=loss_terms, log=log)
+        _, params = loss_program(config, data.train.num_classes, loss_terms)
+        return Run(
+            config=config,
+            data=data,
+            run_dir=run_dir,
+            fingerprint=data.fingerprint(),
+            loss_params=params,
+            store=CheckpointStore(run_dir / "checkpoints") if config.checkpoints else None,
+            reporter=Reporter(enabled=config.progress, label=run_label(config), log=log, quiet=not is_primary()),
+            model_factory=model_factory,
+            lock=lock,
+        )
     except BaseException:
         if lock is not None:
             lock.release()
         raise
-
-
-def _setup(
-    config: TrainConfig,
-    data: Any,
-    run_dir: pathlib.Path,
-    lock: RunLock | None,
-    *,
-    model_factory: ModelFactory | None,
-    loss_terms: Sequence[str] | None,
-    log: Callable[[str], None] | None,
-) -> Run:
-    mesh = make_data_mesh(config.num_devices, batch_sizes=(config.batch_size, config.eval_batch_size))
-    sharding = batch_sharding(mesh)
-    loss, params = loss_program(config, data.train.num_classes, loss_terms)
-    programs = programs_for(config.optimizer, loss, data.train.num_classes, augment=config.augment, mesh=mesh)
-    train_data, val_data, probe_batch = place_data(config, data, mesh)
-    return Run(
-        config=config,
-        data=data,
-        run_dir=run_dir,
-        fingerprint=data.fingerprint(),
-        mesh=mesh,
-        sharding=sharding,
-        programs=programs,
-        loss_params=replicate(params, mesh),
-        train_data=train_data,
-        val_data=val_data,
-        probe_batch=probe_batch,
-        store=CheckpointStore(run_dir / "checkpoints") if config.checkpoints else None,
-        reporter=Reporter(enabled=config.progress, label=run_label(config), log=log, quiet=not is_primary()),
-        model_factory=model_factory,
-        lock=lock,
-    )
 
 
 def check_run(config: TrainConfig, data: Any, run_dir: pathlib.Path, resume: bool) -> RunLock | None:
@@ -197,20 +165,6 @@ def loss_program(
     return loss, params
 
 
-def place_data(config: TrainConfig, data: Any, mesh: Any) -> tuple[Any, Any, dict[str, jax.Array] | None]:
-    """``(train data, validation data, telemetry batch)`` for ``mesh``: the splits on the device when
-    ``config.data_on_device``, the telemetry batch split over ``'data'`` (``None`` when telemetry is off)."""
-    from segmime_jax.data.pipeline import to_device
-
-    train_data, val_data = data.train, data.val
-    # Several processes: each feeds its own rows of every batch from the host (process-local input).
-    if config.data_on_device and jax.process_count() == 1:
-        sharding = batch_sharding(mesh)
-        train_data, val_data = to_device(data.train, sharding=sharding), to_device(data.val, sharding=sharding)
-    probe_batch = shard_batch(telemetry_batch(data.val, config.batch_size), mesh) if config.telemetry else None
-    return train_data, val_data, probe_batch
-
-
 def build_model_for(config: TrainConfig, num_classes: int, model_factory: ModelFactory | None) -> nnx.Module:
     root = jax.random.key(config.seed)
     rngs = nnx.Rngs(params=jax.random.fold_in(root, 0), dropout=jax.random.fold_in(root, 2))
@@ -235,29 +189,37 @@ def _check_run_dir(run_dir: pathlib.Path, resume: bool) -> None:
         )
 
 
-def restore_or_start(run: Run, resume: bool) -> Progress:
-    """A new state from the seed, replaced by the latest checkpoint's when resuming; ``metrics.jsonl``
+def restore_progress(run: Run, resume: bool) -> Progress:
+    """The progress of the run's latest checkpoint when resuming (a fresh one otherwise); ``metrics.jsonl``
     rewritten to the history the run continues from."""
-    config = run.config
-    model = build_model_for(config, run.data.train.num_classes, run.model_factory)
-    progress = Progress(state=replicate(TrainState.create(model, config.build_optimizer()), run.mesh))
-    restored = run.store.restore(progress.state.checkpoint_tree()) if resume and run.store is not None else None
+    progress = Progress()
+    restored = run.store.restore_meta() if resume and run.store is not None else None
     if restored is not None:
-        epoch, tree, meta = restored
+        epoch, meta = restored
         _check_resumable(run, epoch, meta)
-        progress.state = progress.state.replace_from_checkpoint(tree)
         progress.history = _with_logged_times(list(meta["history"]), run.run_dir / METRICS_FILE)
         progress.plateau = PlateauState.from_json(meta["plateau"])
         progress.best_metric, progress.best_epoch = float(meta["best_metric"]), int(meta["best_epoch"])
         progress.epoch = epoch
         progress.elapsed_before = float(meta["elapsed_s"])
         run.reporter.message(
-            f"resuming {run.run_dir} from its epoch {epoch} of {config.epochs} (best so far: "
+            f"resuming {run.run_dir} from its epoch {epoch} of {run.config.epochs} (best so far: "
             f"epoch {progress.best_epoch}, validation DSC {100 * progress.best_metric:.1f}%)"
         )
     if is_primary():
         write_text_atomic(run.run_dir / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in progress.history))
     return progress
+
+
+def initial_state(run: Run, progress: Progress, mesh: Any) -> TrainState:
+    """The run's state, whole on every device of ``mesh``: from the seed, then from the checkpoint of
+    ``progress.epoch`` when there is one."""
+    model = build_model_for(run.config, run.data.train.num_classes, run.model_factory)
+    state = replicate(TrainState.create(model, run.config.build_optimizer()), mesh)
+    if progress.epoch == 0:
+        return state
+    _, tree, _ = run.store.restore(state.checkpoint_tree(), progress.epoch)
+    return state.replace_from_checkpoint(tree)
 
 
 _TIMES = ("checkpoint_s", "time_s")
@@ -301,38 +263,4 @@ def _check_resumable(run: Run, epoch: int, meta: dict[str, Any]) -> None:
     if epoch > run.config.epochs:
         raise ValueError(
             f"cannot resume {run.run_dir}: its checkpoint is at epoch {epoch}, past epochs={run.config.epochs}"
-        )
-
-
-def compile_programs(run: Run, state: TrainState) -> None:
-    """Compile every program the epochs will call, announcing each (none when another run compiled them)."""
-    from segmime_jax.data.pipeline import eval_batches, train_batches
-
-    config, log = run.config, run.reporter.message
-    key = step_key(config.seed, 0)
-    batch = next(
-        iter(
-            train_batches(
-                run.train_data, config.batch_size, seed=config.seed, epoch=1, sharding=run.sharding, prefetch=0
-            )
-        )
-    )
-    compile_announced(
-        run.programs.train_step, (state, batch, key, run.loss_params), f"batches of {config.batch_size}", log
-    )
-    remainder = len(run.data.train) % config.batch_size
-    if remainder and config.last_batch == "trim":
-        trimmed = next(
-            iter(train_batches(run.train_data, remainder, seed=config.seed, epoch=1, sharding=run.sharding, prefetch=0))
-        )
-        compile_announced(
-            run.programs.train_step, (state, trimmed, key, run.loss_params), f"the last batch of {remainder}", log
-        )
-    _, eval_batch = next(iter(eval_batches(run.val_data, config.eval_batch_size, sharding=run.sharding, prefetch=0)))
-    compile_announced(
-        run.programs.eval_step, (state, eval_batch, run.loss_params), f"batches of {config.eval_batch_size}", log
-    )
-    if run.probe_batch is not None:
-        compile_announced(
-            run.programs.probe, (state, run.probe_batch, run.loss_params), f"a batch of {config.batch_size}", log
         )

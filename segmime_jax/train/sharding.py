@@ -1,5 +1,5 @@
-"""Data parallelism: a one-axis device mesh, the batch split on ``'data'``, the train state replicated; and
-for stacked runs (:mod:`segmime_jax.train.stacked`) a two-axis mesh ``('runs', 'data')``.
+"""Where runs and batches live: a ``('runs', 'data')`` device mesh (:func:`make_mesh`); a stack of runs
+(:mod:`segmime_jax.train.engine`) has its run axis split over ``'runs'`` and each run's batch over ``'data'``.
 
 Everything runs under global-view ``jax.jit``: the batch arrays carry a ``NamedSharding(mesh, P('data'))``,
 the state a replicated ``NamedSharding(mesh, P())``, and XLA inserts the gradient all-reduce. BatchNorm
@@ -9,13 +9,14 @@ same numbers (to float32 rounding) on 1 or on 8 devices.
 The mesh spans the devices of every process (:mod:`segmime_jax.distributed`); a process builds only the rows
 of a global batch that its own devices hold (:func:`~segmime_jax.data.placement.place`).
 
-Stacked runs carry a leading run axis on the state, the loss parameters and the batch, split over ``'runs'``
-(:func:`runs_sharding`); each run's batch is further split over ``'data'`` where devices remain
-(:func:`stacked_batch_sharding`). Runs never exchange anything, so the ``'runs'`` axis needs no communication.
+The runs of a stack carry a leading run axis on the state, the loss parameters and the batch, split over
+``'runs'`` (:func:`runs_sharding`); each run's batch is further split over ``'data'`` where devices remain
+(:func:`runs_batch_sharding`). Runs never exchange anything, so the ``'runs'`` axis needs no communication.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -42,38 +43,51 @@ def choose_num_devices(batch_sizes: Sequence[int], available: int | None = None)
     return max(n for n in range(1, available + 1) if common % n == 0)
 
 
-def make_data_mesh(num_devices: int | None = None, *, batch_sizes: Sequence[int] = ()) -> Mesh:
-    """A mesh of ``num_devices`` devices on the axis ``'data'`` (automatic sharding propagation).
+def make_mesh(data: int | None = None, *, runs: int = 1, batch_sizes: Sequence[int] = ()) -> Mesh:
+    """A ``('runs', 'data')`` mesh: ``runs`` groups of ``data`` devices, each group training its runs
+    data-parallel (one run alone: ``runs=1``).
 
-    With ``num_devices=None`` it takes the most devices that divide every size in ``batch_sizes`` (a
-    fixed-shape batch must split evenly). In a multi-process run the mesh holds every process's devices, so
-    ``num_devices`` must be all of them (``None`` or ``jax.device_count()``). ``jax.make_mesh`` defaults to
-    *explicit* axis types in recent JAX; the axis is declared ``Auto`` here so that plain ``jax.jit``
-    propagates the shardings.
+    Args:
+      data: devices per group (``None``: of the devices available per group, the most that divide every size in
+        ``batch_sizes``, :func:`choose_num_devices`; in a multi-process run, all of them).
+      runs: device groups along ``'runs'``.
+      batch_sizes: the global batch sizes of one run (``'data'`` must divide them: fixed-shape batches split
+        evenly).
+
+    Returns:
+      A :class:`~jax.sharding.Mesh` of shape ``(runs, data)`` over the first ``runs * data`` devices of every
+      process (:mod:`segmime_jax.distributed`). ``jax.make_mesh`` defaults to *explicit* axis types in recent JAX;
+      the axes are declared ``Auto`` here so that plain ``jax.jit`` propagates the shardings.
+
+    Raises:
+      ValueError: more devices than available, a batch size ``data`` does not divide, or, over several
+        processes, a mesh that leaves devices out (every process takes part in every step).
     """
-    available = jax.device_count()
-    processes = jax.process_count()
-    if num_devices is None:
-        num_devices = available if processes > 1 else choose_num_devices(batch_sizes, available)
-    if not 1 <= num_devices <= available:
-        raise ValueError(f"num_devices={num_devices} but {available} device(s) are available")
-    if processes > 1 and num_devices != available:
+    available, processes = jax.device_count(), jax.process_count()
+    if not 1 <= runs <= available:
+        raise ValueError(f"{runs} device group(s) for runs but {available} device(s) are available")
+    if data is None:
+        data = available // runs if processes > 1 else choose_num_devices(batch_sizes, available // runs)
+    if not 1 <= data * runs <= available:
+        raise ValueError(f"num_devices={data * runs} but {available} device(s) are available")
+    if processes > 1 and data * runs != available:
         raise ValueError(
-            f"num_devices={num_devices}: a run over {processes} processes uses all {available} of their devices"
+            f"num_devices={data * runs}: a run over {processes} processes uses all {available} of their devices"
         )
     for size in batch_sizes:
-        if size % num_devices:
-            raise ValueError(f"batch size {size} is not divisible by the {num_devices} devices of the mesh")
+        if size % data:
+            raise ValueError(f"batch size {size} is not divisible by the {data} devices of the mesh")
     return jax.make_mesh(
-        (num_devices,),
-        (DATA_AXIS,),
-        axis_types=(jax.sharding.AxisType.Auto,),
-        devices=jax.devices()[:num_devices],
+        (runs, data),
+        (RUNS_AXIS, DATA_AXIS),
+        axis_types=(jax.sharding.AxisType.Auto,) * 2,
+        devices=jax.devices()[: runs * data],
     )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over ``'data'``, the other axes whole."""
+    """Leading (batch) axis split over ``'data'``, the other axes whole (and the array on every group of
+    ``'runs'``: a batch the runs share, e.g. the validation batch)."""
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
@@ -113,53 +127,27 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     return jax.tree.map(put, batch)
 
 
-def make_runs_mesh(num_runs: int, num_devices: int | None = None, *, batch_sizes: Sequence[int] = ()) -> Mesh:
-    """A ``('runs', 'data')`` mesh of ``num_devices`` local devices (default: all) for ``num_runs`` stacked runs.
-
-    The ``'runs'`` axis takes the largest divisor of ``num_runs`` that fits in the devices (each device then holds
-    ``num_runs / runs`` whole runs); ``'data'`` takes, of the devices left per run group, the most that divide
-    every size in ``batch_sizes`` (:func:`choose_num_devices`). Devices left over after that stay unused.
-
-    Args:
-      num_runs: R, the length of the stacked run axis.
-      num_devices: devices to spread over (``None``: every local device).
-      batch_sizes: the global batch sizes one run's batches take (the ``'data'`` axis must divide them).
-
-    Returns:
-      A :class:`~jax.sharding.Mesh` with axes ``('runs', 'data')`` (``Auto`` axis types), of shape
-      ``(runs, data)`` with ``runs`` dividing ``num_runs``.
-    """
-    available = jax.local_device_count()
-    num_devices = available if num_devices is None else num_devices
-    if not 1 <= num_devices <= available:
-        raise ValueError(f"num_devices={num_devices} but {available} local device(s) are available")
-    if num_runs < 1:
-        raise ValueError(f"num_runs must be >= 1, got {num_runs}")
-    runs = max(n for n in range(1, min(num_runs, num_devices) + 1) if num_runs % n == 0)
-    data = choose_num_devices(batch_sizes, num_devices // runs)
-    return jax.make_mesh(
-        (runs, data),
-        (RUNS_AXIS, DATA_AXIS),
-        axis_types=(jax.sharding.AxisType.Auto,) * 2,
-        devices=jax.local_devices()[: runs * data],
-    )
-
-
 def runs_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (run) axis split over ``'runs'``: each device holds its runs whole."""
     return NamedSharding(mesh, PartitionSpec(RUNS_AXIS))
 
 
-def stacked_batch_sharding(mesh: Mesh, batch_size: int | None = None) -> NamedSharding:
-    """A stacked batch ``(R, B, ...)``: runs over ``'runs'``, each run's batch over ``'data'`` (its batch axis
-    whole when ``batch_size`` is given and ``'data'`` does not divide it, e.g. a trimmed last batch)."""
+def runs_batch_sharding(mesh: Mesh, batch_size: int | None = None) -> NamedSharding:
+    """The batches of a stack of runs, ``(R, B, ...)``: runs over ``'runs'``, each run's batch over ``'data'`` (its
+    batch axis whole when ``batch_size`` is given and ``'data'`` does not divide it, e.g. a trimmed last batch)."""
     sharding = NamedSharding(mesh, PartitionSpec(RUNS_AXIS, DATA_AXIS))
     return sharding if batch_size is None else fitting(sharding, batch_size, axis=1)
 
 
 def shard_runs(tree: Any, mesh: Mesh) -> Any:
-    """``tree`` (every leaf with a leading run axis) placed with that axis split over ``'runs'``."""
-    return jax.device_put(tree, runs_sharding(mesh))
+    """``tree`` (every leaf with a leading run axis, the same values in every process) placed with that axis
+    split over ``'runs'``."""
+    return _stack_on(runs_sharding(mesh))(tree)
+
+
+@functools.lru_cache(maxsize=16)
+def _stack_on(sharding: NamedSharding) -> Any:
+    return jax.jit(lambda tree: tree, out_shardings=sharding)
 
 
 def stack_runs(trees: Sequence[Any]) -> Any:

@@ -1,6 +1,6 @@
-"""Stacked runs (train_stacked) on one CPU device: each run ends as the run trained alone, a diverging run is
-frozen without touching the others, and an interrupted stack resumes exactly. The same on 4 and 8 fake devices
-is in test_train_stacked_sharding.py.
+"""Runs trained together (train_runs, vmapped: the 'stacked' layout) on one CPU device: each run ends as the run
+trained alone, a diverging run is frozen without touching the others, and an interrupted stack resumes exactly.
+Runs over 4 and 8 fake devices are in test_train_runs_sharding.py.
 
 SGD throughout: with Adam, a parameter whose gradient is ~0 moves by ±lr depending on float rounding (see
 test_train_sharding.py), so two correct computations can differ by more than rounding.
@@ -17,10 +17,10 @@ import pytest
 from flax import nnx
 from train_support import tiny_factory, tiny_splits
 
-from segmime_jax.train import CheckpointStore, NonFiniteLossError, TrainConfig, TrainState, train_and_evaluate
-from segmime_jax.train import stacked as stacked_module
+from segmime_jax.train import NonFiniteLossError, TrainConfig, TrainState, engine, train_and_evaluate, train_runs
+from segmime_jax.train.checkpoint import CheckpointStore
 from segmime_jax.train.config import check_stackable
-from segmime_jax.train.sharding import make_runs_mesh
+from segmime_jax.train.layout import choose_layout
 
 BASE = TrainConfig(
     optimizer="sgd",
@@ -86,8 +86,8 @@ def alone(data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def stacked(data, tmp_path_factory):
     dirs = [tmp_path_factory.mktemp("stacked") for _ in RUNS]
-    results = stacked_module.train_stacked(
-        _configs(), data, dirs, model_factory=tiny_factory, loss_terms=TERMS, log=_quiet
+    results = train_runs(
+        _configs(), data, dirs, layout="stacked", model_factory=tiny_factory, loss_terms=TERMS, log=_quiet
     )
     return list(zip(dirs, results, strict=True))
 
@@ -118,8 +118,8 @@ def test_a_diverging_run_is_frozen_and_the_others_go_on(data, alone, tmp_path):
     runs = (*RUNS[:2], ("dsc", 1e10, 2), RUNS[2])
     dirs = [tmp_path / str(i) for i in range(len(runs))]
     messages = []
-    results = stacked_module.train_stacked(
-        _configs(runs), data, dirs, model_factory=tiny_factory, loss_terms=TERMS, log=messages.append
+    results = train_runs(
+        _configs(runs), data, dirs, layout="stacked", model_factory=tiny_factory, loss_terms=TERMS, log=messages.append
     )
     error = results[2]
     assert isinstance(error, NonFiniteLossError)
@@ -134,7 +134,7 @@ def test_a_diverging_run_is_frozen_and_the_others_go_on(data, alone, tmp_path):
 
 def test_an_interrupted_stack_resumes_exactly_stacked_or_alone(data, stacked, tmp_path, monkeypatch):
     dirs = [tmp_path / str(i) for i in range(len(RUNS))]
-    real, calls = stacked_module.evaluate_runs, {"n": 0}
+    real, calls = engine.evaluate, {"n": 0}
 
     def killed_in_epoch_3(*args, **kwargs):
         calls["n"] += 1
@@ -142,15 +142,15 @@ def test_an_interrupted_stack_resumes_exactly_stacked_or_alone(data, stacked, tm
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(stacked_module, "evaluate_runs", killed_in_epoch_3)
+    monkeypatch.setattr(engine, "evaluate", killed_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        stacked_module.train_stacked(_configs(), data, dirs, model_factory=tiny_factory, loss_terms=TERMS, log=_quiet)
-    monkeypatch.setattr(stacked_module, "evaluate_runs", real)
+        train_runs(_configs(), data, dirs, layout="stacked", model_factory=tiny_factory, loss_terms=TERMS, log=_quiet)
+    monkeypatch.setattr(engine, "evaluate", real)
     shutil.copytree(dirs[1], tmp_path / "alone")  # continued alone below: the checkpoints are the same as a run's
     with pytest.raises(FileExistsError, match="resume=True"):
-        stacked_module.train_stacked(_configs(), data, dirs, model_factory=tiny_factory, loss_terms=TERMS, log=_quiet)
-    resumed = stacked_module.train_stacked(
-        _configs(), data, dirs, resume=True, model_factory=tiny_factory, loss_terms=TERMS, log=_quiet
+        train_runs(_configs(), data, dirs, layout="stacked", model_factory=tiny_factory, loss_terms=TERMS, log=_quiet)
+    resumed = train_runs(
+        _configs(), data, dirs, resume=True, layout="stacked", model_factory=tiny_factory, loss_terms=TERMS, log=_quiet
     )
     for (_, whole), again, run_dir in zip(stacked, resumed, dirs, strict=True):
         assert _without_time(again.history) == _without_time(whole.history)
@@ -181,13 +181,23 @@ def test_runs_killed_at_different_epochs_resume_as_separate_stacks(data, stacked
 
     monkeypatch.setattr(CheckpointStore, "save", killed_saving)
     with pytest.raises(KeyboardInterrupt):
-        stacked_module.train_stacked(_configs(), data, dirs, model_factory=tiny_factory, loss_terms=TERMS, log=_quiet)
+        train_runs(_configs(), data, dirs, layout="stacked", model_factory=tiny_factory, loss_terms=TERMS, log=_quiet)
     monkeypatch.setattr(CheckpointStore, "save", real_save)
     messages = []
-    resumed = stacked_module.train_stacked(
-        _configs(), data, dirs, resume=True, model_factory=tiny_factory, loss_terms=TERMS, log=messages.append
+    resumed = train_runs(
+        _configs(),
+        data,
+        dirs,
+        resume=True,
+        layout="stacked",
+        model_factory=tiny_factory,
+        loss_terms=TERMS,
+        log=messages.append,
     )
-    assert sum("runs together" in m for m in messages) == 2  # a stack of 2 runs at epoch 1, one of 1 at epoch 2
+    assert [m for m in messages if ", stacked:" in m] == [  # a stack of 2 runs at epoch 1, one of 1 at epoch 2
+        "2 runs, stacked: a stack of 2 x (2 runs per device, 1 device per run); chosen by --grid-mode stacked",
+        "1 run, stacked: a stack of 1 x (one run per device, 1 device per run); chosen by --grid-mode stacked",
+    ]
     for (_, whole), again in zip(stacked, resumed, strict=True):
         assert_same_run(whole, again)  # other stack sizes: equal to float32 rounding
 
@@ -199,7 +209,4 @@ def test_what_stacks_and_the_mesh():
         check_stackable([BASE, dataclasses.replace(BASE, optimizer="adam")])
     with pytest.raises(ValueError, match="must share epochs"):
         check_stackable([BASE, dataclasses.replace(BASE, epochs=5)])
-    mesh = make_runs_mesh(3, batch_sizes=(4,))
-    assert mesh.axis_names == ("runs", "data") and mesh.devices.shape == (1, 1)
-    with pytest.raises(ValueError, match="local device"):
-        make_runs_mesh(2, jax.local_device_count() + 1)
+    assert choose_layout(3, 1, mode="stacked", batch_sizes=(4,)).meshes == ((1, 1),)
