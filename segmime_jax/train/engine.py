@@ -352,7 +352,8 @@ def _train_pass(stack: Stack, epoch: int) -> list[dict[str, Any]]:
         [run.config.base_learning_rate * p.plateau.scale for run, p in zip(stack.runs, stack.progress, strict=True)]
     )
     state = stack.state.replace(opt_state=set_learning_rate(stack.state.opt_state, rates))
-    step = int(np.asarray(jax.device_get(state.step))[stack.active].max())
+    history = stack.progress[int(np.flatnonzero(stack.active)[0])].history  # the runs of a stack share an epoch
+    step = int(history[-1]["steps"]) if history else 0
     total = num_batches(stack.train_data, config.batch_size, config.last_batch)
     sums = np.zeros(len(stack.runs))
     count, pending = 0, None
@@ -378,7 +379,8 @@ def _train_pass(stack: Stack, epoch: int) -> list[dict[str, Any]]:
         _account(stack, pending, epoch, sums, active)
         count += pending.size
     stack.state = state
-    held = learning_rates(state.opt_state)  # the rates the optimiser state really used (float32)
+    # the rates the optimiser state really used (float32; readable here unless the runs span processes)
+    held = learning_rates(state.opt_state) if state.step.is_fully_addressable else rates
     if stack.active.any() and not np.allclose(held, rates, rtol=1e-6, atol=0):
         raise RuntimeError(f"epoch {epoch} trained with learning rates {held}, expected {rates}")
     train_s = time.perf_counter() - start
