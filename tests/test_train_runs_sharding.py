@@ -6,17 +6,11 @@ computations. Every run ends with the parameters and metrics of the run trained 
 
 from __future__ import annotations
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
-
-TESTS = pathlib.Path(__file__).resolve().parent
+from train_support import run_on_fake_devices
 
 SCRIPT = textwrap.dedent("""
     import dataclasses, json, os, sys, tempfile
@@ -71,16 +65,7 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_runs_over_devices_end_as_runs_alone(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), env.get("PYTHONPATH", "")])  # this checkout's package
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT)
-    proc = subprocess.run(
-        [sys.executable, str(script), str(TESTS)], capture_output=True, text=True, env=env, timeout=900
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
-    out = json.loads(line[len("RESULT") :])
+    out = run_on_fake_devices(SCRIPT, tmp_path, timeout=900)
     assert out["messages"] == [
         "4 runs, parallel: a stack of 4 x (one run per device, 1 device per run); chosen by --grid-mode parallel",
         "8 runs, parallel: 2 stacks of 4 x (one run per device, 1 device per run); chosen by --grid-mode parallel",

@@ -7,22 +7,16 @@ than rounding although both are correct.
 
 from __future__ import annotations
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import jax
 import numpy as np
 import pytest
+from train_support import run_on_fake_devices
 
 from segmime_jax.train import make_mesh
 from segmime_jax.train.layout import choose_layout
 from segmime_jax.train.sharding import choose_num_devices, shard_batch
-
-TESTS = pathlib.Path(__file__).resolve().parent
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys, tempfile
@@ -67,16 +61,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_one_and_eight_devices_agree(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), env.get("PYTHONPATH", "")])  # this checkout's package
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT)
-    proc = subprocess.run(
-        [sys.executable, str(script), str(TESTS)], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
-    out = json.loads(line[len("RESULT") :])
+    out = run_on_fake_devices(SCRIPT, tmp_path, timeout=600)
     one, eight = out["1"], out["8"]
     assert one["mesh"] == 1 and eight["mesh"] == 8
     for a, b in zip(one["history"], eight["history"], strict=True):

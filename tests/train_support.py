@@ -7,8 +7,12 @@ dropout included); the losses, data pipeline, augmentation and metrics are the r
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
 import struct
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from segmime_jax.data.dataset import DatasetSplits, SliceDataset, VolumeInfo
+from segmime_jax.environment import child_process_environment
 
 
 class TinyNet(nnx.Module):
@@ -126,3 +131,19 @@ def read_event_scalars(folder: pathlib.Path) -> dict[str, dict[int, float]]:
             for value in event.summary.value:
                 scalars.setdefault(value.tag, {})[event.step] = value.simple_value
     return scalars
+
+
+def run_on_fake_devices(script: str, folder: pathlib.Path, *, devices: int = 8, timeout: int = 600) -> dict:
+    """Run ``script`` in a child Python on ``devices`` fake CPU devices with this checkout's package, the tests'
+    folder as its first argument; return the JSON it prints after ``RESULT`` (asserting that it ended well)."""
+    flags = f"--xla_force_host_platform_device_count={devices}"
+    env = child_process_environment(dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu"))
+    path = folder / "run.py"
+    path.write_text(script)
+    tests = pathlib.Path(__file__).resolve().parent
+    proc = subprocess.run(
+        [sys.executable, str(path), str(tests)], capture_output=True, text=True, env=env, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
+    return json.loads(line[len("RESULT") :])

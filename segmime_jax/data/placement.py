@@ -26,50 +26,11 @@ def fitting(sharding: jax.sharding.Sharding | None, size: int, *, axis: int = 0)
     return NamedSharding(sharding.mesh, PartitionSpec(*kept))
 
 
-def local_rows(sharding: jax.sharding.Sharding | None, size: int) -> slice:
-    """The rows of a ``size``-row array that this process's devices hold under ``sharding`` (all rows for
-    ``None``, a single-process sharding or a replicated one): the rows a process must build and feed."""
-    if sharding is None or sharding.is_fully_addressable:
-        return slice(0, size)
-    spans = sorted(
-        {
-            (index[0] if index else slice(None)).indices(size)[:2]
-            for index in sharding.addressable_devices_indices_map((size,)).values()
-        }
-    )
-    start, covered = spans[0][0], spans[0][0]
-    for first, end in spans:
-        if first > covered:
-            raise ValueError(f"the rows of this process under {sharding} are not contiguous")
-        covered = max(covered, end)
-    stop = covered
-    return slice(start, stop)
-
-
-def place(array: np.ndarray, sharding: jax.sharding.Sharding | None, *, global_rows: int | None = None) -> jax.Array:
-    """A global array on ``sharding`` built in each process from the rows its devices hold.
-
-    Args:
-      array: the whole array (the same in every process); or, with ``global_rows``, only this process's rows
-        of it, ``whole[local_rows(sharding, global_rows)]``: the input pipeline builds just those.
-      sharding: where the array goes (``None``: the default device).
-      global_rows: the leading size of the global array when ``array`` holds only the local rows.
-
-    Returns:
-      A ``jax.Array`` of the global shape, sharded as ``sharding``.
-    """
-    if sharding is None:
-        return jax.device_put(array)
-    if global_rows is None:
-        if sharding.is_fully_addressable:
-            return jax.device_put(array, sharding)
-        if array.ndim == 0:
-            return jax.make_array_from_process_local_data(sharding, array, ())
-        global_rows = array.shape[0]
-        array = array[local_rows(sharding, global_rows)]
-    elif sharding.is_fully_addressable:
-        return jax.device_put(array, sharding)
-    return jax.make_array_from_process_local_data(sharding, array, (global_rows, *array.shape[1:]))
+def place(array: np.ndarray, sharding: jax.sharding.Sharding | None) -> jax.Array:
+    """A global array on ``sharding`` built in each process from the rows its devices hold (``array``: the whole
+    array, the same in every process; ``None``: on the default device). See :func:`place_blocks`."""
+    array = np.asarray(array)
+    return place_blocks(array.shape, sharding, lambda where: array[where])
 
 
 def place_blocks(

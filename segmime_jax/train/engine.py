@@ -78,6 +78,7 @@ from segmime_jax.train.sharding import (
     batch_sharding,
     make_mesh,
     replicated_sharding,
+    run_slice,
     runs_batch_sharding,
     shard_batch,
     shard_runs,
@@ -199,8 +200,8 @@ def train_runs(
             plan = choose_layout(
                 len(members), config.num_devices, mode=layout, batch_sizes=(config.batch_size, config.eval_batch_size)
             )
-            if len(configs) > 1 and is_primary():
-                (log or print)(plan.describe())
+            if len(configs) > 1:
+                Reporter(log=log, quiet=not is_primary()).message(plan.describe())
             taken = 0
             for size, shape in zip(plan.stacks, plan.meshes, strict=True):
                 stack_members, taken = members[taken : taken + size], taken + size
@@ -465,7 +466,7 @@ def _test(stack: Stack, template: Any, start_time: float) -> list[RunResult | No
     replicated = replicated_sharding(stack.mesh)
     current = stack.state.checkpoint_tree()
     trees = [
-        best_tree(run, progress, template, sharding=replicated) if on else jax.tree.map(lambda x, r=r: x[r], current)
+        best_tree(run, progress, template, sharding=replicated) if on else run_slice(current, r)
         for r, (run, progress, on) in enumerate(zip(stack.runs, stack.progress, active, strict=True))
     ]
     state = stack.state.replace_from_checkpoint(shard_runs(stack_runs(trees), stack.mesh))

@@ -132,11 +132,11 @@ def runs_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(RUNS_AXIS))
 
 
-def runs_batch_sharding(mesh: Mesh, batch_size: int | None = None) -> NamedSharding:
-    """The batches of a stack of runs, ``(R, B, ...)``: runs over ``'runs'``, each run's batch over ``'data'`` (its
-    batch axis whole when ``batch_size`` is given and ``'data'`` does not divide it, e.g. a trimmed last batch)."""
-    sharding = NamedSharding(mesh, PartitionSpec(RUNS_AXIS, DATA_AXIS))
-    return sharding if batch_size is None else fitting(sharding, batch_size, axis=1)
+def runs_batch_sharding(mesh: Mesh) -> NamedSharding:
+    """The batches of a stack of runs, ``(R, B, ...)``: runs over ``'runs'``, each run's batch over ``'data'`` (the
+    input pipeline keeps a batch axis that ``'data'`` does not divide whole: :func:`~segmime_jax.data.placement.
+    fitting`)."""
+    return NamedSharding(mesh, PartitionSpec(RUNS_AXIS, DATA_AXIS))
 
 
 def shard_runs(tree: Any, mesh: Mesh) -> Any:
