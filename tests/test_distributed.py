@@ -25,8 +25,8 @@ from segmime_jax.distributed import DistributedConfig
 TESTS = pathlib.Path(__file__).resolve().parent
 
 WORKER = textwrap.dedent("""
-    import json, os, sys
-    tests, out, port, pid, nproc, kill_after, resume = sys.argv[1:8]
+    import dataclasses, json, os, sys
+    tests, out, port, pid, nproc, kill_after, resume, runs = sys.argv[1:9]
     sys.path.insert(0, tests)
     import helpers  # noqa: F401  (persistent compilation cache, float32 defaults)
     from segmime_jax.distributed import DistributedConfig, initialize
@@ -36,7 +36,7 @@ WORKER = textwrap.dedent("""
     import jax, numpy as np
     from flax import nnx
     from train_support import tiny_factory, tiny_splits
-    from segmime_jax.train import TrainConfig, TrainState, train_and_evaluate
+    from segmime_jax.train import TrainConfig, TrainState, train_and_evaluate, train_runs
     from segmime_jax.train import engine
     from segmime_jax.train.checkpoint import CheckpointStore
 
@@ -53,22 +53,29 @@ WORKER = textwrap.dedent("""
     config = TrainConfig(loss="1*ce+1*dsc", optimizer="sgd", learning_rate=0.1, epochs=3, batch_size=8,
                          eval_batch_size=4, progress=False, write_predictions=False, augment=True,
                          data_on_device=True)
-    run_dir = os.path.join(out, "run")
-    result = train_and_evaluate(config, data, run_dir, model_factory=tiny_factory, resume=resume == "1")
+    if int(runs):  # that many runs (seeds 0, 1, ...), whole runs to devices: one per process with one device each
+        configs = [dataclasses.replace(config, seed=seed) for seed in range(int(runs))]
+        run_dirs = [os.path.join(out, f"run{seed}") for seed in range(int(runs))]
+        results = train_runs(configs, data, run_dirs, model_factory=tiny_factory, resume=resume == "1")
+    else:
+        configs, run_dirs = [config], [os.path.join(out, "run")]
+        results = [train_and_evaluate(config, data, run_dirs[0], model_factory=tiny_factory, resume=resume == "1")]
     template = TrainState.create(tiny_factory(3, rngs=nnx.Rngs(0)), config.build_optimizer())
-    with CheckpointStore(os.path.join(run_dir, "checkpoints")) as store:
-        _, tree, _ = store.restore(template.checkpoint_tree())
-    if jax.process_index() == 0:
-        summary = {
+    summaries = []
+    for result, run_dir in zip(results, run_dirs):
+        with CheckpointStore(os.path.join(run_dir, "checkpoints")) as store:
+            _, tree, _ = store.restore(template.checkpoint_tree())
+        summaries.append({
             "devices": jax.device_count(),
             "processes": jax.process_count(),
             "history": [{k: h[k] for k in ("train_loss", "val_loss", "val_dsc", "val_dsc_fg")} for h in result.history],
             "test_dsc": result.test_dsc.tolist(),
             "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(tree["params"])],
             "files": sorted(os.listdir(run_dir)),
-        }
+        })
+    if jax.process_index() == 0:
         with open(os.path.join(out, "summary.json"), "w") as handle:
-            json.dump(summary, handle)
+            json.dump(summaries if int(runs) else summaries[0], handle)
 """)
 
 
@@ -78,16 +85,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(tmp: pathlib.Path, out: pathlib.Path, nproc: int, *, kill_after: int = 0, resume: bool = False):
+def _launch(
+    tmp: pathlib.Path,
+    out: pathlib.Path,
+    nproc: int,
+    *,
+    kill_after: int = 0,
+    resume: bool = False,
+    runs: int = 0,
+    devices: int = 4,
+):
+    """``nproc`` workers sharing ``devices`` CPU devices; ``runs`` > 0: ``train_runs`` of that many seeds."""
     script = tmp / "worker.py"
     script.write_text(WORKER)
-    devices = 4 // nproc
+    devices = devices // nproc
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
     port = _free_port()
     return [
         subprocess.Popen(
             [sys.executable, str(script), str(TESTS), str(out), str(port), str(pid), str(nproc), str(kill_after * pid)]
-            + ["1" if resume else "0"],
+            + ["1" if resume else "0", str(runs)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -117,12 +134,14 @@ def single(tmp_path_factory):
     return _summary(tmp)
 
 
-def _assert_same_run(multi: dict, single: dict) -> None:
-    assert (multi["processes"], multi["devices"], single["processes"], single["devices"]) == (2, 4, 1, 4)
+def _assert_same_run(multi: dict, single: dict, *, devices: tuple[int, int] = (4, 4), atol: float = 0.0) -> None:
+    """``multi`` (2 processes) trained as ``single`` (1 process): losses within 1e-5, metrics within ``atol``."""
+    assert (multi["processes"], single["processes"]) == (2, 1)
+    assert (multi["devices"], single["devices"]) == devices
     for a, b in zip(multi["history"], single["history"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-        assert a["val_dsc"] == b["val_dsc"]
-    np.testing.assert_array_equal(multi["test_dsc"], single["test_dsc"])
+        assert a["val_dsc"] == pytest.approx(b["val_dsc"], abs=atol)
+    np.testing.assert_allclose(multi["test_dsc"], single["test_dsc"], atol=atol, rtol=0)
     for a, b in zip(multi["params"], single["params"], strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 
@@ -162,6 +181,46 @@ def test_a_killed_process_stops_the_other_and_both_resume(tmp_path, single):
     for pid, (code, err) in enumerate(results):
         assert code == 0, f"process {pid} (resumed): {err[-3000:]}"
     _assert_same_run(_summary(tmp_path), single)
+
+
+@pytest.fixture(scope="module")
+def single_runs(tmp_path_factory):
+    """Two runs (seeds 0 and 1) one after the other in one process with one device."""
+    tmp = tmp_path_factory.mktemp("single_runs")
+    [(code, err)] = _finish(_launch(tmp, tmp, 1, runs=2, devices=1))
+    assert code == 0, err[-3000:]
+    return _summary(tmp)
+
+
+def _assert_same_runs(out: pathlib.Path, single: list[dict]) -> None:
+    multi = _summary(out)
+    assert len(multi) == len(single) == 2
+    for a, b in zip(multi, single, strict=True):
+        _assert_same_run(a, b, devices=(2, 1), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_runs_over_two_processes_train_as_in_one(tmp_path, single_runs):
+    # 2 processes x 1 device, 2 runs: `auto` puts one whole run on each process's device
+    results = _finish(_launch(tmp_path, tmp_path, 2, runs=2, devices=2))
+    for pid, (code, err) in enumerate(results):
+        assert code == 0, f"process {pid}: {err[-3000:]}"
+    _assert_same_runs(tmp_path, single_runs)
+
+
+@pytest.mark.slow
+def test_a_killed_process_stops_the_runs_of_the_other_and_both_resume(tmp_path, single_runs):
+    procs = _launch(tmp_path, tmp_path, 2, kill_after=3, runs=2, devices=2)
+    procs[1].wait(timeout=600)
+    died = time.monotonic()
+    [(code, err)] = _finish(procs[:1], timeout=120)
+    assert procs[1].returncode == 9
+    assert code != 0, "the surviving process exited cleanly"
+    assert time.monotonic() - died < 60
+    results = _finish(_launch(tmp_path, tmp_path, 2, resume=True, runs=2, devices=2))
+    for pid, (code, err) in enumerate(results):
+        assert code == 0, f"process {pid} (resumed): {err[-3000:]}"
+    _assert_same_runs(tmp_path, single_runs)
 
 
 def test_launch_options_are_checked():

@@ -3,10 +3,11 @@ tested at its best epoch. One run (:func:`train_and_evaluate`) is a stack of one
 
 :func:`train_runs` reads top to bottom: open every run (folder, lock, checkpoints: :func:`~segmime_jax.train.run.
 open_run`) and restore its progress; cut the runs into stacks (:mod:`segmime_jax.train.layout`: one run at a time
-over all devices, whole runs to devices, or several runs vmapped on a device); then per stack :func:`_new_stack`
-(mesh, programs, data, the runs' states stacked on a leading run axis), :func:`_compile`, per epoch
-:func:`_train_pass`, validation, gradient telemetry and :func:`~segmime_jax.train.epoch_end.end_epoch` for each
-run (plateau rule, checkpoint, ``metrics.jsonl``), and at the end :func:`_test` of each run's best epoch.
+over all devices, whole runs to devices, or several runs vmapped on a device); then per stack its set-up (mesh,
+programs, data, the runs' states stacked on a leading run axis: :mod:`segmime_jax.train.stack`) and
+compilation, per epoch :func:`_train_pass`, validation, gradient telemetry and
+:func:`~segmime_jax.train.epoch_end.end_epoch` for each run (plateau rule, checkpoint, ``metrics.jsonl``), and at
+the end :func:`_test` of each run's best epoch.
 
 The runs of a stack may differ in what the compiled step takes as data — the loss (its
 :class:`~segmime_jax.losses.LossParams`), the optimiser's hyperparameters (leaves of each run's optimiser state),
@@ -40,7 +41,6 @@ by default (``last_batch="trim"``) it holds the real slices only, a smaller batc
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import itertools
 import os
@@ -69,22 +69,18 @@ from segmime_jax.train.epoch_end import (
 from segmime_jax.train.evaluate import evaluate
 from segmime_jax.train.layout import choose_layout
 from segmime_jax.train.optim import learning_rates, set_learning_rate
-from segmime_jax.train.programs import Programs, compile_announced, programs_for
 from segmime_jax.train.progress import Reporter
 from segmime_jax.train.results import RunResult, save_run_result
-from segmime_jax.train.run import ModelFactory, Progress, Run, initial_state, open_run, restore_progress, step_root
-from segmime_jax.train.samples import telemetry_batch
+from segmime_jax.train.run import ModelFactory, Run, open_run, restore_progress
 from segmime_jax.train.sharding import (
     batch_sharding,
-    make_mesh,
     replicated_sharding,
     run_slice,
     runs_batch_sharding,
-    shard_batch,
     shard_runs,
     stack_runs,
 )
-from segmime_jax.train.state import TrainState
+from segmime_jax.train.stack import Stack, compile_stack, new_stack
 from segmime_jax.train.telemetry import summarize_gradient
 
 __all__ = ["train_and_evaluate", "train_runs"]
@@ -206,7 +202,7 @@ def train_runs(
             for size, shape in zip(plan.stacks, plan.meshes, strict=True):
                 stack_members, taken = members[taken : taken + size], taken + size
                 stack_start = start_time if out.count(None) == len(out) else time.perf_counter()
-                stack = _new_stack(
+                stack = new_stack(
                     [runs[i] for i in stack_members], [progress[i] for i in stack_members], shape, loss_terms, log
                 )
                 for i, result in zip(stack_members, _train_stack(stack, stack_start), strict=True):
@@ -218,81 +214,10 @@ def train_runs(
     return out  # type: ignore[return-value]
 
 
-# ---------------------------------------------------------------------------------------------------- stacks
-@dataclasses.dataclass
-class Stack:
-    """Runs at the same epoch, trained together on one ``('runs', 'data')`` mesh."""
-
-    runs: list[Run]
-    progress: list[Progress]
-    mesh: Any
-    programs: Programs
-    train_data: Any
-    val_data: Any
-    probe_batch: dict[str, jax.Array] | None
-    loss_params: Any  # stacked, split over 'runs'
-    roots: jax.Array  # (R,) step-key roots, split over 'runs'
-    state: TrainState  # stacked, split over 'runs'
-    reporter: Reporter
-    errors: dict[int, NonFiniteLossError] = dataclasses.field(default_factory=dict)
-
-    @property
-    def config(self) -> TrainConfig:
-        return self.runs[0].config
-
-    @property
-    def active(self) -> np.ndarray:
-        return np.array([r not in self.errors for r in range(len(self.runs))])
-
-    def freeze(self, index: int, error: NonFiniteLossError) -> None:
-        self.errors[index] = error
-        if len(self.runs) > 1:
-            self.runs[index].reporter.message(f"{self.runs[index].reporter.label}: {error} (the other runs go on)")
-
-
-def _new_stack(
-    runs: list[Run], progress: list[Progress], shape: tuple[int, int], loss_terms: Sequence[str], log: Any
-) -> Stack:
-    """Stack ``runs`` (all at the same epoch) on a mesh of ``shape`` and place the data they share."""
-    from segmime_jax.data.pipeline import to_device
-
-    config, num_classes = runs[0].config, runs[0].data.train.num_classes
-    mesh = make_mesh(shape[1], runs=shape[0], batch_sizes=(config.batch_size, config.eval_batch_size))
-    if len(runs) == 1:
-        reporter = runs[0].reporter  # the run's own voice and bars
-    else:
-        reporter = Reporter(enabled=config.progress, label=f"{len(runs)} runs", log=log, quiet=not is_primary())
-        for run in runs:
-            run.reporter.follow(reporter)
-    data = runs[0].data
-    train_data, val_data = data.train, data.val
-    # Several processes: each feeds its own rows of every batch from the host (process-local input).
-    if config.data_on_device and jax.process_count() == 1:
-        sharding = batch_sharding(mesh)
-        train_data, val_data = to_device(data.train, sharding=sharding), to_device(data.val, sharding=sharding)
-    probe = shard_batch(telemetry_batch(data.val, config.batch_size), mesh) if config.telemetry else None
-    states = [initial_state(run, p, mesh) for run, p in zip(runs, progress, strict=True)]
-    return Stack(
-        runs=runs,
-        progress=progress,
-        mesh=mesh,
-        programs=programs_for(
-            config.optimizer, LossProgram(terms=tuple(loss_terms)), num_classes, augment=config.augment, mesh=mesh
-        ),
-        train_data=train_data,
-        val_data=val_data,
-        probe_batch=probe,
-        loss_params=shard_runs(stack_runs([run.loss_params for run in runs]), mesh),
-        roots=shard_runs(stack_runs([step_root(run.config.seed) for run in runs]), mesh),
-        state=shard_runs(stack_runs(states), mesh),
-        reporter=reporter,
-    )
-
-
 def _train_stack(stack: Stack, start_time: float) -> list[RunResult | NonFiniteLossError]:
     """Every epoch of the stack's runs (train, validate, telemetry, end of epoch per run), then their test."""
     config = stack.config
-    _compile(stack)
+    compile_stack(stack)
     template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), stack.state.checkpoint_tree())
     for epoch in stack.reporter.epochs(stack.progress[0].epoch + 1, config.epochs):
         epoch_start = time.perf_counter()
@@ -341,9 +266,6 @@ def _pack_runs(mesh: Any) -> Callable[[Any], dict[str, jax.Array]]:
     return jax.jit(jax.vmap(pack), out_shardings=replicated_sharding(mesh))
 
 
-_fold_in = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
-
-
 def _train_pass(stack: Stack, epoch: int) -> list[dict[str, Any]]:
     """One pass of every run over its own shuffled batches, at each run's plateau rate; the runs' records."""
     from segmime_jax.data.pipeline import num_batches, run_train_batches
@@ -358,7 +280,7 @@ def _train_pass(stack: Stack, epoch: int) -> list[dict[str, Any]]:
     total = num_batches(stack.train_data, config.batch_size, config.last_batch)
     sums = np.zeros(len(stack.runs))
     count, pending = 0, None
-    active = _active_on_device(stack)
+    active = stack.active_on_device()
     batches = run_train_batches(
         stack.train_data,
         config.batch_size,
@@ -369,7 +291,7 @@ def _train_pass(stack: Stack, epoch: int) -> list[dict[str, Any]]:
     )
     for batch in stack.reporter.steps(batches, total=total, epoch=epoch):
         size = int(batch["mask"].shape[1])  # the trimmed last batch is smaller
-        state, metrics = stack.programs.train_step(state, batch, _fold_in(stack.roots, step), stack.loss_params, active)
+        state, metrics = stack.programs.train_step(state, batch, stack.step_keys(step), stack.loss_params, active)
         if pending is not None:
             active = _account(stack, pending, epoch, sums, active)
             count += pending.size
@@ -397,10 +319,6 @@ def _train_pass(stack: Stack, epoch: int) -> list[dict[str, Any]]:
     ]
 
 
-def _active_on_device(stack: Stack) -> jax.Array:
-    return shard_runs(stack.active, stack.mesh)
-
-
 def _account(stack: Stack, pending: Pending, epoch: int, sums: np.ndarray, active: jax.Array) -> jax.Array:
     """Add a step's losses to ``sums``; freeze the runs whose loss or gradient was not finite. Returns the
     device-side ``active`` mask for the next steps."""
@@ -413,7 +331,7 @@ def _account(stack: Stack, pending: Pending, epoch: int, sums: np.ndarray, activ
             sums[r] += loss * pending.size
         except NonFiniteLossError as error:
             stack.freeze(r, error)
-    return active if len(stack.errors) == frozen else _active_on_device(stack)
+    return active if len(stack.errors) == frozen else stack.active_on_device()
 
 
 def _measure_gradients(stack: Stack) -> list[dict[str, Any]]:
@@ -422,39 +340,6 @@ def _measure_gradients(stack: Stack) -> list[dict[str, Any]]:
         return [{} for _ in stack.runs]
     out = jax.device_get(stack.programs.probe(stack.state, stack.probe_batch, stack.loss_params))
     return [summarize_gradient({k: v[r] for k, v in out.items()}) if on else {} for r, on in enumerate(stack.active)]
-
-
-def _compile(stack: Stack) -> None:
-    """Compile every program the epochs will call, announcing each (none when an earlier stack compiled them)."""
-    from segmime_jax.data.pipeline import eval_batches, run_train_batches
-
-    config, log, runs = stack.config, stack.reporter.message, len(stack.runs)
-    what = f"{runs} runs, " if runs > 1 else ""
-
-    def first_batch(batch_size: int) -> dict[str, jax.Array]:
-        seeds = [run.config.seed for run in stack.runs]
-        sharding = runs_batch_sharding(stack.mesh)
-        return next(
-            run_train_batches(stack.train_data, batch_size, seeds=seeds, epoch=1, sharding=sharding, prefetch=0)
-        )
-
-    rest = (_fold_in(stack.roots, 0), stack.loss_params, _active_on_device(stack))
-    train_step = stack.programs.train_step
-    compile_announced(
-        train_step, (stack.state, first_batch(config.batch_size), *rest), f"{what}batches of {config.batch_size}", log
-    )
-    remainder = len(stack.runs[0].data.train) % config.batch_size
-    if remainder and config.last_batch == "trim":
-        compile_announced(
-            train_step, (stack.state, first_batch(remainder), *rest), f"{what}the last batch of {remainder}", log
-        )
-    sharding = batch_sharding(stack.mesh)
-    _, eval_batch = next(eval_batches(stack.val_data, config.eval_batch_size, sharding=sharding, prefetch=0))
-    args = (stack.state, eval_batch, stack.loss_params)
-    compile_announced(stack.programs.eval_step, args, f"{what}batches of {config.eval_batch_size}", log)
-    if stack.probe_batch is not None:
-        args = (stack.state, stack.probe_batch, stack.loss_params)
-        compile_announced(stack.programs.probe, args, f"{what}a batch of {config.batch_size}", log)
 
 
 # ------------------------------------------------------------------------------------------------------ test

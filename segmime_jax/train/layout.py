@@ -107,7 +107,7 @@ def choose_layout(
         backend = backend or jax.default_backend()
         if backend in STACKED_FASTER_ON and num_runs > 1:
             mode, reason = "stacked", f"vmapped runs measured faster on {backend}"
-        elif num_runs > 1 and devices > 1 and not whole:  # over processes: one run at a time (its checkpoints)
+        elif num_runs > 1 and devices > 1:
             mode, reason = "parallel", f"{num_runs} runs and {devices} devices: whole runs to devices"
         else:
             mode = "sequential"
