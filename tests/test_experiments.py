@@ -193,7 +193,7 @@ def test_bad_paths_are_one_line_errors(tmp_path, capsys):
 
 
 def test_a_damaged_synthetic_dataset_says_how_to_regenerate_it(tmp_path, capsys):
-    from segmime_jax.paper.datasets import dataset_root
+    from segmime_jax.paper.grid.datasets import dataset_root
 
     argv = ["--synthetic-cases", "4", "--image-size", "32", "--cache-dir", str(tmp_path / "cache")]
     root, synthetic = dataset_root("acdc", acdc.parse_args(argv), log=lambda _: None)
@@ -336,7 +336,7 @@ def _check_rerun(argv, result, capsys):
 
 
 def test_shards_split_the_grid_and_slurm_arrays_name_them():
-    from segmime_jax.paper.shards import Shard, parse_shard, resolve_shard, shard_from_environment
+    from segmime_jax.paper.grid.config import Shard, parse_shard, resolve_shard, shard_from_environment
 
     runs = [f"run{i}" for i in range(1, 9)]
     assert parse_shard("2/3").select(runs) == ["run2", "run5", "run8"]

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from segmime_jax.commands import acdc
-from segmime_jax.paper import grid, grid_training
-from segmime_jax.paper.grid_config import GRID_MODES
+from segmime_jax.paper import grid
+from segmime_jax.paper.grid import training as grid_training
+from segmime_jax.paper.grid.config import GRID_MODES
 from segmime_jax.train import NonFiniteLossError
 from segmime_jax.train.layout import LAYOUTS
 

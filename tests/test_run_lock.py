@@ -58,7 +58,8 @@ def test_kill_9_leaves_no_stale_lock(held_by_another_process):
 
 def test_the_grid_refuses_a_run_another_command_trains(tmp_path):
     from segmime_jax.commands import acdc
-    from segmime_jax.paper import grid, grid_training
+    from segmime_jax.paper import grid
+    from segmime_jax.paper.grid import training as grid_training
 
     config = acdc.parse_args(["--losses", "ce,dsc", "--out", str(tmp_path)])
     runs = grid.grid_runs(config, model="enet", num_classes=4)

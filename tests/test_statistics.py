@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from segmime_jax.paper import statistics as S
+from segmime_jax.paper.grid import statistics as S
 
 
 def test_a_constant_shift_is_its_own_interval():

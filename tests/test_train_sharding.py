@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent("""
     from flax import nnx
     from train_support import tiny_factory, tiny_splits
     from segmime_jax.train import TrainConfig, TrainState, train_and_evaluate
-    from segmime_jax.train import engine
+    from segmime_jax.train import stack
     from segmime_jax.train.checkpoint import CheckpointStore
 
     assert jax.device_count() == 8, jax.devices()
@@ -36,7 +36,7 @@ SCRIPT = textwrap.dedent("""
         meshes.append(real_mesh(*args, **kwargs))
         return meshes[-1]
 
-    real_mesh, engine.make_mesh = engine.make_mesh, recording_mesh
+    real_mesh, stack.make_mesh = stack.make_mesh, recording_mesh
     # 12 training slices, batch 8: one full batch split over the devices, one trimmed batch of 4 (replicated)
     data = tiny_splits(train_volumes=4, slices=3)
     out = {}

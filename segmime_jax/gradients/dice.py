@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from segmime_jax.losses.inputs import (
+from segmime_jax.losses._inputs import (
     per_image_class_shape,
     per_image_class_sums,
     prepare,

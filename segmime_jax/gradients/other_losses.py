@@ -11,7 +11,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from segmime_jax.losses.inputs import (
+from segmime_jax.losses import CE_EPSILON
+from segmime_jax.losses._inputs import (
     per_class_weight,
     per_image_class_shape,
     per_image_class_sums,
@@ -19,7 +20,6 @@ from segmime_jax.losses.inputs import (
     safe_div,
     scatter_classes,
 )
-from segmime_jax.losses.terms import CE_EPSILON
 
 
 def cross_entropy_gradient(

@@ -17,12 +17,28 @@ Conventions shared by every loss here:
 Notation (paper §2.2), per image ``b`` and class ``k``: ``I = Σ_i y·s`` and ``U = Σ_i (y + s)`` over the
 pixels ``i ∈ Ω`` of that image.
 
-Modules: :mod:`~segmime_jax.losses.functions` (the losses; their arithmetic, written once, in
-:mod:`~segmime_jax.losses.terms`), :mod:`~segmime_jax.losses.spec` (:func:`build_loss`
-turns a spec string such as ``"ce"``, ``"mime"`` or ``"1*ce+1*dsc"`` into a loss function; :data:`LOSSES` maps
-names to functions), :mod:`~segmime_jax.losses.params` (the loss as data: one compiled program for every loss
-of a grid), :mod:`~segmime_jax.losses.mime_weights` (per-class mime weights from class frequencies) and
-:mod:`~segmime_jax.losses.inputs` (input handling shared with :mod:`segmime_jax.gradients`).
+The arithmetic of every loss is written once, as a ``*_terms`` function of prepared float32 arrays: ``s, y``
+``(B, *spatial, K)`` with masked images zeroed, image weights ``m`` ``(B,)`` and class weights ``c`` ``(K,)`` (1 for
+a selected class, 0 for the others), plus static options such as ``ε``. A public function slices out its
+``classes`` and calls it with ``c = 1``; a :class:`LossProgram` calls it on all ``K`` channels with ``c`` the 0/1
+class mask, so that the class selection is data. Multiplying by 1 and adding 0 are exact, so both give the same
+numbers up to float summation order.
+
+Modules (private, behind this package: import everything from ``segmime_jax.losses``; each is named for what it
+holds, so that a reader finds a loss by its family and the machinery by its job):
+
+- ``_cross_entropy``, ``_dice`` (the Dice-type losses, built on the overlap ``I`` and ``U``: Dice, generalised
+  Dice, the Dice-gradient surrogate) and ``_mime`` (the linear losses: mime, negative mime, and per-class mime
+  weights from class frequencies): each loss's arithmetic and its public function, grouped by family.
+- ``_registry``: one entry per loss (name, aliases, display name, arithmetic, public function, whether it is
+  linear), from which :data:`LOSSES`, :data:`LOSS_ALIASES`, :data:`TERMS`, :func:`display_name` and the
+  programs' evaluation derive; :func:`register_loss` adds a loss from outside the package.
+- ``_spec``: :func:`build_loss`'s spec language (``"ce"``, ``"mime"``, ``"1*ce+1*dsc"``) and :func:`weighted_sum`.
+- ``_program``: the loss as data, :class:`LossParams` (a pytree of per-run arrays) and :class:`LossProgram` (which
+  terms to compute): one compiled step for every loss of a grid. Not ``params``, which means a model's
+  parameters everywhere else in JAX.
+- ``_inputs``: how the losses read their inputs (casting, shape checks, class selection, masks), shared with
+  :mod:`segmime_jax.gradients`, whose closed forms must read them the same way.
 
 Example:
   >>> import jax
@@ -40,18 +56,20 @@ References:
   equation numbers in these docstrings are its own). Reference code: LIVIAETS/boundary-loss (``losses.py``).
 """
 
-from segmime_jax.losses.functions import (
-    cross_entropy,
-    dice_loss,
-    dice_surrogate_loss,
-    generalized_dice_loss,
-    mime_loss,
-    negative_mime_loss,
+from segmime_jax.losses._cross_entropy import CE_EPSILON, cross_entropy
+from segmime_jax.losses._dice import GDL_ABSENT, dice_loss, dice_surrogate_loss, generalized_dice_loss
+from segmime_jax.losses._mime import mime_loss, mime_weights_from_frequencies, negative_mime_loss
+from segmime_jax.losses._program import LossParams, LossProgram, loss_from_spec, loss_params
+from segmime_jax.losses._registry import (
+    LOSS_ALIASES,
+    LOSSES,
+    TERMS,
+    RegisteredLoss,
+    canonical_name,
+    display_name,
+    register_loss,
 )
-from segmime_jax.losses.mime_weights import mime_weights_from_frequencies
-from segmime_jax.losses.params import TERMS, LossParams, LossProgram, loss_from_spec, loss_params
-from segmime_jax.losses.spec import LOSS_ALIASES, LOSSES, LossFn, build_loss, weighted_sum
-from segmime_jax.losses.terms import CE_EPSILON, GDL_ABSENT
+from segmime_jax.losses._spec import LossFn, build_loss, weighted_sum
 
 __all__ = [
     "CE_EPSILON",
@@ -62,15 +80,19 @@ __all__ = [
     "LossFn",
     "LossParams",
     "LossProgram",
+    "RegisteredLoss",
     "build_loss",
+    "canonical_name",
     "cross_entropy",
     "dice_loss",
     "dice_surrogate_loss",
+    "display_name",
     "generalized_dice_loss",
     "loss_from_spec",
     "loss_params",
     "mime_loss",
     "mime_weights_from_frequencies",
     "negative_mime_loss",
+    "register_loss",
     "weighted_sum",
 ]

@@ -20,10 +20,10 @@ import numpy as np
 
 from segmime_jax.data import DatasetSplits, VolumeInfo, load_acdc, load_promise12
 from segmime_jax.data.export import read_original_labels, read_prediction_nifti
-from segmime_jax.paper import statistics
-from segmime_jax.paper.grid_config import run_name
+from segmime_jax.paper.grid import statistics
+from segmime_jax.paper.grid.config import run_name
 from segmime_jax.paper.halo import HaloMeasures, eroded_dsc, halo_measures, working_pixel_mm
-from segmime_jax.report.figures import _pyplot, _save
+from segmime_jax.paper.plotting import pyplot, save_figure
 from segmime_jax.train import RunResult
 from segmime_jax.train.metrics import mean_foreground
 from segmime_jax.train.results import load_run_result
@@ -270,7 +270,7 @@ def plot_gap_against_size(summaries: Sequence[GridSummary], path: str | Path, *,
     size's mean). Middle: false positives and false negatives over the reference volume, per loss. Right: the
     median distance of the false positives to the reference, in working pixels (about constant if the halo were
     a band of fixed width in pixels)."""
-    plt = _pyplot()
+    plt = pyplot()
     grids = sorted((s for s in summaries if loss in s.dsc_differences), key=lambda s: (s.epochs, s.image_size))
     if not grids:
         raise ValueError(f"no grid compares {loss!r} with the reference loss")
@@ -304,13 +304,13 @@ def plot_gap_against_size(summaries: Sequence[GridSummary], path: str | Path, *,
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, Path(path), dpi=110)
+    return save_figure(fig, Path(path), dpi=110)
 
 
 def plot_class_curves(summary: GridSummary, path: str | Path) -> Path:
     """Validation DSC per foreground class and epoch, one panel per loss (each seed a line): a class that stays
     near 0 for epochs (a missed class) shows as a flat line at the bottom."""
-    plt = _pyplot()
+    plt = pyplot()
     losses = list(summary.losses.values())
     fig, axes = plt.subplots(1, len(losses), figsize=(3.6 * len(losses), 3.2), sharey=True, squeeze=False)
     for ax, loss in zip(axes[0], losses, strict=True):
@@ -324,4 +324,4 @@ def plot_class_curves(summary: GridSummary, path: str | Path) -> Path:
     axes[0][0].set_ylabel("validation DSC (%)")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, Path(path), dpi=110)
+    return save_figure(fig, Path(path), dpi=110)

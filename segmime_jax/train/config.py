@@ -97,7 +97,7 @@ class TrainConfig:
         return default_learning_rate(self.optimizer) if self.learning_rate is None else float(self.learning_rate)
 
     def loss_params(self, num_classes: int) -> LossParams:
-        """The loss of this run as data (:mod:`segmime_jax.losses.params`), for ``num_classes`` classes."""
+        """The loss of this run as data (:class:`~segmime_jax.losses.LossParams`), for ``num_classes`` classes."""
         return loss_params(self.loss, num_classes, **self._class_option())
 
     def build_optimizer(self) -> optax.GradientTransformation:

@@ -113,7 +113,7 @@ def train_and_evaluate(
         ``progress``, ``write_predictions``, ``num_examples`` and ``checkpoints`` may change on resumption.
       model_factory: build the network from ``(num_classes, *, rngs, dtype)`` instead of
         ``segmime_jax.models.build_model(config.model, ...)`` (custom models, tests).
-      loss_terms: the loss terms the compiled programs evaluate (:data:`segmime_jax.losses.params.TERMS`; default:
+      loss_terms: the loss terms the compiled programs evaluate (names of :data:`segmime_jax.losses.LOSSES`; default:
         those of ``config.loss``). Runs given the same terms, optimiser kind, class count, augmentation and
         devices share one compiled train step, evaluation step and gradient probe: a grid passes the union
         of its losses' terms.

@@ -157,7 +157,7 @@ def evaluate(
         :class:`~segmime_jax.data.pipeline.DeviceDataset`); volumes are read from ``dataset.volumes`` /
         ``slices_of``.
       batch_size: slices per (padded) batch.
-      loss_params: the runs' stacked :class:`~segmime_jax.losses.params.LossParams` (for the reported loss).
+      loss_params: the runs' stacked :class:`~segmime_jax.losses.LossParams` (for the reported loss).
       runs: for a stack, R booleans: the runs to reduce (the others, e.g. frozen after a divergence, are computed
         with the rest but not reduced); ``None`` for one run.
       sharding: where to put each batch (split on ``'data'``).

@@ -2,7 +2,7 @@
 
 What a program computes depends on the optimiser *kind* (Adam or SGD: every numeric hyperparameter, learning
 rate included, is a leaf of the optimiser state, see :func:`~segmime_jax.train.optim.make_optimizer`), the
-:class:`~segmime_jax.losses.params.LossProgram` (which loss terms exist; their weights are a per-run argument),
+:class:`~segmime_jax.losses.LossProgram` (which loss terms exist; their weights are a per-run argument),
 the number of classes, augmentation and the device mesh. :func:`programs_for` returns one :class:`Programs`
 object per such combination, so the CE, Dice, Mime and NM runs of a grid, and its seeds, use the same
 compiled steps. The programs map over a leading run axis (:mod:`segmime_jax.train.step`): a stack of one run

@@ -6,8 +6,8 @@ float32, the loss ``loss(loss_params, probs, onehot, mask=batch["mask"])``, grad
 parameters, optimiser update and the new BatchNorm running statistics. Compiled once with ``jax.jit``; the
 input state is donated (its buffers are reused for the output).
 
-The loss is data: ``loss`` is a :class:`~segmime_jax.losses.params.LossProgram` (which terms to compute) and
-``loss_params`` its per-run :class:`~segmime_jax.losses.params.LossParams` (term weights, mime weights, classes),
+The loss is data: ``loss`` is a :class:`~segmime_jax.losses.LossProgram` (which terms to compute) and
+``loss_params`` its per-run :class:`~segmime_jax.losses.LossParams` (term weights, mime weights, classes),
 so one compiled step trains every loss of a grid. Any callable ``loss(params, probs, target, *, mask)`` works.
 
 Evaluation step ``(state, batch, loss_params) -> stats``: forward pass in eval mode (running statistics, no
@@ -44,7 +44,7 @@ from segmime_jax.train.sharding import RUNS_AXIS, replicated_sharding, runs_shar
 from segmime_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
-#: ``loss(params, probs, target, *, mask) -> scalar``, e.g. a :class:`~segmime_jax.losses.params.LossProgram`.
+#: ``loss(params, probs, target, *, mask) -> scalar``, e.g. a :class:`~segmime_jax.losses.LossProgram`.
 ParametricLoss = Callable[..., jax.Array]
 
 

@@ -1,23 +1,8 @@
-"""The paper's experiment: a grid of training runs (optimiser × loss × seed) on one dataset, and its report.
-
-The experiment scripts (``python -m experiments.acdc``, ``python -m experiments.promise12``) are thin: they
-define presets of a :class:`GridConfig` and a loader, and call :func:`run_experiment`, which loads the dataset
-(a real download with ``--data-root``, otherwise a synthetic dataset in the same on-disk format, generated once
-into the cache folder: :func:`segmime_jax.paper.datasets.dataset_root`) and calls :func:`run_grid`:
-
-1. every (optimiser, loss, seed) is trained into ``<out>/runs/<optimizer>-<loss>-seed<S>/``
-   (:mod:`segmime_jax.paper.grid_training` with :func:`segmime_jax.train.train_runs`, laid out on the devices by
-   ``--grid-mode``). All runs share one set of compiled
-   programs (the loss is a per-run argument, see :mod:`segmime_jax.losses.params`). A rerun reuses finished
-   runs and continues unfinished ones from their checkpoints; ``overwrite`` retrains;
-2. the report: ``table1.md`` / ``table1.csv`` (Table 1, and ours next to the paper's; HD95 and ASSD in mm in
-   its layout), the paired comparison of every loss with the reference loss (:mod:`segmime_jax.paper.statistics`),
-   ``results.json`` (everything behind them), ``test_metrics.csv`` (per volume and class), ``hd95.png``,
-   ``fig2.png`` (validation DSC per epoch), ``train_loss.png``, ``gradient_range.png`` (the gradient's dynamic
-   range during training), ``fig3.png`` (calibration) and ``fig4.png`` (test slices) for the first optimiser
-   (``fig3-<optimizer>.png`` ... for the others), written by :mod:`segmime_jax.paper.grid_report`;
-3. :func:`~segmime_jax.paper.grid_report.format_summary` prints the tables, the differences with their
-   intervals, and where everything is.
+"""The paper's experiment, end to end: :func:`run_experiment` (what ``python -m experiments.acdc`` and
+``python -m experiments.promise12`` call with their presets and loader) finds or makes the data and calls
+:func:`run_grid`, which trains (or reuses) every run of the grid (:mod:`~segmime_jax.paper.grid.training`), writes
+the report (:mod:`~segmime_jax.paper.grid.report`: ``table1.md``, ``results.json``, the figures ...), and prints
+its summary. A rerun reuses finished runs and continues unfinished ones from their checkpoints.
 """
 
 from __future__ import annotations
@@ -30,20 +15,10 @@ from pathlib import Path
 from segmime_jax.data import DataError, DatasetSplits
 from segmime_jax.distributed import initialize, is_primary, primary_first, process_label
 from segmime_jax.models import check_input_size
-from segmime_jax.paper.datasets import data_info, dataset_root
-from segmime_jax.paper.grid_config import (  # noqa: F401  (the grid's types, importable from here as before)
-    GRID_MODES,
-    PER_RUN_FIELDS,
-    GridConfig,
-    GridRun,
-    foreground_only,
-    grid_runs,
-    loss_terms,
-    run_name,
-)
-from segmime_jax.paper.grid_report import GridResult, format_summary, write_grid_report
-from segmime_jax.paper.grid_training import DivergedRunsError, plan_run, train_grid
-from segmime_jax.paper.shards import Shard, resolve_shard
+from segmime_jax.paper.grid.config import GridConfig, GridRun, Shard, grid_runs, loss_terms, resolve_shard
+from segmime_jax.paper.grid.datasets import data_info, dataset_root
+from segmime_jax.paper.grid.report import GridResult, format_summary, write_grid_report
+from segmime_jax.paper.grid.training import DivergedRunsError, plan_run, train_grid
 from segmime_jax.train import NonFiniteLossError
 
 

@@ -1,5 +1,6 @@
 """How the losses read their inputs: float32 casting, shape checks, class selection, image masks, per-(image, class)
-sums. Shared by :mod:`segmime_jax.losses` and :mod:`segmime_jax.gradients`; not part of the public API."""
+sums. Shared by the loss modules of :mod:`segmime_jax.losses` and by :mod:`segmime_jax.gradients` (whose closed
+forms must read their inputs exactly as the losses do); not part of the public API."""
 
 from __future__ import annotations
 

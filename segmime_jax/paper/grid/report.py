@@ -1,100 +1,77 @@
-"""The report of a grid (:mod:`segmime_jax.paper.grid`): Table 1 (DSC, then HD95 and ASSD in mm) and the paired
-comparisons, the figures, ``results.json``, ``test_metrics.csv`` (every run's per-volume metrics), and the printed
-summary."""
+"""The report of a grid (:mod:`segmime_jax.paper.grid`), every number from its two facts tables
+(:mod:`segmime_jax.paper.grid.facts`): Table 1 (DSC, then HD95 and ASSD in mm) and the paired comparisons, the
+figures, ``results.json``, ``test_metrics.csv`` (the test facts as written), and the printed summary."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from segmime_jax.atomic_files import write_json_atomic, write_text_atomic
 from segmime_jax.data import DatasetSplits
 from segmime_jax.environment import environment
-from segmime_jax.losses.spec import canonical_name
-from segmime_jax.paper import distances, statistics
-from segmime_jax.paper.grid_config import GridConfig, GridRun
-from segmime_jax.report import boxplots, figures, tables
+from segmime_jax.losses import canonical_name
+from segmime_jax.losses import display_name as loss_display_name
+from segmime_jax.paper.grid import boxplots, figures, statistics, tables
+from segmime_jax.paper.grid.config import GridConfig, GridRun
+from segmime_jax.paper.grid.facts import epoch_facts, volume_facts
 from segmime_jax.train import RunResult
-from segmime_jax.train.metrics import mean_foreground
+from segmime_jax.train.results import volume_metrics_csv
 from segmime_jax.train.surface import CONVENTION
 
 
 @dataclass
 class GridResult:
-    """What :func:`run_grid` produced: every run's result, Table 1, the comparisons and the files written."""
+    """What :func:`~segmime_jax.paper.grid.run_grid` produced: every run's result, the facts tables, Table 1 and
+    its distance tables, the comparisons and the files written."""
 
     dataset: str
     class_names: tuple[str, ...]
     runs: dict[str, RunResult]  # by run name
     grid: tuple[GridRun, ...]
-    table: tables.Table1
-    paper: tables.Table1
-    distances: tuple[tables.Table1, ...]  # HD95 and ASSD (mm), Table 1's rows
+    test: pd.DataFrame  # the test facts
+    epochs: pd.DataFrame  # the epoch facts
+    tables: dict[str, tables.Table]  # "dsc" (Table 1), "hd95_mm", "assd_mm"
+    paper: tables.Table
     comparisons: dict[str, dict[str, Any]]
     files: dict[str, Path]
     wall_time_s: float
     data_info: dict = field(default_factory=dict)
 
-    def seeds_of(self, optimizer: str, loss: str) -> list[RunResult]:
-        """The results of (optimizer, loss), in seed order."""
-        return [self.runs[r.name] for r in self.grid if (r.optimizer, r.loss) == (optimizer, loss)]
 
-
-def _pooled_dsc(runs: Sequence[RunResult]) -> np.ndarray:
-    return np.concatenate([np.asarray(r.test_dsc, np.float64) for r in runs], axis=0)
-
-
-def _to_90(run: RunResult) -> int:
-    """The first epoch at which the run's validation DSC reached 90 % of its best."""
-    return statistics.epochs_to_fraction([h["val_dsc_fg"] for h in run.history], 0.9)
-
-
-def compare_losses(config: GridConfig, result_of: Callable[[str, str], list[RunResult]]) -> dict[str, dict]:
-    """For each optimiser and each loss other than the reference: the paired difference of per-volume All-DSC
-    and All-HD95 (mm, mean over foreground classes; volumes where a class has no HD95 in either loss are left
-    out and counted) on the test set, and of the epochs to 90 % of the best validation DSC, with 95 % bootstrap
-    intervals (:mod:`segmime_jax.paper.statistics`). Keys ``"<optimizer>/<loss>"``."""
-    reference = next((l for l in config.losses if canonical_name(l) == canonical_name(config.reference_loss)), None)
-    comparisons: dict[str, dict] = {}
-    if reference is None:
-        return comparisons
-    for optimizer in config.optimizers:
-        base = result_of(optimizer, reference)
-        base_dsc = np.stack([mean_foreground(r.test_dsc) for r in base])
-        base_epochs = [_to_90(r) for r in base]
-        for loss in config.losses:
-            if loss == reference:
-                continue
-            other = result_of(optimizer, loss)
-            dsc = statistics.paired_difference(np.stack([mean_foreground(r.test_dsc) for r in other]), base_dsc)
-            epochs = statistics.paired_epoch_difference([_to_90(r) for r in other], base_epochs)
-            comparisons[f"{optimizer}/{loss}"] = {
-                "optimizer": optimizer,
-                "loss": loss,
-                "reference": reference,
-                "test_all_dsc": dsc,
-                **distances.paired_hd95(other, base),
-                "epochs_to_90pct_best_val": epochs,
-            }
-    return comparisons
+def _reference(config: GridConfig) -> str | None:
+    """The loss of ``config.losses`` every other one is compared with (None when it is not run)."""
+    wanted = canonical_name(config.reference_loss)
+    return next((loss for loss in config.losses if canonical_name(loss) == wanted), None)
 
 
 def _format_comparisons(comparisons: dict[str, dict]) -> list[str]:
     lines = []
     for c in comparisons.values():
         dsc, epochs = c["test_all_dsc"], c["epochs_to_90pct_best_val"]
-        hd95 = distances.format_hd95_comparison(c)
         lines.append(
-            f"  {tables.optimizer_display_name(c['optimizer'])}, {tables.loss_display_name(c['loss'])} − "
-            f"{tables.loss_display_name(c['reference'])}: test All-DSC {dsc.format()}{hd95}; epochs to 90 % of "
+            f"  {tables.optimizer_display_name(c['optimizer'])}, {loss_display_name(c['loss'])} − "
+            f"{loss_display_name(c['reference'])}: test All-DSC {dsc.format()}{_format_hd95(c)}; epochs to 90 % of "
             f"the best validation DSC {epochs.format(scale=1, unit='epochs')}"
         )
     return lines
+
+
+def _format_hd95(comparison: dict[str, Any]) -> str:
+    """``"; All-HD95 −1.2 mm [−2.0, −0.4]"`` (and the volumes left out) for a comparison line; ``""`` without."""
+    if "test_all_hd95_volumes_left_out" not in comparison:
+        return ""
+    left_out = comparison["test_all_hd95_volumes_left_out"]
+    if "test_all_hd95_mm" not in comparison:
+        return "; All-HD95: no test volume where every class has one in both"
+    text = f"; All-HD95 {comparison['test_all_hd95_mm'].format(scale=1, unit='mm')}"
+    return text + (f" ({left_out} volumes without an HD95 left out)" if left_out else "")
 
 
 def write_grid_report(
@@ -113,42 +90,42 @@ def write_grid_report(
     :class:`GridResult`. ``write_files=False`` (the processes other than process 0 of a multi-process run)
     computes the same result and writes nothing."""
     out = Path(config.out)
-    class_names = tuple(data.class_names)
-
-    def result_of(optimizer: str, loss: str) -> list[RunResult]:
-        return [runs[r.name] for r in grid if (r.optimizer, r.loss) == (optimizer, loss)]
-
-    keys = [(o, l) for o in config.optimizers for l in config.losses]
+    by_key = {(r.optimizer, r.loss, r.seed): runs[r.name] for r in grid}
+    test, epochs = volume_facts(by_key), epoch_facts(by_key)
     over = "test volumes" if config.seeds == 1 else f"test volumes and {config.seeds} seeds"
-    table = tables.build_table1(
-        [(o, l, _pooled_dsc(result_of(o, l))) for o, l in keys],
-        class_names,
-        title=f"{data.name}: testing DSC (%), mean (std) over {over}",
-    )
+    table = tables.tables_of(test, title=f"{data.name}: testing", over=over)
     paper = tables.paper_table1(data.name)
-    hd95_table, assd_table = distances.distance_tables(keys, result_of, class_names, f"{data.name}: testing", over)
-    comparisons = compare_losses(config, result_of)
+    reference = _reference(config)
+    comparisons = {} if reference is None else statistics.compare_losses(test, epochs, reference, config.losses)
     files: dict[str, Path] = {}
     if write_files:
         files["table1.md"], files["table1.csv"] = tables.write_table1(
-            table, out, paper=paper, comparisons=_format_comparisons(comparisons), extra=(hd95_table, assd_table)
+            table["dsc"],
+            out,
+            paper=paper,
+            comparisons=_format_comparisons(comparisons),
+            extra=(table["hd95_mm"], table["assd_mm"]),
         )
-        files["test_metrics.csv"] = write_text_atomic(out / "test_metrics.csv", distances.volume_csv(grid, runs))
-        files.update(_write_figures(config, data.name, class_names, keys, result_of, calibration_class))
+        rows = test.drop(columns="measured").astype({"optimizer": str, "loss": str}).to_dict("records")
+        files["test_metrics.csv"] = write_text_atomic(out / "test_metrics.csv", volume_metrics_csv(rows))
+        files.update(
+            _write_figures(config, data.name, tuple(data.class_names), test, epochs, by_key, calibration_class)
+        )
     wall = time.perf_counter() - start
+    speeds = statistics.run_speeds(epochs)
     results = {
         "dataset": data.name,
         "model": model,
         "config": config,
         "environment": environment(),
         "data": info,
-        "table1": table.to_dict(),
-        "table1_hd95": hd95_table.to_dict(),
-        "table1_assd": assd_table.to_dict(),
+        "table1": table["dsc"].to_dict(),
+        "table1_hd95": table["hd95_mm"].to_dict(),
+        "table1_assd": table["assd_mm"].to_dict(),
         "paper_table1": paper.to_dict(),
         "comparisons": {key: _comparison_json(c) for key, c in comparisons.items()},
-        "conventions": _conventions(table),
-        "runs": {r.name: _run_json(r, runs[r.name]) for r in grid},
+        "conventions": _conventions(table["dsc"]),
+        "runs": {r.name: _run_json(r, runs[r.name], speeds.loc[(r.optimizer, r.loss, r.seed)]) for r in grid},
         "wall_time_s": wall,
         "runs_wall_time_s": sum(float(run.wall_time_s) for run in runs.values()),
     }
@@ -156,12 +133,13 @@ def write_grid_report(
         files["results.json"] = write_json_atomic(out / "results.json", results)
     return GridResult(
         dataset=data.name,
-        class_names=class_names,
+        class_names=tuple(data.class_names),
         runs=runs,
         grid=tuple(grid),
-        table=table,
+        test=test,
+        epochs=epochs,
+        tables=table,
         paper=paper,
-        distances=(hd95_table, assd_table),
         comparisons=comparisons,
         files=files,
         wall_time_s=wall,
@@ -173,29 +151,29 @@ def _write_figures(
     config: GridConfig,
     dataset: str,
     class_names: tuple[str, ...],
-    keys: Sequence[tuple[str, str]],
-    result_of: Callable[[str, str], list[RunResult]],
+    test: pd.DataFrame,
+    epochs: pd.DataFrame,
+    runs: dict[tuple[str, str, int], RunResult],
     calibration_class: str | None,
 ) -> dict[str, Path]:
-    """The grid's figures: Figure 2 (validation curves), training loss, gradient range, and per optimiser
-    Figures 3 (calibration) and 4 (test slices) from each loss's first seed."""
+    """The grid's figures: Figure 2 (validation curves), training loss, gradient range and the HD95 boxes from the
+    facts; per optimiser Figures 3 (calibration) and 4 (test slices) from each loss's first seed (its reliability
+    bins and slices, which no table holds)."""
     out = Path(config.out)
     files: dict[str, Path] = {}
-    histories = {key: [r.history for r in result_of(*key)] for key in keys}
     files["fig2.png"] = figures.plot_validation_curves(
-        histories, out / "fig2.png", title=f"{dataset}: validation DSC over epochs"
+        epochs, out / "fig2.png", title=f"{dataset}: validation DSC over epochs"
     )
     files["train_loss.png"] = figures.plot_training_loss(
-        histories, out / "train_loss.png", title=f"{dataset}: training loss over epochs"
+        epochs, out / "train_loss.png", title=f"{dataset}: training loss over epochs"
     )
-    hd95 = {key: distances.pooled(result_of(*key), "test_hd95") for key in keys}
-    if all(v is not None for v in hd95.values()):
+    if test["measured"].all():
         files["hd95.png"] = boxplots.plot_distance_boxes(
-            hd95, class_names, out / "hd95.png", title=f"{dataset}: HD95 per test volume (mm, original grid)"
+            test, out / "hd95.png", title=f"{dataset}: HD95 per test volume (mm, original grid)"
         )
     if config.train.telemetry:
         files["gradient_range.png"] = figures.plot_gradient_range(
-            histories,
+            epochs,
             out / "gradient_range.png",
             title=f"{dataset}: dynamic range of ∂L/∂s per (image, class) during training",
         )
@@ -203,7 +181,7 @@ def _write_figures(
     for j, optimizer in enumerate(config.optimizers):
         suffix = "" if j == 0 else f"-{optimizer}"
         label = tables.optimizer_display_name(optimizer)
-        first = {l: result_of(optimizer, l)[0] for l in config.losses}
+        first = {l: runs[(optimizer, l, config.train.seed)] for l in config.losses}
         files[f"fig3{suffix}.png"] = figures.plot_calibration(
             {l: r.test_clece for l, r in first.items()},
             {l: r.reliability for l, r in first.items()},
@@ -229,19 +207,19 @@ def _comparison_json(comparison: dict) -> dict:
     return {**plain, **differences}
 
 
-def _run_json(run: GridRun, result: RunResult) -> dict:
+def _run_json(run: GridRun, result: RunResult, speed: pd.Series) -> dict:
     return {
         "optimizer": run.optimizer,
         "loss": run.loss,
         "seed": run.seed,
         "run_dir": str(run.directory),
-        "epochs_to_90pct_best_val": _to_90(result),
-        "late_gain": statistics.late_gain([h["val_dsc_fg"] for h in result.history]),
+        "epochs_to_90pct_best_val": int(speed["epochs_to_90"]),
+        "late_gain": float(speed["late_gain"]),
         **result.to_json(include_examples=False),
     }
 
 
-def _conventions(table: tables.Table1) -> dict:
+def _conventions(table: tables.Table) -> dict:
     """What each number in results.json means (written next to the numbers so the file stands alone)."""
     return {
         "test_dsc": "3D DSC per test volume (all slices stacked) and class, background at index 0, in [0, 1]",
@@ -284,14 +262,14 @@ def format_summary(result: GridResult) -> str:
         + (f" and {seeds} seeds" if seeds > 1 else "")
         + " — ours / paper:",
         "",
-        tables.format_comparison(result.table, result.paper),
+        tables.format_side_by_side([result.tables["dsc"], result.paper], "(ours / paper)"),
     ]
-    if any(any(v is not None for v in row.values) for row in result.distances[0].rows):
+    if result.test["measured"].any():
         lines += [
             "Testing HD95 / ASSD (mm, on the original voxel grid), mean (std) over the test volumes where they are "
             "defined ([n undefined]: a class missed or predicted where there is none):",
             "",
-            distances.format_distances(*result.distances),
+            tables.format_side_by_side([result.tables["hd95_mm"], result.tables["assd_mm"]], "HD95 / ASSD"),
         ]
     if result.comparisons:
         volumes = result.data_info.get("test_volumes")
@@ -309,13 +287,13 @@ def format_summary(result: GridResult) -> str:
         "Runs: best epoch (by validation DSC), first epoch at 90 % of the best, what the best rose by in the "
         "last quarter of the epochs (flat: under 1 point), ClECE, wall time:"
     )
+    speeds = statistics.run_speeds(result.epochs)
     for run in result.grid:
-        r = result.runs[run.name]
-        curve = [h["val_dsc_fg"] for h in r.history]
+        r, speed = result.runs[run.name], speeds.loc[(run.optimizer, run.loss, run.seed)]
         surface_s = f"  (HD95/ASSD {r.surface['time_s']:.1f} s)" if r.surface else ""
         lines.append(
-            f"  {run.name:<24} best epoch {r.best_epoch:>4}/{len(curve)}  90 % at {_to_90(r):>4}  "
-            f"late gain {100 * statistics.late_gain(curve):4.1f} points  "
+            f"  {run.name:<24} best epoch {r.best_epoch:>4}/{len(r.history)}  90 % at {int(speed['epochs_to_90']):>4}  "
+            f"late gain {100 * speed['late_gain']:4.1f} points  "
             f"ClECE {100 * float(np.mean(r.test_clece)):.2f}%  {r.wall_time_s:7.1f} s{surface_s}"
         )
     lines += ["", f"Outputs in {out_dir}/:"]

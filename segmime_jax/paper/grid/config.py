@@ -1,23 +1,35 @@
-"""A grid of the paper's experiment as data: its options (:class:`GridConfig`, one command-line flag each) and its
-runs (:class:`GridRun`, :func:`grid_runs`). A leaf of :mod:`segmime_jax.paper`: the modules that train a grid,
-measure it and report it import these types from here, and nothing here imports them."""
+"""A grid of the paper's experiment as data: its options (:class:`GridConfig`, one command-line flag each), its
+runs (:class:`GridRun`, :func:`grid_runs`) and its shards (:class:`Shard`). The leaf of
+:mod:`segmime_jax.paper.grid`: the modules that train, measure and report a grid import these types from here,
+and this module imports nothing of the package.
+
+Shards, cluster jobs without a coordinator: shard K of N trains the grid's runs whose index is K - 1 modulo N.
+Each shard is an independent command (a SLURM array task, a job on another machine) writing into the same
+``--out`` on a shared file system; no process talks to another. A shard writes the grid's report only when every
+run of the grid is finished; a final plain command (no shard) reuses every finished run and writes Table 1. Two
+shards never take the same run, and a run is trained by one process at a time anyway (its lock:
+:mod:`segmime_jax.train.run_lock`).
+
+Without ``--shard``, a process that a SLURM array launched (``SLURM_ARRAY_TASK_ID``, ``SLURM_ARRAY_TASK_COUNT``,
+``SLURM_ARRAY_TASK_MIN``) is shard ``ID - MIN + 1`` of ``COUNT``: ``sbatch --array=1-8`` makes 8 shards.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from segmime_jax.cli import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_options, nested, option
 from segmime_jax.distributed import DistributedConfig
-from segmime_jax.losses import LossProgram, build_loss
-from segmime_jax.losses.spec import canonical_name
-from segmime_jax.paper.shards import parse_shard
+from segmime_jax.losses import LossProgram, build_loss, canonical_name
 from segmime_jax.train.config import TrainConfig
 from segmime_jax.train.optim import OPTIMIZERS
 
-#: How a grid's runs train (:mod:`segmime_jax.paper.grid_training`).
+#: How a grid's runs train (:mod:`segmime_jax.paper.grid.training`).
 GRID_MODES = ("auto", "sequential", "parallel", "stacked")  # segmime_jax.train.layout.LAYOUTS
 
 #: TrainConfig fields a grid sets per run (not command-line options of the grid).
@@ -192,3 +204,65 @@ def grid_runs(config: GridConfig, *, model: str, num_classes: int) -> tuple[Grid
 def loss_terms(runs: Sequence[GridRun], num_classes: int) -> tuple[str, ...]:
     """The union of the runs' loss terms: what the one compiled program of the grid evaluates."""
     return LossProgram.covering(*(run.config.loss_params(num_classes) for run in runs)).terms
+
+
+# ------------------------------------------------------------------------------------------------ shards
+T = TypeVar("T")
+_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` (1-based) of ``count``."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.index <= self.count:
+            raise ValueError(f"--shard must be K/N with 1 <= K <= N, got {self}")
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def select(self, runs: Sequence[T]) -> list[T]:
+        """The runs of this shard: those whose 0-based index in ``runs`` is ``index - 1`` modulo ``count``.
+
+        Example:
+          >>> Shard(2, 3).select(["r1", "r2", "r3", "r4", "r5"])
+          ['r2', 'r5']
+        """
+        return [run for i, run in enumerate(runs) if i % self.count == self.index - 1]
+
+
+def parse_shard(text: str) -> Shard:
+    """``"K/N"`` as a :class:`Shard`; ValueError (one line) for anything else, 0/2, 3/2 or 1/0."""
+    match = _SHARD.match(text)
+    if match is None:
+        raise ValueError(f"--shard must be K/N with 1 <= K <= N, got {text!r}")
+    return Shard(int(match.group(1)), int(match.group(2)))
+
+
+def shard_from_environment(env: Mapping[str, str]) -> Shard | None:
+    """The shard of a process a SLURM array launched (see the module docstring), or None outside an array."""
+    if "SLURM_ARRAY_TASK_ID" not in env or "SLURM_ARRAY_TASK_COUNT" not in env:
+        return None
+    try:
+        task, count = int(env["SLURM_ARRAY_TASK_ID"]), int(env["SLURM_ARRAY_TASK_COUNT"])
+        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+    except ValueError:
+        raise ValueError("the SLURM_ARRAY_TASK_* variables are not integers; give --shard K/N") from None
+    index = task - first + 1
+    if not 1 <= index <= count:
+        raise ValueError(
+            f"SLURM array task {task} (min {first}, count {count}) is not a shard K/N: use a contiguous "
+            "--array=1-N, or give --shard K/N"
+        )
+    return Shard(index, count)
+
+
+def resolve_shard(option: str | None, env: Mapping[str, str]) -> Shard | None:
+    """The shard of this command: ``--shard`` if given, else the SLURM array's, else None (every run)."""
+    if option is not None:
+        return parse_shard(option)
+    return shard_from_environment(env)

@@ -1,7 +1,10 @@
-"""The losses of paper §2 as pure JAX functions (see :mod:`segmime_jax.losses` for the conventions).
+"""The Dice-type losses, computed from the per-image, per-class overlap ``I = Σ y·s`` and ``U = Σ (y + s)``: the
+soft Dice loss (paper Eq. 3), the generalised Dice loss (paper ref. [15]) and the linear surrogate with Dice's
+gradient (Eq. 6 in the form of Eq. 8-9).
 
-Each prepares its inputs (float32, masked images zeroed, its static ``classes`` sliced out) and calls the
-loss's arithmetic in :mod:`segmime_jax.losses.terms` with the class weights ``c = 1``.
+Each loss is two functions: its arithmetic (``*_terms``, evaluated by :class:`~segmime_jax.losses.LossProgram`)
+and its public function; their entries (names, display names) are in :mod:`segmime_jax.losses._registry`. The
+conventions of the ``*_terms`` functions are in :mod:`segmime_jax.losses`.
 """
 
 from __future__ import annotations
@@ -11,64 +14,38 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from segmime_jax.losses.inputs import all_selected, per_class_weight, prepare_masked
-from segmime_jax.losses.terms import (
-    cross_entropy_terms,
-    dice_surrogate_terms,
-    dice_terms,
-    generalized_dice_terms,
-    linear_terms,
+from segmime_jax.losses._inputs import (
+    all_selected,
+    per_image_class_shape,
+    per_image_class_sums,
+    prepare_masked,
+    safe_div,
 )
 
 
-def cross_entropy(
-    probs: jax.Array,
-    target: jax.Array,
-    *,
-    classes: Sequence[int] | None = None,
-    mask: jax.Array | None = None,
-) -> jax.Array:
-    r"""Cross-entropy of probabilities against a one-hot target (paper Eq. 4), as in the reference code.
-
-    .. math::
-        \mathcal{L}_{CE} = \frac{-\sum_b m_b \sum_{k} \sum_{i} y^{(i,k)}_b \log(s^{(i,k)}_b + 10^{-10})}
-                                {\sum_b m_b \sum_{k} \sum_{i} y^{(i,k)}_b + 10^{-10}}
-
-    with ``k`` over the selected ``classes`` and ``m_b`` the image weights (``mask``). The normaliser is the
-    number of labelled pixels of the selected classes; with all classes selected (one-hot target) it equals
-    ``B·|Ω|``, the mean CE per pixel. Eq. 4 writes ``1/(|K||Ω|)``, which is the same up to the constant
-    factor ``|K|``; we follow the reference implementation. The ``10^{-10}`` is :data:`CE_EPSILON`.
-
-    Gradient: ``∂L/∂s = −y / (s + 1e-10) / normaliser``, zero where ``y = 0``
-    (:func:`segmime_jax.gradients.cross_entropy_gradient`).
+def dice_terms(s: jax.Array, y: jax.Array, m: jax.Array, c: jax.Array, *, epsilon: float, batch: bool) -> jax.Array:
+    """The arithmetic of :func:`dice_loss` (Eq. 3) on prepared arrays: the ``c``-weighted class mean.
 
     Args:
-      probs: softmax probabilities ``s``, shape ``(B, *spatial, K)``, any float dtype (cast to float32).
-      target: one-hot ground truth ``y``, same shape as ``probs``.
-      classes: static sequence of the class indices the loss looks at; ``None`` (default) for all ``K``.
-      mask: optional ``(B,)`` image weights (1 real image, 0 padding); a masked image is left out of the sum
-        and of the normaliser, whatever it holds (NaN included). Every image masked: the loss is 0.
+      s, y: float32 probabilities and one-hot target, ``(B, *spatial, K)``, masked images zeroed.
+      m: float32 image weights, ``(B,)``.
+      c: float32 class weights, ``(K,)`` (1 selected, 0 not).
+      epsilon: the ``ε`` of numerator and denominator.
+      batch: sum ``I`` and ``U`` over the images first (batch Dice).
 
     Returns:
-      The loss, a float32 scalar (shape ``()``).
-
-    Example:
-      >>> import jax
-      >>> import jax.numpy as jnp
-      >>> from segmime_jax.losses import cross_entropy
-      >>> probs = jnp.array([[[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]])  # (1, 4, 3)
-      >>> target = jax.nn.one_hot(jnp.array([[0, 0, 1, 2]]), 3)
-      >>> print(f"{float(cross_entropy(probs, target)):.4f}")  # -(log .7 + log .5 + log .8 + log .6) / 4
-      0.4459
-      >>> print(f"{float(cross_entropy(probs, target, classes=(1, 2))):.4f}")  # -(log .8 + log .6) / 2
-      0.3670
-
-    References:
-      Kervadec & de Bruijne (2023), §2.1, Eq. 4. Reference code: LIVIAETS/boundary-loss, ``losses.py``,
-      ``CrossEntropy`` (the ``1e-10`` and the labelled-pixel normaliser).
+      The loss, a float32 scalar.
     """
-    s, y, m, _ = prepare_masked(probs, target, classes, mask)
-    return cross_entropy_terms(s, y, m, all_selected(s))
+    inter, sum_y, sum_s = per_image_class_sums(s, y)
+    union = sum_y + sum_s
+    if batch:
+        inter_k = jnp.sum(m[:, None] * inter, axis=0)
+        union_k = jnp.sum(m[:, None] * union, axis=0)
+        per_class = 1.0 - (2.0 * inter_k + epsilon) / (union_k + epsilon)
+        # Every image masked: I_k = U_k = 0 gives per_class = 0, the documented "all masked" loss.
+        return safe_div(jnp.sum(c * per_class), jnp.sum(c))
+    per_image_class = 1.0 - (2.0 * inter + epsilon) / (union + epsilon)
+    return safe_div(jnp.sum(m[:, None] * c * per_image_class), jnp.sum(m) * jnp.sum(c))
 
 
 def dice_loss(
@@ -132,6 +109,44 @@ def dice_loss(
     """
     s, y, m, _ = prepare_masked(probs, target, classes, mask)
     return dice_terms(s, y, m, all_selected(s), epsilon=epsilon, batch=batch)
+
+
+#: The conventions of :func:`generalized_dice_loss` for classes absent from the ground truth (``absent=``).
+GDL_ABSENT = ("reference", "max")
+
+
+def generalized_dice_terms(
+    s: jax.Array, y: jax.Array, m: jax.Array, c: jax.Array, *, epsilon: float, absent: str = "reference"
+) -> jax.Array:
+    """The arithmetic of :func:`generalized_dice_loss` on prepared arrays.
+
+    Args:
+      s, y: float32 probabilities and one-hot target, ``(B, *spatial, K)``, masked images zeroed.
+      m: float32 image weights, ``(B,)``.
+      c: float32 class weights, ``(K,)`` (1 selected, 0 not).
+      epsilon: the ``ε`` of the weights, the numerator and the denominator.
+      absent: the convention for classes absent from ``y``, one of :data:`GDL_ABSENT`.
+
+    Returns:
+      The loss, a float32 scalar.
+
+    Raises:
+      ValueError: if ``absent`` is not one of :data:`GDL_ABSENT`.
+    """
+    if absent not in GDL_ABSENT:
+        raise ValueError(f"absent must be one of {GDL_ABSENT}, got {absent!r}")
+    inter, sum_y, sum_s = per_image_class_sums(s, y)
+    w = c / (sum_y + epsilon) ** 2
+    present = (sum_y > 0) & (c > 0)
+    if absent == "max":
+        w_present = jnp.where(present, w, 0.0)
+        w = jnp.where(present, w_present, c * jnp.max(w_present, axis=-1, keepdims=True))
+    numerator = 2.0 * (jnp.sum(w * inter, axis=-1) + epsilon)
+    denominator = jnp.sum(w * (sum_y + sum_s), axis=-1) + epsilon
+    per_image = 1.0 - numerator / denominator
+    if absent == "max":  # nothing present: MONAI's 1 - smooth_nr/smooth_dr = 0, no gradient
+        per_image = jnp.where(jnp.any(present, axis=-1), per_image, 0.0)
+    return safe_div(jnp.sum(m * per_image), jnp.sum(m))
 
 
 def generalized_dice_loss(
@@ -203,118 +218,27 @@ def generalized_dice_loss(
     return generalized_dice_terms(s, y, m, all_selected(s), epsilon=epsilon, absent=absent)
 
 
-def mime_loss(
-    probs: jax.Array,
-    target: jax.Array,
-    *,
-    a: float | jax.Array = 1.9,
-    b: float | jax.Array = 0.1,
-    classes: Sequence[int] | None = None,
-    normalize: bool = True,
-    mask: jax.Array | None = None,
-) -> jax.Array:
-    r"""Mime loss (paper Eq. 8-9): a fixed linear loss whose gradient has the sign pattern of Dice's.
-
-    .. math::
-        \mathcal{L}_{Mime} = \frac{1}{N}\, \omega_y^\top s, \qquad \omega_y = -a\, y + b\, (1 - y),
-        \qquad \frac{\partial \mathcal{L}_{Mime}}{\partial s^{(i,k)}} =
-        \begin{cases} -a_k / N & y^{(i,k)} = 1 \\ +b_k / N & \text{otherwise} \end{cases}
-
-    The paper's experiments use ``ω = −2y + 0.1``, i.e. ``a = 1.9``, ``b = 0.1`` (the defaults). ``a`` and ``b``
-    are scalars or per-class arrays of shape ``(K,)`` (one entry per class of ``probs``, indexed by class label,
-    e.g. from :func:`mime_weights_from_frequencies`); they may be traced arrays.
-
-    ``normalize=True`` (our default) divides by the number of elements ``N = Σ_b m_b · |Ω| · |K|`` (selected
-    classes, unmasked images), which makes the loss a per-element mean, independent of image and batch size.
-    The paper is silent on normalisation: Eq. 9 verbatim is ``normalize=False`` (``N = 1``, a plain sum over
-    the unmasked images). Adam is insensitive to this constant factor; SGD is not (it rescales the learning
-    rate by ``1/N``).
+def dice_surrogate_terms(s: jax.Array, y: jax.Array, m: jax.Array, c: jax.Array, *, epsilon: float) -> jax.Array:
+    """The arithmetic of :func:`dice_surrogate_loss` on prepared arrays.
 
     Args:
-      probs: softmax probabilities ``s``, shape ``(B, *spatial, K)``, any float dtype (cast to float32).
-      target: one-hot ground truth ``y``, same shape as ``probs``.
-      a: weight on the ground truth (the gradient there is ``−a``): a scalar or a ``(K,)`` array.
-      b: weight off the ground truth (the gradient there is ``+b``): a scalar or a ``(K,)`` array.
-      classes: static sequence of the class indices the loss looks at; ``None`` (default) for all ``K``.
-      normalize: divide by ``N`` (default) rather than return the plain sum of Eq. 9.
-      mask: optional ``(B,)`` image weights (1 real image, 0 padding); a masked image is left out of the sum
-        and of ``N``, whatever it holds (NaN included). Every image masked: the loss is 0.
+      s, y: float32 probabilities and one-hot target, ``(B, *spatial, K)``, masked images zeroed.
+      m: float32 image weights, ``(B,)``.
+      c: float32 class weights, ``(K,)`` (1 selected, 0 not).
+      epsilon: the ``ε`` of the Dice loss whose gradient is reproduced.
 
     Returns:
-      The loss, a float32 scalar (shape ``()``). It is negative for a good prediction: only its gradient matters.
-
-    Raises:
-      ValueError: if ``a`` or ``b`` is an array whose shape is not ``(K,)``.
-
-    Example:
-      >>> import jax
-      >>> import jax.numpy as jnp
-      >>> from segmime_jax.losses import mime_loss, mime_weights_from_frequencies
-      >>> probs = jnp.array([[[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]])  # (1, 4, 3)
-      >>> target = jax.nn.one_hot(jnp.array([[0, 0, 1, 2]]), 3)
-      >>> print(f"{float(mime_loss(probs, target)):.4f}")  # ω = -2y + 0.1, averaged over the 12 elements
-      -0.4000
-      >>> print(f"{float(mime_loss(probs, target, normalize=False)):.4f}")  # Eq. 9 verbatim
-      -4.8000
-      >>> a, b = mime_weights_from_frequencies([0.5, 0.25, 0.25])  # per-class weights, shape (3,)
-      >>> print(f"{float(mime_loss(probs, target, a=a, b=b)):.4f}")
-      -0.3675
-
-    References:
-      Kervadec & de Bruijne (2023), §2.3, Eq. 8-9; the defaults: §3.1 (``ω = −2y + 0.1``; §3.1 writes
-      "a = −1.9", the value of the gradient on the ground truth, which is ``a = 1.9`` in Eq. 8's ``−a``).
+      The loss, a float32 scalar.
     """
-    s, y, m, idx = prepare_masked(probs, target, classes, mask)
-    a_k = per_class_weight(a, "a", jnp.shape(probs)[-1], idx)
-    b_k = per_class_weight(b, "b", jnp.shape(probs)[-1], idx)
-    return linear_terms(s, y, m, all_selected(s), a_k, b_k, normalize=normalize)
-
-
-def negative_mime_loss(
-    probs: jax.Array,
-    target: jax.Array,
-    *,
-    classes: Sequence[int] | None = None,
-    normalize: bool = True,
-    mask: jax.Array | None = None,
-) -> jax.Array:
-    r"""Negative mime (paper Eq. 10): the mime with ``a = 1``, ``b = 0``, for multi-class tasks.
-
-    .. math::
-        \mathcal{L}_{NM} = -\frac{1}{N}\, y^\top s, \qquad
-        \frac{\partial \mathcal{L}_{NM}}{\partial s^{(i,k)}} = \begin{cases} -1/N & y^{(i,k)} = 1 \\
-        0 & \text{otherwise} \end{cases}
-
-    ``N`` as in :func:`mime_loss` (``normalize=False`` is Eq. 10 verbatim). Meant for multi-class tasks (paper
-    §2.4): in a binary task with only the foreground selected (``classes=(1,)``), background pixels get no
-    gradient at all, so nothing stops a network from the trivial solution of predicting everything as
-    foreground. With the background channel included (the default) it is pushed up on its own ground truth.
-
-    Args:
-      probs: softmax probabilities ``s``, shape ``(B, *spatial, K)``, any float dtype (cast to float32).
-      target: one-hot ground truth ``y``, same shape as ``probs``.
-      classes: static sequence of the class indices the loss looks at; ``None`` (default) for all ``K``.
-      normalize: divide by ``N`` (default) rather than return the plain sum of Eq. 10.
-      mask: optional ``(B,)`` image weights (1 real image, 0 padding), as in :func:`mime_loss`.
-
-    Returns:
-      The loss, a float32 scalar (shape ``()``), never positive.
-
-    Example:
-      >>> import jax
-      >>> import jax.numpy as jnp
-      >>> from segmime_jax.losses import negative_mime_loss
-      >>> probs = jnp.array([[[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]]])  # (1, 4, 3)
-      >>> target = jax.nn.one_hot(jnp.array([[0, 0, 1, 2]]), 3)
-      >>> print(f"{float(negative_mime_loss(probs, target)):.4f}")  # -(.7 + .5 + .8 + .6) / 12
-      -0.2167
-      >>> print(f"{float(negative_mime_loss(probs, target, normalize=False)):.4f}")  # Eq. 10 verbatim
-      -2.6000
-
-    References:
-      Kervadec & de Bruijne (2023), §2.4, Eq. 10.
-    """
-    return mime_loss(probs, target, a=1.0, b=0.0, classes=classes, normalize=normalize, mask=mask)
+    inter, sum_y, sum_s = per_image_class_sums(s, y)
+    union = jax.lax.stop_gradient(sum_y + sum_s)
+    inter = jax.lax.stop_gradient(inter)
+    alpha = 2.0 / (union + epsilon)
+    beta = (2.0 * inter + epsilon) / (union + epsilon) ** 2
+    spatial_shape = per_image_class_shape(s)
+    omega = c * (-alpha.reshape(spatial_shape) * y + beta.reshape(spatial_shape))
+    per_image = jnp.sum(omega * s, axis=tuple(range(1, s.ndim)))
+    return safe_div(jnp.sum(m * per_image), jnp.sum(m) * jnp.sum(c))
 
 
 def dice_surrogate_loss(

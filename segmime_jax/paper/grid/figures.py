@@ -1,9 +1,10 @@
-"""Paper Figures 2-4 from training results (matplotlib, Agg backend; nothing is shown on screen).
+"""Paper Figures 2-4 of a grid (matplotlib, Agg backend; nothing is shown on screen).
 
 - Figure 2, :func:`plot_validation_curves`: validation DSC (mean over foreground classes, %) per epoch,
   one line per loss (the mean over seeds, their range shaded), one panel per optimiser; the same layout for
   the gradient's dynamic range during training (:func:`plot_gradient_range`), and the training loss per
-  (optimiser, loss) panel (:func:`plot_training_loss`).
+  (optimiser, loss) panel (:func:`plot_training_loss`). All three read the grid's epoch facts
+  (:func:`~segmime_jax.paper.grid.facts.epoch_facts`).
 - Figure 3, :func:`plot_calibration`: class-wise expected calibration error (ClECE) per loss as bars (mean over
   classes and the chosen class), and the chosen class's reliability diagram (accuracy vs confidence per bin),
   one line per loss.
@@ -16,15 +17,18 @@ complete or absent, and returns the path written.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
 import numpy as np
+import pandas as pd
 from matplotlib.patches import Patch
 
-from segmime_jax.atomic_files import atomic_output
-from segmime_jax.report.tables import class_display_name, loss_display_name, optimizer_display_name
+from segmime_jax.losses import display_name as loss_display_name
+from segmime_jax.paper.grid.facts import curves
+from segmime_jax.paper.grid.tables import class_display_name, optimizer_display_name
+from segmime_jax.paper.plotting import pyplot, save_figure
 
 # Label colours: background transparent, then RV/prostate red, Myo green, LV blue, more classes from tab10.
 _LABEL_COLOURS = (
@@ -38,49 +42,26 @@ _LABEL_COLOURS = (
 )
 
 
-def _pyplot():
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path, dpi: int) -> Path:
-    try:
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
-    finally:
-        _pyplot().close(fig)
-    return Path(path)
-
-
 def _loss_colours(losses: Sequence[str]) -> dict[str, tuple]:
     cmap = matplotlib.colormaps["tab10"]
     return {loss: cmap(i % 10) for i, loss in enumerate(losses)}
 
 
-Histories = Mapping[tuple[str, str], Sequence[Sequence[Mapping]]]
+Curves = Mapping[tuple[str, str], Sequence[np.ndarray]]
 
 
-def _grid_of(histories: Histories, what: str) -> tuple[list[str], list[str], dict[str, tuple]]:
-    """The optimisers and losses of ``histories`` in their order, and a colour per loss."""
-    if not histories:
+def _grid_of(epochs: pd.DataFrame, what: str) -> tuple[list[str], list[str], dict[str, tuple]]:
+    """The optimisers and losses of the epoch facts in their order, and a colour per loss."""
+    if epochs.empty:
         raise ValueError(f"{what} needs at least one run's history")
-    losses = list(dict.fromkeys(l for _, l in histories))
-    return list(dict.fromkeys(o for o, _ in histories)), losses, _loss_colours(losses)
+    losses = [str(loss) for loss in dict.fromkeys(epochs["loss"])]
+    return [str(o) for o in dict.fromkeys(epochs["optimizer"])], losses, _loss_colours(losses)
 
 
-def _epoch_values(history: Sequence[Mapping], value: Callable[[Mapping], float | None]) -> tuple[np.ndarray, ...]:
-    epochs = np.array([record["epoch"] for record in history], dtype=float)
-    values = np.array([np.nan if (v := value(record)) is None else v for record in history], dtype=float)
-    return epochs, values
-
-
-def _seed_band(
-    ax, runs: Sequence[Sequence[Mapping]], value: Callable[[Mapping], float | None], *, colour, label: str
-) -> None:
-    """The mean over seeds of ``value`` per epoch as a line, the seeds' range as a band (one seed: the line)."""
-    curves = [_epoch_values(history, value) for history in runs if history]
+def _seed_band(ax, runs: Sequence[np.ndarray], *, scale: float, colour, label: str) -> None:
+    """The mean over seeds of ``scale`` × values per epoch as a line, the seeds' range as a band (one seed: the
+    line). ``runs``: ``(2, epochs)`` arrays of (epoch, value), one per seed."""
+    curves = [(run[0], scale * run[1]) for run in runs if run.shape[1]]
     if not curves:
         return
     length = min(len(epochs) for epochs, _ in curves)
@@ -103,30 +84,38 @@ def _seed_band(
 
 
 def plot_epoch_curves(
-    histories: Histories,
+    epochs: pd.DataFrame,
     path: Path,
     *,
-    value: Callable[[Mapping], float | None],
+    value: str,
+    scale: float = 1.0,
     ylabel: str,
     title: str,
     ylim: tuple[float, float] | None = None,
     legend: str = "lower right",
     dpi: int = 120,
 ) -> Path:
-    """One panel per optimiser, one line per loss: ``value(record)`` per epoch, mean over seeds, seeds' range shaded.
+    """One panel per optimiser, one line per loss: ``scale`` × the column ``value`` of the epoch facts per epoch,
+    the mean over seeds, the seeds' range shaded.
 
     Args:
-      histories: ``{(optimizer, loss): [history of each seed]}``, a history being a run's per-epoch records
-        (``RunResult.history``, each with ``"epoch"``).
-      value: the plotted number of a record (``None``: no point).
+      epochs: the grid's epoch facts (:func:`~segmime_jax.paper.grid.facts.epoch_facts`).
+      path: the image file to write.
+      value: the plotted column (NaN: no point), e.g. ``"val_dsc_fg"``.
+      scale: what it is multiplied by (100 for a percentage).
+      ylabel, title, ylim, legend, dpi: the figure's labels, y range, legend place and resolution.
+
+    Returns:
+      ``path``.
     """
-    optimizers, losses, colours = _grid_of(histories, "plot_epoch_curves")
-    plt = _pyplot()
+    optimizers, losses, colours = _grid_of(epochs, "plot_epoch_curves")
+    runs = curves(epochs, value)
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(optimizers), figsize=(5.0 * len(optimizers), 3.8), squeeze=False, sharey=True)
     for ax, optimizer in zip(axes[0], optimizers, strict=True):
         for loss in losses:
             _seed_band(
-                ax, histories.get((optimizer, loss), ()), value, colour=colours[loss], label=loss_display_name(loss)
+                ax, runs.get((optimizer, loss), ()), scale=scale, colour=colours[loss], label=loss_display_name(loss)
             )
         ax.set_title(optimizer_display_name(optimizer))
         ax.set_xlabel("epoch")
@@ -137,17 +126,18 @@ def plot_epoch_curves(
         axes[0][0].set_ylim(*ylim)
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def plot_validation_curves(
-    histories: Histories, path: Path, *, title: str = "Validation DSC over epochs", dpi: int = 120
+    epochs: pd.DataFrame, path: Path, *, title: str = "Validation DSC over epochs", dpi: int = 120
 ) -> Path:
     """Figure 2: validation DSC (%, mean 3D DSC over the foreground classes, ``val_dsc_fg``) per epoch."""
     return plot_epoch_curves(
-        histories,
+        epochs,
         path,
-        value=lambda r: 100.0 * r["val_dsc_fg"],
+        value="val_dsc_fg",
+        scale=100.0,
         ylabel="validation DSC (%), foreground mean",
         title=title,
         ylim=(0, 100),
@@ -156,21 +146,15 @@ def plot_validation_curves(
 
 
 def plot_gradient_range(
-    histories: Histories, path: Path, *, title: str = "Dynamic range of the loss gradient", dpi: int = 120
+    epochs: pd.DataFrame, path: Path, *, title: str = "Dynamic range of the loss gradient", dpi: int = 120
 ) -> Path:
     """The paper's dynamic-range argument (§2.2, Figure 1) watched during training: per epoch, the dynamic range
     of ``∂L/∂s`` over one (image, class) map in dB (median over the probe batch's images, then the mean over the
-    foreground classes; see :mod:`segmime_jax.train.telemetry`)."""
-
-    def foreground_range(record: Mapping) -> float | None:
-        medians = (record.get("grad_telemetry") or {}).get("image_dynamic_range_db_median") or []
-        values = [v for v in medians[1:] if v is not None]
-        return float(np.mean(values)) if values else None
-
+    foreground classes: the epoch facts' ``grad_range_db_fg``; see :mod:`segmime_jax.train.telemetry`)."""
     return plot_epoch_curves(
-        histories,
+        epochs,
         path,
-        value=foreground_range,
+        value="grad_range_db_fg",
         legend="upper right",
         ylabel="dB per (image, class) map, foreground classes",
         title=title,
@@ -179,12 +163,13 @@ def plot_gradient_range(
 
 
 def plot_training_loss(
-    histories: Histories, path: Path, *, title: str = "Training loss over epochs", dpi: int = 120
+    epochs: pd.DataFrame, path: Path, *, title: str = "Training loss over epochs", dpi: int = 120
 ) -> Path:
     """The mean training loss per epoch; one panel per (optimiser, loss), since the losses have different scales
     (the mimes are negative). Seeds as in :func:`plot_epoch_curves`."""
-    optimizers, losses, colours = _grid_of(histories, "plot_training_loss")
-    plt = _pyplot()
+    optimizers, losses, colours = _grid_of(epochs, "plot_training_loss")
+    runs = curves(epochs, "train_loss")
+    plt = pyplot()
     fig, axes = plt.subplots(
         len(optimizers), len(losses), figsize=(3.4 * len(losses), 2.8 * len(optimizers)), squeeze=False
     )
@@ -192,18 +177,14 @@ def plot_training_loss(
         for j, loss in enumerate(losses):
             ax = axes[i][j]
             _seed_band(
-                ax,
-                histories.get((optimizer, loss), ()),
-                lambda r: r["train_loss"],
-                colour=colours[loss],
-                label=loss_display_name(loss),
+                ax, runs.get((optimizer, loss), ()), scale=1.0, colour=colours[loss], label=loss_display_name(loss)
             )
             ax.set_title(f"{optimizer_display_name(optimizer)}, {loss_display_name(loss)}", fontsize="medium")
             ax.set_xlabel("epoch")
             ax.grid(True, alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def plot_calibration(
@@ -228,7 +209,7 @@ def plot_calibration(
     """
     if not clece:
         raise ValueError("plot_calibration needs at least one loss")
-    plt = _pyplot()
+    plt = pyplot()
     losses = list(clece)
     k = len(class_names) - 1 if class_index is None else int(class_index)
     if not 0 <= k < len(class_names):
@@ -241,7 +222,7 @@ def plot_calibration(
     _reliability_lines(diagram, reliability, losses, colours, k, class_label)
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def _ece_bars(bars, clece, losses, colours, k: int, class_label: str) -> None:
@@ -345,7 +326,7 @@ def plot_examples(
     """
     if not examples:
         raise ValueError("plot_examples needs at least one loss")
-    plt = _pyplot()
+    plt = pyplot()
     losses = list(examples)
     first = examples[losses[0]]
     images = np.asarray(first["image"])
@@ -385,7 +366,7 @@ def plot_examples(
     fig.legend(handles=handles, loc="lower center", ncol=max(1, len(handles)), fontsize="small", frameon=False)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def _unit(image: np.ndarray) -> np.ndarray:

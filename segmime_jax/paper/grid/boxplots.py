@@ -8,20 +8,23 @@ where there is none: no surface distance) are counted under the box.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from segmime_jax.report.figures import _loss_colours, _pyplot, _save
-from segmime_jax.report.tables import ALL, class_display_name, loss_display_name, optimizer_display_name
+from segmime_jax.losses import display_name as loss_display_name
+from segmime_jax.paper.grid.facts import run_keys
+from segmime_jax.paper.grid.figures import _loss_colours
+from segmime_jax.paper.grid.tables import ALL, class_display_name, optimizer_display_name
+from segmime_jax.paper.plotting import pyplot, save_figure
 
 
 def plot_distance_boxes(
-    values: Mapping[tuple[str, str], np.ndarray],
-    class_names: Sequence[str],
+    facts: pd.DataFrame,
     path: str | Path,
     *,
+    metric: str = "hd95_mm",
     ylabel: str = "HD95 (mm)",
     title: str | None = None,
     dpi: int = 120,
@@ -29,33 +32,34 @@ def plot_distance_boxes(
     """Write the box plots of one surface distance.
 
     Args:
-      values: ``{(optimizer, loss): (N, K)}`` per test volume (and seed: N = seeds × volumes) and class, in mm,
-        background at index 0 (ignored), NaN where undefined; the order of the keys is the order of the boxes.
-      class_names: the K class names, background first.
+      facts: the grid's test facts (:func:`~segmime_jax.paper.grid.facts.volume_facts`), NaN where undefined; the
+        order of its (optimizer, loss) rows is the order of the boxes.
       path: the image file to write.
+      metric: the column plotted, ``"hd95_mm"`` or ``"assd_mm"``.
       ylabel: the distance's name and unit.
       title: the figure's title.
 
     Returns:
       ``path``.
     """
-    if not values:
+    if facts.empty:
         raise ValueError("plot_distance_boxes needs at least one run's values")
-    keys = list(values)
+    keys = run_keys(facts)
     colours = _loss_colours(list(dict.fromkeys(loss for _, loss in keys)))
     several = len({optimizer for optimizer, _ in keys}) > 1
-    panels = [(class_display_name(name), k) for k, name in enumerate(class_names) if k > 0]
+    classes = list(dict.fromkeys(facts["class"]))
+    panels: list[tuple[str, str | None]] = [(class_display_name(name), name) for name in classes]
     if len(panels) > 1:
         panels.append((ALL, None))
-    plt = _pyplot()
+    rows = {key: facts[(facts["optimizer"] == key[0]) & (facts["loss"] == key[1])] for key in keys}
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(2.2 + 1.0 * len(keys) * len(panels), 3.6), squeeze=False)
     rng = np.random.default_rng(0)  # the dots' horizontal jitter only
     for ax, (label, k) in zip(axes[0], panels, strict=True):
-        columns = []
-        for key in keys:
-            array = np.asarray(values[key], np.float64)
-            column = array[:, 1:].ravel() if k is None else array[:, k]
-            columns.append(column)
+        columns = [
+            (rows[key] if k is None else rows[key][rows[key]["class"] == k])[metric].to_numpy(np.float64)
+            for key in keys
+        ]
         defined = [c[np.isfinite(c)] for c in columns]
         positions = np.arange(1, len(keys) + 1)
         boxes = ax.boxplot(
@@ -84,4 +88,4 @@ def plot_distance_boxes(
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return _save(fig, Path(path), dpi)
+    return save_figure(fig, Path(path), dpi)

@@ -13,6 +13,9 @@ volume v) are what varies only with the loss.
 - :func:`epochs_to_fraction`: the convergence speed of one run, the first epoch at which its validation DSC
   reaches a fraction (90 %) of its best; :func:`paired_epoch_difference` compares it across seeds the same way;
   :func:`late_gain`: whether a run's curve has flattened (what its best rose by in the last quarter of epochs).
+- :func:`compare_losses`: every loss of a grid against the reference, from its facts tables
+  (:mod:`segmime_jax.paper.grid.facts`): All-DSC and All-HD95 paired by (seed, volume), epochs to 90 % of the
+  best validation DSC paired by seed.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 CONFIDENCE = 0.95
 RESAMPLES = 9999
@@ -162,3 +166,71 @@ def paired_epoch_difference(candidate: Sequence[int], reference: Sequence[int], 
     c = np.asarray(candidate, np.float64).reshape(-1, 1)
     r = np.asarray(reference, np.float64).reshape(-1, 1)
     return paired_difference(c, r, seed=seed)
+
+
+def per_volume(facts: pd.DataFrame, optimizer: str, loss: str, metric: str) -> np.ndarray:
+    """``(seeds, volumes)``: the mean over foreground classes of ``metric`` per seed and test volume of one
+    (optimizer, loss) of the test facts, in the runs' volume order (NaN where a class has no value)."""
+    rows = facts[(facts["optimizer"] == optimizer) & (facts["loss"] == loss)]
+    return rows[metric].to_numpy(np.float64).reshape(rows["seed"].nunique(), -1, rows["class"].nunique()).mean(-1)
+
+
+def run_speeds(epochs: pd.DataFrame) -> pd.DataFrame:
+    """Per run (optimizer, loss, seed): ``epochs_to_90`` (:func:`epochs_to_fraction` of its validation DSC) and
+    ``late_gain`` (:func:`late_gain`), from the epoch facts."""
+    return epochs.groupby(["optimizer", "loss", "seed"], observed=True, sort=False)["val_dsc_fg"].agg(
+        epochs_to_90=lambda v: epochs_to_fraction(v.to_numpy(), 0.9), late_gain=lambda v: late_gain(v.to_numpy())
+    )
+
+
+def _paired_hd95(candidate: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """All-HD95 ``candidate − reference`` over the volumes where every class has one in every seed of both."""
+    keep = np.isfinite(candidate).all(0) & np.isfinite(reference).all(0)
+    if not keep.any():
+        return {"test_all_hd95_volumes_left_out": int(keep.size)}
+    return {
+        "test_all_hd95_mm": paired_difference(candidate[:, keep], reference[:, keep]),
+        "test_all_hd95_volumes_left_out": int((~keep).sum()),
+    }
+
+
+def compare_losses(
+    test: pd.DataFrame, epochs: pd.DataFrame, reference: str, losses: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Each loss of ``losses`` other than ``reference`` against it, per optimiser of the facts.
+
+    Args:
+      test: the test facts (:func:`~segmime_jax.paper.grid.facts.volume_facts`).
+      epochs: the epoch facts (:func:`~segmime_jax.paper.grid.facts.epoch_facts`).
+      reference: the reference loss (one of ``losses``).
+      losses: the grid's losses, in order.
+
+    Returns:
+      ``{"<optimizer>/<loss>": {"optimizer", "loss", "reference", "test_all_dsc": Difference,
+      "test_all_hd95_mm": Difference, "test_all_hd95_volumes_left_out": int, "epochs_to_90pct_best_val":
+      Difference}}``: per-volume All-DSC (fraction) and All-HD95 (mm, the volumes where a class has no HD95 in
+      either loss left out and counted; neither key when a run's distances were not measured), paired by seed
+      and test volume; the epochs to 90 % of the best validation DSC, paired by seed.
+    """
+    speeds = run_speeds(epochs)["epochs_to_90"]
+    comparisons: dict[str, dict[str, Any]] = {}
+    for optimizer in test["optimizer"].cat.categories:
+        base_epochs = speeds.loc[(optimizer, reference)].to_numpy()
+        for loss in losses:
+            if loss == reference:
+                continue
+            pair = [(loss, "candidate"), (reference, "reference")]
+            dsc = [per_volume(test, optimizer, name, "dsc") for name, _ in pair]
+            measured = test[(test["optimizer"] == optimizer) & test["loss"].isin([loss, reference])]["measured"].all()
+            hd95 = _paired_hd95(*(per_volume(test, optimizer, name, "hd95_mm") for name, _ in pair)) if measured else {}
+            comparisons[f"{optimizer}/{loss}"] = {
+                "optimizer": optimizer,
+                "loss": loss,
+                "reference": reference,
+                "test_all_dsc": paired_difference(*dsc),
+                **hd95,
+                "epochs_to_90pct_best_val": paired_epoch_difference(
+                    speeds.loc[(optimizer, loss)].to_numpy(), base_epochs
+                ),
+            }
+    return comparisons

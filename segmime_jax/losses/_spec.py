@@ -1,32 +1,26 @@
-"""Losses by name, weighted combinations, and :func:`build_loss`'s small spec language (``"1*ce+1*dsc"``; never
-``eval``)."""
+"""Weighted combinations of losses and :func:`build_loss`'s small spec language (``"1*ce+1*dsc"``; never ``eval``).
+
+The names a spec may use are those of the registry (:mod:`segmime_jax.losses._registry`), read when the spec is
+parsed, so a loss added by :func:`~segmime_jax.losses.register_loss` works here too.
+"""
 
 from __future__ import annotations
 
-import inspect
 import re
-import types
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 
-from segmime_jax.losses.functions import (
-    cross_entropy,
-    dice_loss,
-    dice_surrogate_loss,
-    generalized_dice_loss,
-    mime_loss,
-    negative_mime_loss,
-)
+from segmime_jax.losses._registry import LOSS_ALIASES, LOSSES, canonical_name, definition_of
 
 
 class LossFn(Protocol):
     """A configured loss: ``fn(probs, target, *, mask=None) -> float32 scalar``.
 
-    What :func:`build_loss` and :func:`weighted_sum` return, and what :func:`weighted_sum` takes: a loss of
-    :mod:`segmime_jax.losses.functions` with every option but ``mask`` bound.
+    What :func:`build_loss` and :func:`weighted_sum` return, and what :func:`weighted_sum` takes: a loss function
+    of :data:`~segmime_jax.losses.LOSSES` with every option but ``mask`` bound.
 
     Args:
       probs: softmax probabilities ``s``, shape ``(B, *spatial, K)``.
@@ -48,28 +42,6 @@ class LossFn(Protocol):
     """
 
     def __call__(self, probs: jax.Array, target: jax.Array, *, mask: jax.Array | None = None) -> jax.Array: ...
-
-
-#: Loss functions by name (the names :func:`build_loss` understands).
-LOSSES: Mapping[str, Callable[..., jax.Array]] = types.MappingProxyType(
-    {
-        "ce": cross_entropy,
-        "dsc": dice_loss,
-        "gdl": generalized_dice_loss,
-        "mime": mime_loss,
-        "nm": negative_mime_loss,
-        "surrogate": dice_surrogate_loss,
-    }
-)
-
-#: Other accepted spellings in :func:`build_loss` specs.
-LOSS_ALIASES: Mapping[str, str] = types.MappingProxyType({"dice": "dsc"})
-
-
-def canonical_name(spec: str) -> str:
-    """A loss name in its canonical spelling (``"Dice"`` → ``"dsc"``); other specs lower-cased and stripped."""
-    name = spec.strip().lower()
-    return LOSS_ALIASES.get(name, name)
 
 
 class _WeightedSum:
@@ -154,14 +126,6 @@ _NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _TERM = re.compile(rf"\s*(?:(?P<weight>{_NUMBER})\s*\*\s*)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*")
 
 
-def _keyword_options(fn: Callable[..., Any]) -> set[str]:
-    return {
-        p.name
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "mask"
-    }
-
-
 def parse_spec(spec: str) -> list[tuple[float, str]]:
     """``"name"`` or ``"w*name+w*name..."`` → ``[(w, canonical name), ...]`` (weights default to 1)."""
     valid = sorted(set(LOSSES) | set(LOSS_ALIASES))
@@ -176,8 +140,7 @@ def parse_spec(spec: str) -> list[tuple[float, str]]:
                 f"cannot parse loss spec {spec!r} at position {pos}: expected 'name' or 'w*name' "
                 f"(w a non-negative number) with names {valid}"
             )
-        name = match.group("name").lower()
-        name = LOSS_ALIASES.get(name, name)
+        name = canonical_name(match.group("name"))
         if name not in LOSSES:
             raise ValueError(f"unknown loss {match.group('name')!r} in spec {spec!r}; valid names: {valid}")
         weight = float(match.group("weight")) if match.group("weight") is not None else 1.0
@@ -198,8 +161,9 @@ def build_loss(spec: str, **options: Any) -> LossFn:
 
     Names: ``ce`` (:func:`cross_entropy`), ``dsc`` (alias ``dice``, :func:`dice_loss`), ``gdl``
     (:func:`generalized_dice_loss`), ``mime`` (:func:`mime_loss`), ``nm`` (:func:`negative_mime_loss`),
-    ``surrogate`` (:func:`dice_surrogate_loss`). Weights are non-negative decimal numbers (``0.5``, ``1e-2``);
-    a bare name has weight 1. Examples: ``"ce"``, ``"mime"``, ``"1*ce+1*dsc"``, ``"ce + 0.5*dice"``.
+    ``surrogate`` (:func:`dice_surrogate_loss`), and those added by :func:`register_loss` (all in :data:`LOSSES`).
+    Weights are non-negative decimal numbers (``0.5``, ``1e-2``); a bare name has weight 1. Examples: ``"ce"``,
+    ``"mime"``, ``"1*ce+1*dsc"``, ``"ce + 0.5*dice"``.
 
     ``options`` are keyword options of the loss functions; each is passed to every term whose function
     accepts it (``classes=(1, 2, 3)`` to all; ``a=``, ``b=`` to the mime only; ``epsilon=`` to the Dice-type
@@ -238,7 +202,7 @@ def build_loss(spec: str, **options: Any) -> LossFn:
     terms = parse_spec(spec)
     if "mask" in options:
         raise ValueError("mask is not a build_loss option: pass it when calling the loss, fn(probs, target, mask=m)")
-    accepted = {name: _keyword_options(LOSSES[name]) for _, name in terms}
+    accepted = {name: definition_of(name).options for _, name in terms}
     valid_options = sorted(set().union(*accepted.values()))
     unknown = sorted(set(options) - set(valid_options))
     if unknown:

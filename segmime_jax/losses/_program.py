@@ -7,12 +7,21 @@ compute. A train step that takes the :class:`LossParams` as an argument is trace
 the CE, Dice, Mime and NM runs of a grid alike; only the arrays differ between runs.
 
 .. math::
-    \\mathcal{L}(s, y; p) = w_{ce} \\mathcal{L}_{CE} + w_{dsc} \\mathcal{L}_{DSC} + w_{gdl} \\mathcal{L}_{GDL}
-    + w_{sur} \\mathcal{L}_{sur} + \\frac{1}{N} \\left[-(w_{mime} a + w_{nm}) y + w_{mime} b (1 - y)\\right]^\\top s
+    \\mathcal{L}(s, y; p) = \\sum_{t\\ \\text{not linear}} w_t \\mathcal{L}_t(s, y)
+    + \\frac{1}{N} \\Big[-\\big(\\textstyle\\sum_{t\\ \\text{linear}} w_t a_t\\big) y
+    + \\big(\\textstyle\\sum_{t\\ \\text{linear}} w_t b_t\\big) (1 - y)\\Big]^\\top s
 
-Every term is the function of :mod:`segmime_jax.losses.functions` (the same arithmetic, its ``*_terms``),
-restricted to the classes with ``classes[k] = 1``. The mime (paper Eq. 8-9) and the negative mime (Eq. 10,
-``a = 1``, ``b = 0``) are linear in ``s``, so they are one term with per-class weights.
+e.g. ``w_ce L_CE + w_dsc L_DSC + w_gdl L_GDL + w_sur L_sur + (1/N)[−(w_mime a + w_nm) y + w_mime b (1 − y)]ᵀ s``
+for the paper's losses. Every term is the arithmetic of its registry entry
+(:mod:`segmime_jax.losses._registry`), the same as its public function's, restricted to the classes with
+``classes[k] = 1``. The mime (paper Eq. 8-9) and the negative mime (Eq. 10, ``a = 1``, ``b = 0``) are linear in
+``s``, so they are one term with per-class weights: exact (a sum of linear losses is the linear loss of the summed
+weights), and one term's cost whatever the mix.
+
+The terms are those of the registry when a program or a :class:`LossParams` is built, so a loss added by
+:func:`~segmime_jax.losses.register_loss` works here too: a :class:`LossParams` names its weights
+(``params.terms``) and a :class:`LossProgram` holds the definitions of its terms, so neither depends on the
+registry staying as it was.
 
 Example:
   >>> import jax
@@ -42,17 +51,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from segmime_jax.losses import terms as F
-from segmime_jax.losses.inputs import class_indices, prepare_masked
-from segmime_jax.losses.spec import parse_spec
+from segmime_jax.losses._dice import GDL_ABSENT
+from segmime_jax.losses._inputs import class_indices, prepare_masked
+from segmime_jax.losses._mime import linear_terms
+from segmime_jax.losses._registry import LOSSES, STATIC_OPTIONS, TERMS, LossDefinition, definition_of
+from segmime_jax.losses._spec import parse_spec
 
-__all__ = ["TERMS", "LossParams", "LossProgram", "loss_from_spec", "loss_params"]
-
-#: The named terms, in the order of :attr:`LossParams.weights`.
-TERMS: tuple[str, ...] = ("ce", "dsc", "gdl", "mime", "nm", "surrogate")
-_LINEAR = ("mime", "nm")
-# build_loss options that change the program (static) and those that are data (LossParams).
-_STATIC_OPTIONS = {"epsilon": "epsilon", "batch": "dice_batch", "normalize": "normalize", "absent": "gdl_absent"}
+# The build_loss options that are data (LossParams); the others (STATIC_OPTIONS) are the program's.
 _DATA_OPTIONS = ("classes", "a", "b")
 
 
@@ -64,9 +69,11 @@ class LossParams:
     carry leading axes (e.g. one row per run of a grid, stacked), which :meth:`weight` keeps.
 
     Attributes:
-      weights: float32 ``(len(TERMS),)``, the weight of each term of :data:`TERMS`.
+      weights: float32 ``(len(terms),)``, the weight of each loss of ``terms``.
       a, b: float32 ``(K,)``, the mime's weights on and off the ground truth (paper Eq. 9), per class.
       classes: float32 ``(K,)``, 1 for the classes the loss looks at, 0 for the others.
+      terms: the names of the weights (static: part of the pytree's structure, not a leaf), the registered losses
+        when it was built (:data:`TERMS`, then any added by :func:`~segmime_jax.losses.register_loss`).
 
     Example:
       >>> from segmime_jax.losses import loss_params
@@ -84,17 +91,37 @@ class LossParams:
     a: jax.Array
     b: jax.Array
     classes: jax.Array
+    terms: tuple[str, ...] = struct.field(pytree_node=False, default=TERMS)
 
     def weight(self, term: str) -> Any:
-        """The weight of ``term``, one of :data:`TERMS`.
+        """The weight of ``term``, one of :attr:`terms`.
 
         Args:
-          term: a name of :data:`TERMS`.
+          term: a name of :attr:`terms`.
 
         Returns:
           An array of the leading shape of ``weights`` without its last axis (a scalar for one run).
+
+        Raises:
+          ValueError: if ``term`` is not one of :attr:`terms`.
         """
-        return self.weights[..., TERMS.index(term)]
+        if term not in self.terms:
+            raise ValueError(f"these loss params have no weight for {term!r}; they weight {self.terms}")
+        return self.weights[..., self.terms.index(term)]
+
+
+def _host_weights(params: LossParams) -> np.ndarray:
+    """``params.weights`` as a host array of shape ``(runs, len(params.terms))``, whatever its leading shape."""
+    weights = np.asarray(params.weights)
+    if weights.ndim == 0 or weights.shape[-1] != len(params.terms):
+        raise ValueError(f"loss weights of shape {weights.shape} do not match the terms {params.terms}")
+    return weights.reshape(-1, len(params.terms))
+
+
+def _weighted_terms(params: LossParams) -> list[str]:
+    """The terms some run of ``params`` weights (non-zero), in the order of ``params.terms``."""
+    used = _host_weights(params).any(axis=0)
+    return [term for term, u in zip(params.terms, used, strict=True) if u]
 
 
 def loss_params(
@@ -108,16 +135,17 @@ def loss_params(
     """The :class:`LossParams` of a :func:`~segmime_jax.losses.build_loss` spec.
 
     Args:
-      spec: ``"name"`` or ``"w*name+w*name..."`` with names of :data:`TERMS` (``dice`` = ``dsc``); a repeated
-        name adds up its weights.
+      spec: ``"name"`` or ``"w*name+w*name..."`` with names of :data:`~segmime_jax.losses.LOSSES` (``dice`` =
+        ``dsc``); a repeated name adds up its weights.
       num_classes: K, the number of channels of the probabilities (background included).
       classes: the class indices the loss looks at (``None``: all).
       a, b: the mime's weights (scalars or per-class arrays of shape ``(K,)``); the negative mime always uses
         ``a = 1``, ``b = 0``.
 
     Returns:
-      A :class:`LossParams` of host (numpy) float32 arrays, ``weights`` ``(len(TERMS),)``, ``a``, ``b`` and
-      ``classes`` ``(K,)``; they become device arrays when passed to a jitted step.
+      A :class:`LossParams` of host (numpy) float32 arrays, ``weights`` ``(len(LOSSES),)`` (one per registered
+      loss, named by its ``terms``), ``a``, ``b`` and ``classes`` ``(K,)``; they become device arrays when passed
+      to a jitted step.
 
     Raises:
       ValueError: if the spec does not parse, a class index is out of range, or ``a``/``b`` has a shape other
@@ -131,14 +159,14 @@ def loss_params(
       >>> print(params.a, params.b, params.classes)
       [1.9 1.9 1.9] [0.1 0.1 0.1] [0. 1. 1.]
     """
-    weights = np.zeros(len(TERMS), np.float32)
+    terms = tuple(LOSSES)  # the registered losses, now
+    weights = np.zeros(len(terms), np.float32)
     for weight, name in parse_spec(spec):
-        weights[TERMS.index(name)] += weight
+        weights[terms.index(name)] += weight
     selected = np.zeros(num_classes, np.float32)
     selected[list(class_indices(num_classes, classes))] = 1.0
-    return LossParams(
-        weights=weights, a=_per_class(a, "a", num_classes), b=_per_class(b, "b", num_classes), classes=selected
-    )
+    a, b = _per_class(a, "a", num_classes), _per_class(b, "b", num_classes)
+    return LossParams(weights=weights, a=a, b=b, classes=selected, terms=terms)
 
 
 def _per_class(value: Any, name: str, num_classes: int) -> np.ndarray:
@@ -155,17 +183,25 @@ class LossProgram:
     """Which terms to compute, and the options that are code rather than data (hashable, a jit static).
 
     Attributes:
-      terms: the terms of :data:`TERMS` to evaluate; a :class:`LossParams` may only weight these.
+      terms: the names of the losses to evaluate, in registration order (default: every registered loss); a
+        :class:`LossParams` may only weight these.
       epsilon: the ``ε`` of the Dice-type terms (paper Eq. 3).
       dice_batch: nnU-Net's batch Dice (``dice_loss(batch=True)``).
       normalize: normalise the mime terms per element (``mime_loss(normalize=...)``).
       gdl_absent: the generalised Dice loss's convention for absent classes (``"reference"`` or ``"max"``).
+      definitions: (derived) the registry entries of ``terms`` when the program was built. They are part of the
+        program's identity (equality, hash: the key of jit's and the train programs' caches), so a loss
+        registered again under the same name with other arithmetic never reuses a compiled program of the old
+        one, and a built program keeps working after its loss is unregistered.
 
-    Calling the program, ``program(params, probs, target, mask=None)``, gives the loss of the module docstring's
-    formula: each computed term restricted to the classes with ``params.classes[k] = 1``, times its weight.
+    The options are the :data:`~segmime_jax.losses._registry.STATIC_OPTIONS`; each term gets those its
+    arithmetic takes. Calling the program, ``program(params, probs, target, mask=None)``, gives the loss of the
+    module docstring's formula: each computed term restricted to the classes with ``params.classes[k] = 1``,
+    times its weight; a term ``params`` has no weight for (it was built before the loss was registered) counts 0.
 
     Raises:
-      ValueError: if ``terms`` is empty or holds a name not in :data:`TERMS`, or ``gdl_absent`` is unknown.
+      ValueError: if ``terms`` is empty or holds a name that is not a registered loss, or ``gdl_absent`` is
+        unknown.
 
     Example:
       >>> import jax
@@ -179,19 +215,24 @@ class LossProgram:
       0.3581 0.3581
     """
 
-    terms: tuple[str, ...] = TERMS
-    epsilon: float = 1e-10
-    dice_batch: bool = False
-    normalize: bool = True
-    gdl_absent: str = "reference"
+    terms: tuple[str, ...] | None = None
+    epsilon: float = STATIC_OPTIONS["epsilon"].default
+    dice_batch: bool = STATIC_OPTIONS["batch"].default
+    normalize: bool = STATIC_OPTIONS["normalize"].default
+    gdl_absent: str = STATIC_OPTIONS["absent"].default
+    definitions: tuple[LossDefinition, ...] = dataclasses.field(init=False, repr=False, default=())
 
     def __post_init__(self) -> None:
-        unknown = [t for t in self.terms if t not in TERMS]
-        if unknown or not self.terms:
-            raise ValueError(f"terms must be a non-empty subset of {TERMS}, got {self.terms}")
-        if self.gdl_absent not in F.GDL_ABSENT:
-            raise ValueError(f"gdl_absent must be one of {F.GDL_ABSENT}, got {self.gdl_absent!r}")
-        object.__setattr__(self, "terms", tuple(t for t in TERMS if t in self.terms))  # canonical order
+        registered = tuple(LOSSES)
+        terms = registered if self.terms is None else tuple(self.terms)
+        unknown = [t for t in terms if t not in registered]
+        if unknown or not terms:
+            raise ValueError(f"terms must be a non-empty subset of the registered losses {registered}, got {terms}")
+        if self.gdl_absent not in GDL_ABSENT:
+            raise ValueError(f"gdl_absent must be one of {GDL_ABSENT}, got {self.gdl_absent!r}")
+        ordered = tuple(t for t in registered if t in terms)  # canonical order
+        object.__setattr__(self, "terms", ordered)
+        object.__setattr__(self, "definitions", tuple(definition_of(t) for t in ordered))
 
     @classmethod
     def covering(cls, *params: LossParams, **options: Any) -> LossProgram:
@@ -211,10 +252,8 @@ class LossProgram:
           >>> print(LossProgram.covering(*grid).terms)
           ('ce', 'dsc', 'mime')
         """
-        used = np.zeros(len(TERMS), bool)
-        for p in params:
-            used |= np.asarray(p.weights).reshape(-1, len(TERMS)).any(0)
-        return cls(terms=tuple(t for t, u in zip(TERMS, used, strict=True) if u), **options)
+        used = [term for p in params for term in _weighted_terms(p)]
+        return cls(terms=tuple(dict.fromkeys(used)), **options)
 
     def check(self, params: LossParams) -> None:
         """Check that this program computes every term ``params`` weights.
@@ -225,8 +264,7 @@ class LossProgram:
         Raises:
           ValueError: if ``params`` weights a term this program does not compute (its weight would be ignored).
         """
-        weights = np.asarray(params.weights).reshape(-1, len(TERMS))
-        missing = [t for i, t in enumerate(TERMS) if t not in self.terms and weights[:, i].any()]
+        missing = [t for t in _weighted_terms(params) if t not in self.terms]
         if missing:
             raise ValueError(f"the loss weights terms {missing} that this program does not compute ({self.terms})")
 
@@ -236,8 +274,8 @@ class LossProgram:
         """The loss of ``params`` for a batch.
 
         Args:
-          params: the :class:`LossParams` of one run (``weights`` ``(len(TERMS),)``, ``a``, ``b``, ``classes``
-            ``(K,)``); host or device arrays, traced under ``jit``.
+          params: the :class:`LossParams` of one run (``weights`` ``(len(params.terms),)``, ``a``, ``b``,
+            ``classes`` ``(K,)``); host or device arrays, traced under ``jit``.
           probs: softmax probabilities ``s``, shape ``(B, *spatial, K)``, any float dtype (cast to float32).
           target: one-hot ground truth ``y``, same shape as ``probs``.
           mask: optional ``(B,)`` image weights (1 real image, 0 padding), as in the losses.
@@ -248,22 +286,20 @@ class LossProgram:
         s, y, m, _ = prepare_masked(probs, target, None, mask)
         c = jnp.asarray(params.classes, jnp.float32)
         total = jnp.zeros((), jnp.float32)
-        for term in self.terms:
-            w = params.weight(term)
-            if term == "ce":
-                total = total + w * F.cross_entropy_terms(s, y, m, c)
-            elif term == "dsc":
-                total = total + w * F.dice_terms(s, y, m, c, epsilon=self.epsilon, batch=self.dice_batch)
-            elif term == "gdl":
-                total = total + w * F.generalized_dice_terms(s, y, m, c, epsilon=self.epsilon, absent=self.gdl_absent)
-            elif term == "surrogate":
-                total = total + w * F.dice_surrogate_terms(s, y, m, c, epsilon=self.epsilon)
-        if any(t in self.terms for t in _LINEAR):
-            w_mime = params.weight("mime") if "mime" in self.terms else 0.0
-            w_nm = params.weight("nm") if "nm" in self.terms else 0.0
-            a = w_mime * params.a + w_nm
-            b = w_mime * params.b
-            total = total + F.linear_terms(s, y, m, c, a, b, normalize=self.normalize)
+        a = b = None  # the summed (a, b) of the linear terms
+        for entry in self.definitions:
+            if entry.name not in params.terms:
+                continue
+            w = params.weight(entry.name)
+            if entry.linear is not None:
+                a_t, b_t = entry.linear(params)
+                a = w * a_t if a is None else a + w * a_t
+                b = w * b_t if b is None else b + w * b_t
+            else:
+                options = {k: getattr(self, STATIC_OPTIONS[k].field) for k in entry.static_options}
+                total = total + w * entry.terms(s, y, m, c, **options)
+        if a is not None:
+            total = total + linear_terms(s, y, m, c, a, b, normalize=self.normalize)
         return total
 
 
@@ -276,7 +312,8 @@ def loss_from_spec(spec: str, num_classes: int, **options: Any) -> tuple[LossPro
     target, mask=mask)`` up to float summation order.
 
     Args:
-      spec: ``"name"`` or ``"w*name+w*name..."`` with names of :data:`TERMS` (``dice`` = ``dsc``).
+      spec: ``"name"`` or ``"w*name+w*name..."`` with names of :data:`~segmime_jax.losses.LOSSES` (``dice`` =
+        ``dsc``).
       num_classes: K, the number of channels of the probabilities (background included).
       **options: ``classes``, ``a``, ``b``, ``epsilon``, ``batch``, ``normalize``, ``absent``.
 
@@ -300,10 +337,10 @@ def loss_from_spec(spec: str, num_classes: int, **options: Any) -> tuple[LossPro
       >>> print(f"{float(program(params, probs, target)):.4f} {float(reference):.4f}")
       0.8040 0.8040
     """
-    unknown = sorted(set(options) - set(_STATIC_OPTIONS) - set(_DATA_OPTIONS))
+    unknown = sorted(set(options) - set(STATIC_OPTIONS) - set(_DATA_OPTIONS))
     if unknown:
-        valid = sorted(set(_STATIC_OPTIONS) | set(_DATA_OPTIONS))
+        valid = sorted(set(STATIC_OPTIONS) | set(_DATA_OPTIONS))
         raise ValueError(f"unknown loss option(s) {unknown}; valid: {valid}")
     params = loss_params(spec, num_classes, **{k: v for k, v in options.items() if k in _DATA_OPTIONS})
-    static = {_STATIC_OPTIONS[k]: v for k, v in options.items() if k in _STATIC_OPTIONS}
+    static = {STATIC_OPTIONS[k].field: v for k, v in options.items() if k in STATIC_OPTIONS}
     return LossProgram.covering(params, **static), params

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from segmime_jax.data import DatasetSplits
-from segmime_jax.paper.grid_config import GridConfig
+from segmime_jax.paper.grid.config import GridConfig
 
 
 def dataset_root(dataset: str, config: GridConfig, *, log: Callable[[str], None] = print) -> tuple[Path, bool]:

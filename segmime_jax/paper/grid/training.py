@@ -25,7 +25,7 @@ from pathlib import Path
 from segmime_jax.atomic_files import json_ready
 from segmime_jax.data import DatasetSplits, fingerprint_differences
 from segmime_jax.distributed import barrier, is_primary
-from segmime_jax.paper.grid_config import GridRun
+from segmime_jax.paper.grid.config import GridRun
 from segmime_jax.train import NonFiniteLossError, RunResult, load_run_result, save_run_result, train_runs
 from segmime_jax.train.config import RESUMABLE_CHANGES, stack_key
 from segmime_jax.train.layout import choose_layout
