@@ -166,6 +166,8 @@ def test_comparisons_pair_seeds_and_volumes_and_leave_out_volumes_without_an_hd9
     assert c["test_all_hd95_volumes_left_out"] == 2  # p1 (reference LV) and p2 (candidate RV)
     assert c["test_all_hd95_mm"].mean == pytest.approx(-2.0) and c["test_all_hd95_mm"].n_units == 1
     assert c["epochs_to_90pct_best_val"].mean == 1.0  # epoch 4 against epoch 3
+    assd, left_out = statistics.paired_metric(volume_facts(runs), "adam", "mime", "dsc", "assd_mm")  # any metric
+    assert (assd.mean, left_out) == (pytest.approx(-2.0), 2)  # the fake runs' ASSD is their HD95
     speeds = statistics.run_speeds(epoch_facts(runs))
     assert speeds.loc[("adam", "dsc", 0), "epochs_to_90"] == 3
     assert speeds.loc[("adam", "mime", 0), "late_gain"] == pytest.approx(0.5)

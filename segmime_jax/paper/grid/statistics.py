@@ -183,15 +183,20 @@ def run_speeds(epochs: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _paired_hd95(candidate: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
-    """All-HD95 ``candidate − reference`` over the volumes where every class has one in every seed of both."""
-    keep = np.isfinite(candidate).all(0) & np.isfinite(reference).all(0)
-    if not keep.any():
-        return {"test_all_hd95_volumes_left_out": int(keep.size)}
-    return {
-        "test_all_hd95_mm": paired_difference(candidate[:, keep], reference[:, keep]),
-        "test_all_hd95_volumes_left_out": int((~keep).sum()),
-    }
+def paired_metric(
+    facts: pd.DataFrame, optimizer: str, loss: str, reference: str, metric: str
+) -> tuple[Difference | None, int]:
+    """``loss − reference`` of the per-volume mean over foreground classes of any ``metric`` of the test facts
+    (``"dsc"``, ``"hd95_mm"``, ``"assd_mm"``), paired by seed and test volume (:func:`per_volume`), over the volumes
+    where every class has a value in every seed of both losses.
+
+    Returns:
+      ``(difference, volumes left out)``; the difference is ``None`` when no volume is left.
+    """
+    candidate, base = (per_volume(facts, optimizer, name, metric) for name in (loss, reference))
+    keep = np.isfinite(candidate).all(0) & np.isfinite(base).all(0)
+    difference = paired_difference(candidate[:, keep], base[:, keep]) if keep.any() else None
+    return difference, int((~keep).sum())
 
 
 def compare_losses(
@@ -219,15 +224,17 @@ def compare_losses(
         for loss in losses:
             if loss == reference:
                 continue
-            pair = [(loss, "candidate"), (reference, "reference")]
-            dsc = [per_volume(test, optimizer, name, "dsc") for name, _ in pair]
-            measured = test[(test["optimizer"] == optimizer) & test["loss"].isin([loss, reference])]["measured"].all()
-            hd95 = _paired_hd95(*(per_volume(test, optimizer, name, "hd95_mm") for name, _ in pair)) if measured else {}
+            hd95: dict[str, Any] = {}
+            if test[(test["optimizer"] == optimizer) & test["loss"].isin([loss, reference])]["measured"].all():
+                difference, left_out = paired_metric(test, optimizer, loss, reference, "hd95_mm")
+                hd95 = {"test_all_hd95_volumes_left_out": left_out}
+                if difference is not None:
+                    hd95["test_all_hd95_mm"] = difference
             comparisons[f"{optimizer}/{loss}"] = {
                 "optimizer": optimizer,
                 "loss": loss,
                 "reference": reference,
-                "test_all_dsc": paired_difference(*dsc),
+                "test_all_dsc": paired_metric(test, optimizer, loss, reference, "dsc")[0],
                 **hd95,
                 "epochs_to_90pct_best_val": paired_epoch_difference(
                     speeds.loc[(optimizer, loss)].to_numpy(), base_epochs
