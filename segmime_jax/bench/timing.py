@@ -53,10 +53,3 @@ def time_call(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 10) -> T
         jax.block_until_ready(fn())
         samples.append(time.perf_counter() - start)
     return TimingStats(min(samples), statistics.median(samples), max(samples), repeats)
-
-
-def time_once(fn: Callable[[], Any]) -> float:
-    """Seconds for one call of ``fn`` including waiting for its outputs (e.g. compilation time)."""
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - start

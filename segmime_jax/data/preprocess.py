@@ -34,15 +34,6 @@ def linear_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray,
     return lo, hi, (src - lo).astype(np.float32)
 
 
-def linear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """``(out_size, in_size)`` float32 matrix of 1D linear interpolation weights (rows sum to 1)."""
-    lo, hi, frac = linear_weights(in_size, out_size)
-    matrix = np.zeros((out_size, in_size), dtype=np.float32)
-    np.add.at(matrix, (np.arange(out_size), lo), 1.0 - frac)
-    np.add.at(matrix, (np.arange(out_size), hi), frac)
-    return matrix
-
-
 def resize_linear_axis(array: np.ndarray, size: int, axis: int) -> np.ndarray:
     """Linear resizing of one axis of a float array (gathers and a blend: no BLAS, any dtype kept)."""
     lo, hi, frac = linear_weights(array.shape[axis], size)

@@ -170,8 +170,3 @@ class CalibrationStats:
         gap = np.abs(self.prob_sum - self.label_sum)  # = n · |conf − acc|
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(total > 0, gap.sum(-1) / total, np.nan)
-
-
-def bin_edges(num_bins: int = NUM_BINS) -> np.ndarray:
-    """The ``num_bins + 1`` bin edges on [0, 1] (for plotting reliability diagrams)."""
-    return np.linspace(0.0, 1.0, num_bins + 1)

@@ -34,11 +34,6 @@ from segmime_jax.train.state import TrainState
 ModelFactory = Callable[..., nnx.Module]
 
 
-def step_key(seed: int, step: int) -> jax.Array:
-    """The key of optimiser step ``step``: ``fold_in(fold_in(key(seed), 1), step)``."""
-    return jax.random.fold_in(step_root(seed), step)
-
-
 def step_root(seed: int) -> jax.Array:
     """The root every step key folds its step number into."""
     return jax.random.fold_in(jax.random.key(seed), 1)

@@ -166,26 +166,26 @@ def table1(facts: pd.DataFrame, metric: str, *, title: str) -> Table:
       The :class:`Table`; a distance table carries the ``undefined`` counts.
     """
     distance = metric != "dsc"
-    scale = 1.0 if distance else 100.0
     classes = list(dict.fromkeys(facts["class"]))
-    names = [class_display_name(c) for c in classes] + ([ALL] if len(classes) > 1 else [])
-    stats = ("mean", "std", "undefined") if distance else ("mean", "std")
-    index, rows = [], []
-    for (optimizer, loss), group in facts.groupby(["optimizer", "loss"], observed=True, sort=False):
-        index.append((optimizer_display_name(optimizer), loss_display_name(loss)))
-        measured = bool(group["measured"].all()) if distance else True
-        cells = []
-        by_class = [group.loc[group["class"] == c, metric].to_numpy() for c in classes]
-        pooled = group[metric].to_numpy().reshape(-1, len(classes))  # (seeds × volumes, classes), as the runs hold it
-        for values in by_class + ([pooled] if len(classes) > 1 else []):
-            mean, std, undefined = summarize(scale * values) if measured else (math.nan, math.nan, math.nan)
-            cells += [mean, std, undefined] if distance else [mean, std]
-        rows.append(cells)
-    columns = pd.MultiIndex.from_product([names, stats])
-    frame = pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["optimizer", "loss"]), columns=columns)
-    if distance:
-        for name in names:  # counts, empty where not measured
+    values = facts.assign(value=facts[metric] * (1.0 if distance else 100.0))
+    if len(classes) > 1:  # "All": every (volume, foreground class) value, in the order the runs hold them
+        values = pd.concat([values, values.assign(**{"class": ALL})], ignore_index=True)
+    keys = ["optimizer", "loss"]
+    cells = values.groupby([*keys, "class"], observed=True, sort=False)["value"].agg(summarize)
+    frame = pd.DataFrame(cells.tolist(), index=cells.index, columns=["mean", "std", "undefined"]).unstack("class")
+    names = classes + ([ALL] if len(classes) > 1 else [])
+    stats = ["mean", "std", "undefined"] if distance else ["mean", "std"]
+    frame = frame.swaplevel(axis=1).reindex(columns=pd.MultiIndex.from_product([names, stats]))
+    if distance:  # a run without distances: no values, no counts
+        unmeasured = ~facts.groupby(keys, observed=True, sort=False)["measured"].all()
+        frame.loc[unmeasured[unmeasured].index] = math.nan
+        for name in names:
             frame[(name, "undefined")] = frame[(name, "undefined")].astype("Int64")
+    frame = frame.loc[list(dict.fromkeys(zip(facts["optimizer"], facts["loss"], strict=True)))]  # the facts' row order
+    frame = frame.rename(columns=class_display_name, level=0)
+    frame.index = pd.MultiIndex.from_tuples(
+        [(optimizer_display_name(o), loss_display_name(l)) for o, l in frame.index], names=keys
+    )
     notes = _DISTANCE_NOTES if distance else (_DSC_NOTES if len(classes) > 1 else _DSC_NOTES[:1])
     return Table(frame, title, notes, metric)
 
