@@ -22,7 +22,6 @@ from segmime_jax.paper.grid import boxplots, figures, statistics, tables
 from segmime_jax.paper.grid.config import GridConfig, GridRun
 from segmime_jax.paper.grid.facts import epoch_facts, volume_facts
 from segmime_jax.train import RunResult
-from segmime_jax.train.results import volume_metrics_csv
 from segmime_jax.train.surface import CONVENTION
 
 
@@ -106,8 +105,8 @@ def write_grid_report(
             comparisons=_format_comparisons(comparisons),
             extra=(table["hd95_mm"], table["assd_mm"]),
         )
-        rows = test.drop(columns="measured").astype({"optimizer": str, "loss": str}).to_dict("records")
-        files["test_metrics.csv"] = write_text_atomic(out / "test_metrics.csv", volume_metrics_csv(rows))
+        csv = test.drop(columns="measured").to_csv(index=False, float_format="%.6g", lineterminator="\n")
+        files["test_metrics.csv"] = write_text_atomic(out / "test_metrics.csv", csv)
         files.update(
             _write_figures(config, data.name, tuple(data.class_names), test, epochs, by_key, calibration_class)
         )
