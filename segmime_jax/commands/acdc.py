@@ -103,3 +103,7 @@ def console() -> None:
     """The ``segmime-acdc`` console script: :func:`main` on ``sys.argv``, its return value dropped (a console
     script's return value becomes its exit status)."""
     main()
+
+
+if __name__ == "__main__":  # python -m segmime_jax.commands.acdc, as the console script
+    console()

@@ -312,3 +312,7 @@ def console() -> None:
     """The ``segmime-benchmark`` console script: :func:`main` on ``sys.argv``, its return value dropped (a console
     script's return value becomes its exit status)."""
     main()
+
+
+if __name__ == "__main__":  # python -m segmime_jax.commands.benchmark (what the GPU check runs)
+    console()

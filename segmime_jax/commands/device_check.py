@@ -37,3 +37,7 @@ def console() -> None:
     """The ``segmime-device-check`` console script: :func:`main` on ``sys.argv``, its return value dropped (a console
     script's return value becomes its exit status)."""
     main()
+
+
+if __name__ == "__main__":  # python -m segmime_jax.commands.device_check, as the console script
+    console()

@@ -57,3 +57,7 @@ def console() -> None:
     """The ``segmime-mime-study`` console script: :func:`main` on ``sys.argv``, its return value dropped (a console
     script's return value becomes its exit status)."""
     main()
+
+
+if __name__ == "__main__":  # python -m segmime_jax.commands.mime_study, as the console script
+    console()

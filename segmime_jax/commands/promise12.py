@@ -118,3 +118,7 @@ def console() -> None:
     """The ``segmime-promise12`` console script: :func:`main` on ``sys.argv``, its return value dropped (a console
     script's return value becomes its exit status)."""
     main()
+
+
+if __name__ == "__main__":  # python -m segmime_jax.commands.promise12, as the console script
+    console()
