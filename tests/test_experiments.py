@@ -371,3 +371,23 @@ def test_shards_then_a_plain_command_write_the_table_of_one_plain_command(tmp_pa
     acdc.main([*argv, "--out", str(sharded)])  # the final plain command reuses every run
     assert "finished earlier: reusing" in capsys.readouterr().out
     assert (sharded / "table1.md").read_text() == (plain / "table1.md").read_text()
+
+
+def test_python_dash_m_runs_each_command():
+    # the GPU check runs `python -m segmime_jax.commands.benchmark`: a module that only defined main did nothing
+    import subprocess
+    import sys
+
+    commands = ("acdc", "promise12", "benchmark", "device_check", "gradients", "mime_study")
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", f"segmime_jax.commands.{name}", "--help"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in commands
+    }
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and out.startswith("usage:"), (name, err[-2000:])
