@@ -11,14 +11,17 @@ It writes to ``out``, without subfolders, in order of importance:
    8 and 32, one process per model so that a slow compilation of one cannot use up the other's time, with a
    profile of each case (``profile_steps`` steps), each train step's optimised HLO and the epoch timing;
 2. ``benchmark_bf16.json``: both models in bfloat16 (ResidualUNet first), profiled likewise, no epoch timing;
-3. ``benchmark_enet_cmdbuf.json``: ENet in float32 at batches 8 and 32 again, with XLA:GPU's cuDNN
+3. ``benchmark_runs.json``: ENet in float32, batch 8, a grid of R = 1, 4 and 8 runs trained stacked (vmapped on
+   the device) against one after another (``--runs``): where stacked is faster, the backend belongs in
+   :data:`segmime_jax.train.layout.STACKED_FASTER_ON`, and ``--grid-mode auto`` should pick it there;
+4. ``benchmark_enet_cmdbuf.json``: ENet in float32 at batches 8 and 32 again, with XLA:GPU's cuDNN
    convolutions captured in its command buffers (CUDA graphs) as well
    (``XLA_FLAGS=--xla_gpu_enable_command_buffer=+CONVOLUTION``, not XLA's default): against step 1, what
    launching ENet's convolutions one by one costs;
-4. ``fixture.json``: both models' logits and input gradients against the PyTorch fixtures in ``reference``,
+5. ``fixture.json``: both models' logits and input gradients against the PyTorch fixtures in ``reference``,
    in true float32 (``highest``) and at ``default`` precision (TF32 convolutions on recent GPUs); an
    ``error`` entry where the fixtures are missing or a comparison printed no result;
-5. only when ``b128_timeout_s`` > 0: ``benchmark_b128.json``, batch 128 in both precisions (no profile, no
+6. only when ``b128_timeout_s`` > 0: ``benchmark_b128.json``, batch 128 in both precisions (no profile, no
    epoch timing; a case that runs out of memory is recorded as failed and the others go on);
 
 plus ``traces.tar.gz`` (the profiles and HLO of steps 1 and 2, most useful first, at most ``max_traces_mib``;
@@ -59,6 +62,7 @@ _TIMEOUTS = (
     "fp32_enet_timeout_s",
     "fp32_residualunet_timeout_s",
     "bf16_timeout_s",
+    "runs_timeout_s",
     "cmdbuf_timeout_s",
     "fixture_timeout_s",
     "b128_timeout_s",
@@ -68,7 +72,7 @@ _TIMEOUTS = (
 
 @dataclasses.dataclass(frozen=True)
 class DeviceCheckConfig:
-    out: pathlib.Path = option(pathlib.Path("results/device-out"), "folder for the result files (flat, at most 8)")
+    out: pathlib.Path = option(pathlib.Path("results/device-out"), "folder for the result files (flat, at most 9)")
     work: pathlib.Path = option(
         pathlib.Path("results/device-work"),
         "folder for traces and HLO before packing (emptied at the start; only a folder the check made, or an "
@@ -96,6 +100,9 @@ class DeviceCheckConfig:
         90, "time limit of the float32 ResidualUNet benchmark", within=NON_NEGATIVE
     )
     bf16_timeout_s: int = option(130, "time limit of the bfloat16 benchmark", within=NON_NEGATIVE)
+    runs_timeout_s: int = option(
+        150, "time limit of the ENet benchmark of 1, 4 and 8 runs stacked against sequential", within=NON_NEGATIVE
+    )
     cmdbuf_timeout_s: int = option(
         100, "time limit of the ENet benchmark with convolutions in command buffers", within=NON_NEGATIVE
     )
@@ -231,8 +238,8 @@ def _benchmark(check: _Check, step: _Benchmark) -> None:
         check.log.append(f"(skipped the benchmark into {out}: none of its models is in --models)")
 
 
-def _benchmarks(config: DeviceCheckConfig) -> tuple[tuple[_Benchmark, ...], _Benchmark, _Benchmark]:
-    """The profiled benchmarks (steps 1-2 of the module docstring), the command-buffer one and batch 128."""
+def _benchmarks(config: DeviceCheckConfig) -> tuple[tuple[_Benchmark, ...], _Benchmark, _Benchmark, _Benchmark]:
+    """The profiled benchmarks (steps 1-2 of the module docstring), the runs, the command-buffer one, batch 128."""
     profiled = ("--batches", "8,32", "--profile-steps", str(config.profile_steps), "--dump-hlo")
     traced = (
         _Benchmark("fp32_enet", ("--precisions", "float32", *profiled), config.fp32_enet_timeout_s, ("enet",)),
@@ -249,6 +256,12 @@ def _benchmarks(config: DeviceCheckConfig) -> tuple[tuple[_Benchmark, ...], _Ben
             ("residualunet", "enet"),
         ),
     )
+    runs = _Benchmark(
+        "runs",
+        ("--precisions", "float32", "--batches", "8", "--runs", "1,4,8", "--epoch-steps", "0"),
+        config.runs_timeout_s,
+        ("enet",),
+    )
     cmdbuf = _Benchmark(
         "enet_cmdbuf",
         ("--precisions", "float32", "--batches", "8,32", "--epoch-steps", "0"),
@@ -257,7 +270,7 @@ def _benchmarks(config: DeviceCheckConfig) -> tuple[tuple[_Benchmark, ...], _Ben
         CONVOLUTION_COMMAND_BUFFERS,
     )
     b128 = _Benchmark("b128", ("--batches", "128", "--epoch-steps", "0"), config.b128_timeout_s)
-    return traced, cmdbuf, b128
+    return traced, runs, cmdbuf, b128
 
 
 def _describe_devices(check: _Check) -> None:
@@ -343,7 +356,7 @@ def run_check(config: DeviceCheckConfig) -> list[pathlib.Path]:
     _fresh_work_folder(config.work)
     check = _Check(config)
     _describe_devices(check)
-    traced, cmdbuf, b128 = _benchmarks(config)
+    traced, runs, cmdbuf, b128 = _benchmarks(config)
     for step in traced:
         _benchmark(check, step)
     archive = config.out / "traces.tar.gz"
@@ -351,6 +364,7 @@ def run_check(config: DeviceCheckConfig) -> list[pathlib.Path]:
         archive, config.work, [step.name for step in traced], check.log, max_bytes=int(config.max_traces_mib * MIB)
     ):
         check.written.append(archive)
+    _benchmark(check, runs)
     _benchmark(check, cmdbuf)
     check.save("fixture.json", json.dumps(_fixture_errors(check), indent=2))
     check.save_log()
