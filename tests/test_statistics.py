@@ -1,4 +1,4 @@
-"""Paired comparisons and convergence speed (segmime_jax.paper.statistics) on constructed examples."""
+"""Paired comparisons and convergence speed (segmime_jax.paper.grid.statistics) on constructed examples."""
 
 from __future__ import annotations
 

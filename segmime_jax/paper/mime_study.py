@@ -2,7 +2,7 @@
 
 It reads finished grids (folders written by ``python -m experiments.acdc`` / ``experiments.promise12``) and
 summarises, per grid and loss: the test All-DSC, the paired difference against the reference loss (Dice) with its
-95 % bootstrap interval (:mod:`segmime_jax.paper.statistics`), the convergence speed (epochs to 90 % of the best
+95 % bootstrap interval (:mod:`segmime_jax.paper.grid.statistics`), the convergence speed (epochs to 90 % of the best
 validation DSC) and whether the curve is flat (late gain), the epochs during which a foreground class was missed
 altogether on validation (a "dead class"), and, for binary tasks, the halo (:mod:`segmime_jax.paper.halo`). Grids
 that differ in one setting (image size, epochs, learning rate) then give that setting's effect.
