@@ -157,8 +157,8 @@ def table1(facts: pd.DataFrame, metric: str, *, title: str) -> Table:
     column per foreground class in the facts' order and "All" when there are several (module docstring).
 
     Args:
-      facts: :func:`~segmime_jax.paper.grid.facts.volume_facts` (columns ``optimizer, loss, seed, volume, class``,
-        the metric, and ``measured`` for distances).
+      facts: :func:`~segmime_jax.paper.grid.facts.volume_facts`, or a grid's ``test_metrics.csv`` read back
+        (columns ``optimizer, loss, seed, volume, class``, the metric, and, optionally, ``measured``).
       metric: ``"dsc"`` (shown in %), ``"hd95_mm"`` or ``"assd_mm"``.
       title: the table's title.
 
@@ -176,9 +176,10 @@ def table1(facts: pd.DataFrame, metric: str, *, title: str) -> Table:
     names = classes + ([ALL] if len(classes) > 1 else [])
     stats = ["mean", "std", "undefined"] if distance else ["mean", "std"]
     frame = frame.swaplevel(axis=1).reindex(columns=pd.MultiIndex.from_product([names, stats]))
-    if distance:  # a run without distances: no values, no counts
-        unmeasured = ~facts.groupby(keys, observed=True, sort=False)["measured"].all()
-        frame.loc[unmeasured[unmeasured].index] = math.nan
+    if distance:  # a run without distances: no values, no counts (facts read from a CSV: all measured)
+        if "measured" in facts:
+            unmeasured = ~facts.groupby(keys, observed=True, sort=False)["measured"].all()
+            frame.loc[unmeasured[unmeasured].index] = math.nan
         for name in names:
             frame[(name, "undefined")] = frame[(name, "undefined")].astype("Int64")
     frame = frame.loc[list(dict.fromkeys(zip(facts["optimizer"], facts["loss"], strict=True)))]  # the facts' row order
