@@ -191,11 +191,14 @@ class CheckpointStore:
     Args:
       directory: e.g. ``run_dir / "checkpoints"``.
       async_save: let orbax write in a background thread (the packed vectors are copied to host memory before
-        :meth:`save` returns, so the state may be donated right after).
+        :meth:`save` returns, so the state may be donated right after); default: only in a single process. Over
+        several processes orbax's barriers of two stores' concurrent background saves share their names, and the
+        second store's save fails with "barrier ... is already ongoing".
     """
 
-    def __init__(self, directory: str | pathlib.Path, *, async_save: bool = True):
+    def __init__(self, directory: str | pathlib.Path, *, async_save: bool | None = None):
         self.directory = pathlib.Path(directory).absolute()
+        async_save = jax.process_count() == 1 if async_save is None else async_save
         policy = preservation_policy.AnyPreservationPolicy(
             [
                 preservation_policy.LatestN(n=1),

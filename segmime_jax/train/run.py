@@ -99,13 +99,7 @@ def open_run(
             run_dir=run_dir,
             fingerprint=data.fingerprint(),
             loss_params=params,
-            # over processes, saves one after another: orbax's barriers of two runs' concurrent background saves
-            # share their names, and the second run's save fails with "barrier ... is already ongoing"
-            store=(
-                CheckpointStore(run_dir / "checkpoints", async_save=jax.process_count() == 1)
-                if config.checkpoints
-                else None
-            ),
+            store=CheckpointStore(run_dir / "checkpoints") if config.checkpoints else None,
             reporter=Reporter(enabled=config.progress, label=run_label(config), log=log, quiet=not is_primary()),
             model_factory=model_factory,
             lock=lock,

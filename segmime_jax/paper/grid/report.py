@@ -36,6 +36,7 @@ class GridResult:
     grid: tuple[GridRun, ...]
     test: pd.DataFrame  # the test facts
     epochs: pd.DataFrame  # the epoch facts
+    speeds: pd.DataFrame  # per run: epochs_to_90, late_gain (statistics.run_speeds)
     tables: dict[str, tables.Table]  # "dsc" (Table 1), "hd95_mm", "assd_mm"
     paper: tables.Table
     comparisons: dict[str, dict[str, Any]]
@@ -91,6 +92,7 @@ def write_grid_report(
     out = Path(config.out)
     by_key = {(r.optimizer, r.loss, r.seed): runs[r.name] for r in grid}
     test, epochs = volume_facts(by_key), epoch_facts(by_key)
+    speeds = statistics.run_speeds(epochs)
     over = "test volumes" if config.seeds == 1 else f"test volumes and {config.seeds} seeds"
     table = tables.tables_of(test, title=f"{data.name}: testing", over=over)
     paper = tables.paper_table1(data.name)
@@ -111,7 +113,6 @@ def write_grid_report(
             _write_figures(config, data.name, tuple(data.class_names), test, epochs, by_key, calibration_class)
         )
     wall = time.perf_counter() - start
-    speeds = statistics.run_speeds(epochs)
     results = {
         "dataset": data.name,
         "model": model,
@@ -137,6 +138,7 @@ def write_grid_report(
         grid=tuple(grid),
         test=test,
         epochs=epochs,
+        speeds=speeds,
         tables=table,
         paper=paper,
         comparisons=comparisons,
@@ -286,9 +288,8 @@ def format_summary(result: GridResult) -> str:
         "Runs: best epoch (by validation DSC), first epoch at 90 % of the best, what the best rose by in the "
         "last quarter of the epochs (flat: under 1 point), ClECE, wall time:"
     )
-    speeds = statistics.run_speeds(result.epochs)
     for run in result.grid:
-        r, speed = result.runs[run.name], speeds.loc[(run.optimizer, run.loss, run.seed)]
+        r, speed = result.runs[run.name], result.speeds.loc[(run.optimizer, run.loss, run.seed)]
         surface_s = f"  (HD95/ASSD {r.surface['time_s']:.1f} s)" if r.surface else ""
         lines.append(
             f"  {run.name:<24} best epoch {r.best_epoch:>4}/{len(r.history)}  90 % at {int(speed['epochs_to_90']):>4}  "

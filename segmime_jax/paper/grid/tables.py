@@ -40,6 +40,7 @@ import pandas as pd
 
 from segmime_jax.atomic_files import write_text_atomic
 from segmime_jax.losses import display_name as loss_display_name
+from segmime_jax.paper.grid.facts import run_keys
 
 ALL = "All"
 
@@ -58,8 +59,8 @@ _CLASS_DISPLAY = {
 }
 _OPTIMIZER_DISPLAY = {"adam": "Adam", "sgd": "SGD"}
 
-#: What each metric of the facts is called in a table's CSV columns and titles.
-METRICS = {"dsc": ("dsc", "DSC (%)"), "hd95_mm": ("hd95_mm", "HD95 (mm)"), "assd_mm": ("assd_mm", "ASSD (mm)")}
+#: The metrics of the facts that have a table, and what its title calls them.
+METRICS = {"dsc": "DSC (%)", "hd95_mm": "HD95 (mm)", "assd_mm": "ASSD (mm)"}
 
 _DSC_NOTES = (
     "Background excluded. Mean and population std (numpy ddof=0) over test volumes of the 3D DSC.",
@@ -182,7 +183,7 @@ def table1(facts: pd.DataFrame, metric: str, *, title: str) -> Table:
             frame.loc[unmeasured[unmeasured].index] = math.nan
         for name in names:
             frame[(name, "undefined")] = frame[(name, "undefined")].astype("Int64")
-    frame = frame.loc[list(dict.fromkeys(zip(facts["optimizer"], facts["loss"], strict=True)))]  # the facts' row order
+    frame = frame.loc[list(run_keys(facts))]  # the facts' row order
     frame = frame.rename(columns=class_display_name, level=0)
     frame.index = pd.MultiIndex.from_tuples(
         [(optimizer_display_name(o), loss_display_name(l)) for o, l in frame.index], names=keys
@@ -333,5 +334,5 @@ def tables_of(facts: pd.DataFrame, *, title: str, over: str) -> Mapping[str, Tab
     <over>"`` (``title``: e.g. ``"acdc: testing"``)."""
     return {
         metric: table1(facts, metric, title=f"{title} {label}, mean (std) over {over}")
-        for metric, (_, label) in METRICS.items()
+        for metric, label in METRICS.items()
     }
